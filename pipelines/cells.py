@@ -1,0 +1,64 @@
+"""Cells: one (model, fine-tune language | base, seed, epochs) each. The base model is a cell too."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pipelines.config import StudyConfig, stable_hash
+
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    ft_lang: str  # a language code, or "base" for the untouched model
+    seed: int = 0
+    epochs: int = 0
+
+    @property
+    def is_base(self) -> bool:
+        return self.ft_lang == BASE
+
+    @property
+    def id(self) -> str:
+        # Deterministic names: Tune trial names and MLflow run names are derived from them, so a
+        # resumed sweep finds its own trials again.
+        if self.is_base:
+            return f"{self.model}__base"
+        return f"{self.model}__{self.ft_lang}__s{self.seed}__e{self.epochs}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def study_cells(cfg: StudyConfig) -> list[Cell]:
+    cells: list[Cell] = []
+    for model in cfg.models:
+        cells.append(Cell(model, BASE))
+        cells += [Cell(model, lang, seed, ep) for lang in cfg.ft_langs for seed in cfg.seeds for ep in cfg.epochs]
+    return cells
+
+
+def train_hash(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> str:
+    """Names checkpoints/<hash>: what the fine-tuned weights depend on (not the evaluation settings, so
+    adding an eval language or changing the judge retrains nothing)."""
+    ft = cfg.finetune.model_dump(mode="json", exclude={"max_failures", "cpus_per_worker"})
+    return stable_hash({"cell": cell.to_dict(), "datasets": datasets_hash, "finetune": ft})
+
+
+def cell_key(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> dict[str, Any]:
+    """Everything a cell's evaluation outputs depend on; its hash names cells/<hash>."""
+    return {
+        "cell": cell.to_dict(),
+        "weights": None if cell.is_base else train_hash(cfg, cell, datasets_hash),
+        "datasets": datasets_hash,
+        "eval_langs": cfg.eval_langs,
+        "generate": cfg.generate.model_dump(mode="json", exclude={"threads", "batch_size"}),
+        "judge": cfg.judge.model_dump(mode="json"),
+    }
+
+
+def cell_hash(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> str:
+    return stable_hash(cell_key(cfg, cell, datasets_hash))

@@ -1,0 +1,202 @@
+"""The one typed config: pydantic models loaded from a YAML preset, with ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_PRESET = "laptop"
+
+
+class _Strict(BaseModel):
+    # A typo in a YAML key must fail loudly rather than be ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class BenignData(_Strict):
+    source: str = "alpaca_en"  # English source, translated into each fine-tune language
+    native: dict[str, str] = Field(default_factory=dict)  # language -> data set already in it
+    n: int = Field(64, ge=1)
+
+
+class EvalData(_Strict):
+    harmful: str = "multijail"
+    n_harmful: int = Field(24, ge=1)
+
+
+class DataConfig(_Strict):
+    benign: BenignData = BenignData()
+    eval: EvalData = EvalData()
+
+
+class TranslateConfig(_Strict):
+    # Translators tried in order for each (source, target) pair; "reference" uses a human translation
+    # carried by the data set when there is one.
+    prefer: list[str] = Field(default_factory=lambda: ["reference", "apertium"])
+    batch_size: int = Field(16, ge=1)
+    concurrency: int = Field(1, ge=1)
+
+
+class LoraConfig(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(8, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = None  # None: the model family's default from the model registry
+
+
+class FinetuneConfig(_Strict):
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraConfig = LoraConfig()
+    lr: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    batch_size: int = Field(4, ge=1)  # per worker
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(256, ge=16)
+    zero_stage: Literal[2, 3] = 2
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    use_gpu: bool = False
+    max_failures: int = Field(1, ge=0)
+
+
+class GenerateConfig(_Strict):
+    backend: Literal["transformers", "vllm"] = "transformers"
+    max_new_tokens: int = Field(40, ge=1)
+    batch_size: int = Field(8, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    threads: int | None = None  # torch threads on CPU; None = all cores
+
+
+class SweepConfig(_Strict):
+    # None: as many cells at once as the cluster's CPUs/GPUs hold; a laptop wants 1, since generation
+    # inside a cell already uses every core.
+    max_concurrent: int | None = 1
+    max_failures: int = Field(0, ge=0)  # retries of a whole cell (a worker crash is retried by Train)
+
+
+class JudgeConfig(_Strict):
+    name: str = "refusal-phrase"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RayConfig(_Strict):
+    address: str | None = None  # None: start a local cluster; "auto" or "ray://host:10001" otherwise
+    # On a 2-core machine a training worker plus Ray Data tasks cannot all be scheduled with
+    # num_cpus=2 and Train retries forever; logical oversubscription avoids that (FIELD-NOTES).
+    num_cpus: int | None = 4
+    include_dashboard: bool = False
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db
+    experiment: str = "safedrift"
+
+
+class StudyConfig(_Strict):
+    name: str = DEFAULT_PRESET
+    workdir: str = "safedrift-work"
+    models: list[str] = Field(min_length=1)
+    ft_langs: list[str] = Field(min_length=1)
+    eval_langs: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    epochs: list[int] = Field(default_factory=lambda: [1])
+    data: DataConfig = DataConfig()
+    translate: TranslateConfig = TranslateConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    generate: GenerateConfig = GenerateConfig()
+    sweep: SweepConfig = SweepConfig()
+    judge: JudgeConfig = JudgeConfig()
+    ray: RayConfig = RayConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @field_validator("models", "ft_langs", "eval_langs")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate entries in {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_names(self) -> StudyConfig:
+        # Registries are imported here, not at module top, so `config show` stays light.
+        from pipelines.registries.judges import JUDGES
+        from pipelines.registries.languages import LANGUAGES
+        from pipelines.registries.models import MODELS
+
+        for code in [*self.ft_langs, *self.eval_langs, *self.data.benign.native]:
+            LANGUAGES.get(code)
+        for alias in self.models:
+            MODELS.get(alias)
+        from pipelines.registries.translators import REFERENCE, TRANSLATORS
+
+        JUDGES.get(self.judge.name)
+        for name in self.translate.prefer:
+            if name != REFERENCE:
+                TRANSLATORS.get(name)
+        return self
+
+    def resolved_workdir(self) -> str:
+        return os.environ.get("SAFEDRIFT_WORKDIR") or self.workdir
+
+    def digest(self, *parts: str) -> str:
+        """Hash of the named parts of the config (all of it when none are named)."""
+        data = self.model_dump(mode="json")
+        sub = {p: data[p] for p in parts} if parts else data
+        return stable_hash(sub)
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def preset_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in {".yaml", ".yml"} and p.exists():
+        return p
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"no config '{name_or_path}': give a YAML file path or a preset ({known})")
+
+
+def _parse_value(raw: str) -> Any:
+    # YAML parsing turns "3" into 3, "[en,es]" into a list and "null" into None.
+    return yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. finetune.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}': '{part}' is not a section")
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def load_config(name_or_path: str = DEFAULT_PRESET, overrides: list[str] | None = None) -> StudyConfig:
+    path = preset_path(name_or_path)
+    data = yaml.safe_load(path.read_text()) or {}
+    data = apply_overrides(data, overrides or [])
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config {path}:\n{exc}") from None
