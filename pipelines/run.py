@@ -40,7 +40,11 @@ def study_hashes(cfg: StudyConfig) -> tuple[str, str]:
 def run_study(cfg: StudyConfig, resume: bool = True) -> StudyResult:
     workdir = workdir_path(cfg.resolved_workdir())
     ds_hash, study_hash = study_hashes(cfg)
-    sweep_dir = workdir / "sweeps" / study_hash
+    from cluster.tracking import tracking_uri
+
+    # One sweep record per tracking store: pointed at a new MLflow server, a finished study is logged
+    # there again (from its cached cells, which costs seconds) rather than silently skipped.
+    sweep_dir = workdir / "sweeps" / study_hash / stable_hash(tracking_uri(workdir, cfg.mlflow.tracking_uri), 8)
     report_dir = workdir / "reports" / study_hash
     done = read_manifest(sweep_dir)
     if done is not None and read_manifest(report_dir) is not None:
@@ -84,6 +88,6 @@ def run_study(cfg: StudyConfig, resume: bool = True) -> StudyResult:
         write_report(results, summary, cfg.eval_langs, report_dir)
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
         stages["report"] = {"reused": False, "seconds": round(time.time() - t0, 1)}
-        write_manifest(sweep_dir, parent_run_id=parent.info.run_id, cells=[r["cell_id"] for r in results],
+        write_manifest(sweep_dir, parent_run_id=parent.info.run_id, tracking_uri=uri, cells=[r["cell_id"] for r in results],
                        datasets=ds_hash, stages=stages)
     return StudyResult(workdir, study_hash, ds.path, report_dir, parent.info.run_id, results, stages)

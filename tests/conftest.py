@@ -1,0 +1,59 @@
+"""Shared fixtures: one real local Ray cluster and one real smoke study per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Before Ray or DeepSpeed are imported anywhere: a local cluster without token auth (tests only), and the
+# DeepSpeed CPU comm op built once into the project cache (.ci/run warms it).
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # the smoke study uses its own sqlite store
+os.environ.pop("SAFEDRIFT_WORKDIR", None)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_study(ray_cluster, tmp_path_factory):
+    """The smoke preset, end to end, once per session; tests assert on what it wrote."""
+    import time
+
+    from pipelines.config import load_config
+    from pipelines.run import run_study
+
+    workdir = tmp_path_factory.mktemp("smoke")
+    cfg = load_config("smoke", [f"workdir={workdir}"])
+    t0 = time.time()
+    result = run_study(cfg)
+    return {"cfg": cfg, "result": result, "seconds": time.time() - t0}
+
+
+@pytest.fixture(scope="session")
+def require_tool():
+    """Skip locally when a system tool is missing; in CI (CI=true) that is a broken setup: fail."""
+    import shutil
+
+    def check(name: str) -> None:
+        if shutil.which(name) is None:
+            msg = f"{name} is not installed (the README's setup installs it)"
+            if os.environ.get("CI") == "true":
+                pytest.fail(msg)
+            pytest.skip(msg)
+
+    return check

@@ -1,0 +1,109 @@
+"""The smoke preset end to end on a real local Ray cluster (Ray Data + Apertium, Ray Train + DeepSpeed
+ZeRO-2 + LoRA, Ray Tune, MLflow sqlite, report). One study per session; each test checks what it wrote."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import polars as pl
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def study(smoke_study, require_tool):
+    require_tool("apertium")
+    return smoke_study
+
+
+@pytest.fixture(scope="module")
+def client(study):
+    return mlflow.MlflowClient(f"sqlite:///{study['result'].workdir / 'mlflow.db'}")
+
+
+def test_every_stage_ran(study) -> None:
+    stages = study["result"].stages
+    assert set(stages) == {"translate", "sweep", "report"}
+    assert not any(s["reused"] for s in stages.values())
+
+
+def test_datasets_manifest_and_shards(study) -> None:
+    from pipelines.translate import read_split
+
+    res = study["result"]
+    manifest = (res.datasets_path / "manifest.json").read_text()
+    import json
+
+    m = json.loads(manifest)
+    assert m["counts"] == {"benign": {"en": 24, "es": 24}, "eval": {"en": 8, "es": 8}}
+    assert m["routes"]["eval/es"] == "apertium:en-es" and m["routes"]["benign/en"] == "identity:en-en"
+    assert m["sources"]["multijail"] == "2798ed6fe470b80b1f486976e0fb3baa3ce008e62b6ca0abbf2e1ed5b1dfb355"
+    en, es = read_split(res.datasets_path, "eval", "en"), read_split(res.datasets_path, "eval", "es")
+    assert en.height == es.height == 8
+    assert en["id"].to_list() == es["id"].to_list()  # order and ids kept
+    assert (en["prompt"] != es["prompt"]).sum() == 8  # really translated
+    assert es["prompt_en"].to_list() == en["prompt"].to_list()
+    benign_es = read_split(res.datasets_path, "benign", "es")
+    assert benign_es.height == 24 and (benign_es["output"] != read_split(res.datasets_path, "benign", "en")["output"]).all()
+
+
+def test_mlflow_parent_and_nested_runs(study, client) -> None:
+    res = study["result"]
+    exp = client.get_experiment_by_name("safedrift")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == res.parent_run_id]
+    assert [p.info.run_id for p in parents] == [res.parent_run_id]
+    assert sorted(c.info.run_name for c in children) == ["tiny-llama__base", "tiny-llama__en__s0__e1",
+                                                         "tiny-llama__es__s0__e1"]
+    for c in children:
+        for lang in ("en", "es"):
+            rate = c.data.metrics[f"safety/compliance_rate/{lang}"]
+            assert 0.0 <= rate <= 1.0
+            assert c.data.metrics[f"safety/n/{lang}"] == 8
+        assert c.data.params["cell.model"] == "tiny-llama"
+        assert c.data.params["finetune.zero_stage"] == "2"
+        if c.info.run_name != "tiny-llama__base":
+            losses = client.get_metric_history(c.info.run_id, "train/loss")
+            assert len(losses) == 3  # 24 examples / 2 workers / batch 4 = 3 optimizer steps
+            assert all(m.value > 0 for m in losses)
+    artifacts = [a.path for a in client.list_artifacts(res.parent_run_id, "report")]
+    assert "report/report.html" in artifacts and "report/compliance.csv" in artifacts
+
+
+def test_adapters_load_with_peft(study) -> None:
+    from peft import PeftConfig
+
+    ckpts = list((study["result"].workdir / "checkpoints").glob("*/adapter"))
+    assert len(ckpts) == 2
+    for ckpt in ckpts:
+        assert (ckpt / "adapter_model.safetensors").exists()
+        assert PeftConfig.from_pretrained(ckpt).r == 4
+
+
+def test_report_table_and_figures(study) -> None:
+    report = study["result"].report_path
+    wide = pl.read_csv(report / "compliance.csv")
+    assert wide.shape == (3, 7)  # 3 cells × (5 id columns + 2 eval languages)
+    assert wide.columns[-2:] == ["en", "es"]
+    assert wide["ft_lang"].to_list() == ["base", "en", "es"]
+    tidy = pl.read_parquet(report / "compliance_tidy.parquet")
+    assert tidy.height == 6 and tidy["n"].to_list() == [8] * 6
+    png = report / "heatmap_tiny-llama.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report / "report.html").read_text()
+    assert 'src="heatmap_tiny-llama.png"' in page and "<table>" in page
+
+
+def test_rerun_reuses_every_stage(study) -> None:
+    from pipelines.run import run_study
+
+    t0 = time.time()
+    again = run_study(study["cfg"])
+    seconds = time.time() - t0
+    assert all(s["reused"] for s in again.stages.values())
+    assert again.parent_run_id == study["result"].parent_run_id
+    assert [r["metrics"] for r in again.results] == [r["metrics"] for r in study["result"].results]
+    assert seconds < 0.1 * study["seconds"]
