@@ -23,7 +23,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
-OVERLAYS = ("cpu-test", "gpu", "s3-storage")
+OVERLAYS = ("cpu-test", "gpu")
 # The KubeRay CRDs are shared, not copied into the repo: <repo>/../shared/schemas/kuberay.
 SCHEMAS = REPO.parent / "shared" / "schemas"
 KUBERAY_KINDS = {"RayCluster", "RayJob", "RayService"}

@@ -210,12 +210,9 @@ def test_shared_storage(overlay):
     name, objs = overlay
     env = one(objs, "ConfigMap", "safedrift-env")["data"]
     pvcs = {p["metadata"]["name"]: p for p in by_kind(objs, "PersistentVolumeClaim")}
-    if name == "s3-storage":
-        assert env["SAFEDRIFT_WORKDIR"].startswith("s3://")
-        assert not pvcs, "the S3 overlay should not need an RWX volume"
-    else:
-        assert env["SAFEDRIFT_WORKDIR"] == "/mnt/safedrift"
-        assert pvcs["safedrift-shared"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    # Every stage reads and writes the workdir with local tools, on every node: it must be one RWX volume.
+    assert env["SAFEDRIFT_WORKDIR"] == "/mnt/safedrift"
+    assert pvcs["safedrift-shared"]["spec"]["accessModes"] == ["ReadWriteMany"]
     for label, pod in pod_specs(objs):
         if "safedrift-postgres" in label or "safedrift-mlflow" in label:
             continue
