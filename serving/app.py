@@ -1,0 +1,143 @@
+"""Building and running the judge application.
+
+Three ways to deploy, one config:
+- ``serve run serving/judge.yaml`` (or ``serve deploy``): the file's ``import_path`` is ``build_app``
+  and its ``args`` are a ``JudgeServiceConfig``;
+- ``serve_judge(...)`` from Python / the ``safedrift serve`` CLI;
+- a KubeRay RayService that embeds ``serving/judge.yaml`` as its ``serveConfigV2``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from serving.auth import TOKEN_ENV, TOKEN_FILE_ENV, check_bind, load_token
+from serving.backend import JudgeBackend
+from serving.config import JudgeServiceConfig, app_settings, load_config
+from serving.ingress import JudgeIngress
+
+logger = logging.getLogger(__name__)
+
+BACKEND_DEPLOYMENT = "JudgeBackend"
+INGRESS_DEPLOYMENT = "JudgeIngress"
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Serve application builder (the ``import_path`` of serving/judge.yaml): ingress -> batched judge."""
+    cfg = load_config(args or {})
+    cfg_dict = cfg.model_dump()
+    backend = JudgeBackend.options(name=BACKEND_DEPLOYMENT, **cfg.backend.serve_options()).bind(cfg_dict)
+    # A replica that cannot start (e.g. auth required but no token) should fail the deploy quickly
+    # instead of being retried for minutes.
+    return JudgeIngress.options(
+        name=INGRESS_DEPLOYMENT, max_constructor_retry_count=3, **cfg.ingress.serve_options()
+    ).bind(backend, cfg_dict)
+
+
+@dataclass
+class JudgeService:
+    """A running judge application (returned by ``serve_judge(..., blocking=False)``)."""
+
+    url: str  # base URL: POST {url}/v1/judge
+    app_name: str
+    handle: DeploymentHandle  # the ingress
+
+    def backend_handle(self) -> DeploymentHandle:
+        return serve.get_deployment_handle(BACKEND_DEPLOYMENT, app_name=self.app_name)
+
+    def shutdown(self) -> None:
+        serve.delete(self.app_name)
+
+
+def _url(host: str, port: int, route_prefix: str) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else shown  # a bind-all address is reached locally
+    return f"http://{shown}:{port}{route_prefix.rstrip('/')}"
+
+
+def _actual_bind(host: str, port: int, token: str | None) -> tuple[str, int]:
+    """Serve's HTTP options are cluster-wide and fixed once Serve runs: check what is really bound."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        http = _get_global_client().http_config
+        actual_host, actual_port = str(http.host), int(http.port)
+    except Exception:  # private API: if it moves, trust the requested values
+        return host, port
+    if (actual_host, actual_port) != (host, port):
+        check_bind(actual_host, token)  # an already-running proxy on 0.0.0.0 without a token: refuse
+        logger.warning("Serve already runs on this cluster at %s:%d; the judge uses that, not %s:%d",
+                       actual_host, actual_port, host, port)
+    return actual_host, actual_port
+
+
+def serve_judge(
+    config: str | Path | dict[str, Any] | JudgeServiceConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    blocking: bool = False,
+    *,
+    app_name: str | None = None,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+) -> JudgeService:
+    """Start the judge service on Ray Serve and return where it listens.
+
+    ``config``: path to serving/judge.yaml (or any Serve config / args YAML), a dict, or a config object.
+    ``host``/``port``: where Serve's HTTP proxy binds (cluster-wide Serve setting: if Serve is already
+    running on this cluster, its existing HTTP options stay). Without a token (``SAFEDRIFT_JUDGE_TOKEN``
+    or ``SAFEDRIFT_JUDGE_TOKEN_FILE``) only a loopback host is accepted (``InsecureBindError``).
+    ``blocking``: serve until Ctrl-C, then delete the application.
+    Ray: an already initialised Ray is used; otherwise ``ray.init(address=ray_address)`` (a new local
+    cluster when None, with ``num_cpus``).
+    """
+    cfg = load_config(config)
+    settings = app_settings(config if not isinstance(config, JudgeServiceConfig) else None)
+    name = app_name or settings["name"]
+
+    token = load_token()  # raises TokenConfigError for an unreadable/empty token file
+    check_bind(host, token)  # before anything starts
+    if token is None:
+        # Loopback only (checked above): local development without a token.
+        cfg = cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"required": False})})
+        logger.warning("no judge token configured: authentication is off; serving on loopback %s only", host)
+
+    token_file = os.environ.get(TOKEN_FILE_ENV)
+    if token is not None and token_file and not os.environ.get(TOKEN_ENV):
+        # Replicas inherit the environment of the Ray cluster, which may predate this process's; the
+        # file's path is no secret, so hand it to the ingress explicitly (the token itself never is).
+        actor_opts = dict(cfg.ingress.ray_actor_options)
+        runtime_env = dict(actor_opts.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), TOKEN_FILE_ENV: token_file}
+        actor_opts["runtime_env"] = runtime_env
+        cfg = cfg.model_copy(update={"ingress": cfg.ingress.model_copy(update={"ray_actor_options": actor_opts})})
+
+    if not ray.is_initialized():
+        if ray_address:
+            ray.init(address=ray_address)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False)
+    serve.start(http_options={"host": host, "port": port})
+    host, port = _actual_bind(host, port, token)
+    handle = serve.run(build_app(cfg.model_dump()), name=name, route_prefix=settings["route_prefix"])
+    service = JudgeService(url=_url(host, port, settings["route_prefix"]), app_name=name, handle=handle)
+    logger.info("judge service %s up at %s", name, service.url)
+    if blocking:
+        try:
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            service.shutdown()
+    return service

@@ -1,0 +1,136 @@
+"""Typed configuration of the judge service.
+
+One pydantic model, ``JudgeServiceConfig``, holds every knob: the judge (by registry name), batching,
+replicas/autoscaling of the two deployments, request limits and auth. It is the ``args`` block of the
+application in ``serving/judge.yaml``; ``load_config`` also accepts a whole Serve config file (it then
+takes the first application's ``args``) or a plain dict, so the same file serves ``serve run``,
+``serve_judge`` and the RayService.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_APP_NAME = "safedrift-judge"
+
+
+class _Strict(BaseModel):
+    # A typo in a config key must fail loudly, not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class JudgeSpec(_Strict):
+    name: str = "refusal-phrase"
+    options: dict[str, Any] = Field(default_factory=dict)
+    # Modules imported in the judge replica before the registry lookup, so judges registered outside
+    # pipelines/registries (plugins, the benchmark's simulated model) can be served by name.
+    import_modules: list[str] = Field(default_factory=list)
+
+
+class BatchingConfig(_Strict):
+    enabled: bool = True  # off only to measure what batching buys (benchmarks/serving)
+    max_batch_size: int = Field(32, ge=1, le=4096)  # counted in requests, each up to limits.max_items items
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+
+
+class AutoscalingSpec(_Strict):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling: min_replicas must be <= max_replicas")
+        return self
+
+
+class DeploymentSpec(_Strict):
+    """Scaling of one deployment: a fixed ``num_replicas`` or ``autoscaling`` (not both)."""
+
+    num_replicas: int | None = Field(1, ge=1)
+    autoscaling: AutoscalingSpec | None = None
+    # Must be >= max_batch_size on the judge, or batches can never fill (Serve warns about it too).
+    max_ongoing_requests: int = Field(64, ge=1)
+    # Beyond this many queued requests callers get 503 (back-pressure) instead of unbounded queueing.
+    max_queued_requests: int = Field(1024, ge=-1)
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.5})
+
+    def serve_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "ray_actor_options": dict(self.ray_actor_options),
+        }
+        if self.autoscaling is not None:
+            # Serve rejects num_replicas together with autoscaling_config: the autoscaler owns the count.
+            opts["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            opts["num_replicas"] = self.num_replicas or 1
+        return opts
+
+
+class Limits(_Strict):
+    max_items: int = Field(256, ge=1)  # items per request; more -> 413
+    max_field_chars: int = Field(20_000, ge=1)  # characters per prompt/response; more -> 422
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=64)  # raw request body; more -> 413
+
+
+class AuthConfig(_Strict):
+    # Fail closed: with required=true a replica that finds no token refuses to start. serve_judge turns
+    # it off only for a loopback bind with no token configured (local development).
+    required: bool = True
+
+
+class JudgeServiceConfig(_Strict):
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    ingress: DeploymentSpec = Field(default_factory=lambda: DeploymentSpec(max_ongoing_requests=256))
+    backend: DeploymentSpec = Field(default_factory=lambda: DeploymentSpec(max_ongoing_requests=128))
+    limits: Limits = Field(default_factory=Limits)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    # How long the ingress waits for the judge before answering 504.
+    judge_timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> JudgeServiceConfig:
+        if self.batching.enabled and self.backend.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(
+                "backend.max_ongoing_requests must be >= batching.max_batch_size, or batches never fill"
+            )
+        return self
+
+
+def load_config(source: str | Path | dict[str, Any] | JudgeServiceConfig | None) -> JudgeServiceConfig:
+    """Accepts a JudgeServiceConfig, an args dict, a full Serve config dict, or a path to either as YAML."""
+    if source is None:
+        return JudgeServiceConfig()
+    if isinstance(source, JudgeServiceConfig):
+        return source
+    if isinstance(source, str | Path):
+        data = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+    else:
+        data = dict(source)
+    if "applications" in data:  # a whole Serve config file: our args live in the first application
+        apps = data["applications"] or []
+        if not apps:
+            raise ValueError("the Serve config has no applications")
+        data = apps[0].get("args") or {}
+    return JudgeServiceConfig.model_validate(data)
+
+
+def app_settings(source: str | Path | dict[str, Any] | None) -> dict[str, Any]:
+    """Name and route prefix of the first application of a Serve config, with our defaults."""
+    out: dict[str, Any] = {"name": DEFAULT_APP_NAME, "route_prefix": "/"}
+    data: Any = source
+    if isinstance(source, str | Path):
+        data = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+    if isinstance(data, dict) and data.get("applications"):
+        app = data["applications"][0]
+        out["name"] = app.get("name", out["name"])
+        out["route_prefix"] = app.get("route_prefix", out["route_prefix"])
+    return out

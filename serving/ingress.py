@@ -1,0 +1,235 @@
+"""HTTP ingress of the judge service: FastAPI routes, bearer auth, request limits, error mapping.
+
+Kept apart from the judge deployment so that cheap HTTP work (auth, parsing, validation) scales on its
+own replicas and never waits behind a model batch, and so that in-cluster callers can reach the
+batched judge through a deployment handle without HTTP. The body is read and validated here by hand,
+not by FastAPI's body parameter, so each limit gets its own status (413 vs 422) and a message naming it.
+
+Request content is never logged: only request ids, item counts, character totals, status and time.
+"""
+
+# No `from __future__ import annotations`: Serve re-wraps the route methods, and FastAPI must see real
+# annotation objects (string annotations would resolve in the wrong module; `request` became a query).
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from serving.auth import TokenChecker
+from serving.config import JudgeServiceConfig
+from serving.schemas import ErrorResponse, JudgeRequest, JudgeResponse
+
+logger = logging.getLogger("ray.serve")
+
+API_VERSION = "1"
+_TEXT_FIELDS = ("prompt", "response")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, detail: str, limit: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.limit, self.headers = status, detail, limit, headers
+
+
+def _request_id(request: Request) -> str:
+    # Serve assigns every request an id (returned as X-Request-Id); reuse it so logs line up.
+    try:
+        rid = serve.context._get_serve_request_context().request_id
+        if rid:
+            return str(rid)
+    except Exception:  # private API: never let it break a request
+        pass
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
+def _error(request: Request, status: int, detail: str, limit: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorResponse(detail=detail, limit=limit, request_id=_request_id(request))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    # Location and error type only: pydantic's default message embeds the input, i.e. request content.
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{loc}: {err.get('msg', err.get('type', 'invalid'))}")
+    more = exc.error_count() - len(parts)
+    return "invalid request: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+app = FastAPI(
+    redirect_slashes=False,  # a 307 to "/v1/judge" would make clients re-send bodies; answer 404 instead
+    title="safedrift judge",
+    version=API_VERSION,
+    description=(
+        "Judges whether a model's response complies with or refuses a request. "
+        "Send `Authorization: Bearer <token>`. Limits (items per request, characters per field, body "
+        "bytes) come from the service config and are listed by `GET /v1/info`."
+    ),
+)
+
+
+@app.exception_handler(APIError)
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return _error(request, exc.status, exc.detail, exc.limit, exc.headers)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # The exception's type only: its message may quote request content.
+    logger.error("unhandled error request_id=%s type=%s", _request_id(request), type(exc).__name__)
+    return _error(request, 500, "internal error")
+
+
+def _openapi() -> dict[str, Any]:
+    # The judge route parses its body by hand (see module doc); publish the request schema anyway.
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    req = JudgeRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(req.pop("$defs", {}))
+    components["JudgeRequest"] = req
+    app.openapi_schema = schema
+    return schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 415, 422, 503, 504)}
+_JUDGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JudgeRequest"}}},
+    }
+}
+
+
+@serve.deployment(name="JudgeIngress")
+@serve.ingress(app)
+class JudgeIngress:
+    def __init__(self, backend: DeploymentHandle, config: dict[str, Any]) -> None:
+        self._cfg = JudgeServiceConfig.model_validate(config)
+        self._limits = self._cfg.limits
+        self._auth = TokenChecker(required=self._cfg.auth.required)
+        self._backend = backend
+        if not self._auth.enabled:
+            logger.warning("judge ingress: no token configured, authentication is OFF (loopback use only)")
+
+    # -- probes: no auth, so Kubernetes and load balancers can use them ---------------------------------
+    @app.get("/healthz", summary="liveness")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="readiness: the judge deployment answers", responses={503: {"model": ErrorResponse}})
+    async def readyz(self, request: Request) -> Any:
+        try:
+            info = await asyncio.wait_for(self._backend.info.remote(), timeout=5.0)
+        except Exception as exc:
+            logger.warning("readyz: judge not ready type=%s", type(exc).__name__)
+            return _error(request, 503, "judge deployment not ready")
+        return {"status": "ready", "judge": info["judge"], "judge_version": info["judge_version"]}
+
+    # -- API ------------------------------------------------------------------------------------------
+    @app.get("/v1/info", summary="the served judge and the request limits", responses={401: {"model": ErrorResponse}})
+    async def info(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        info = await asyncio.wait_for(self._backend.info.remote(), timeout=self._cfg.judge_timeout_s)
+        return {**info, "api_version": API_VERSION, "limits": self._limits.model_dump()}
+
+    @app.post("/v1/judge", response_model=JudgeResponse, openapi_extra=_JUDGE_BODY, responses=_ERRORS,
+              summary="judge a batch of (prompt, response) items")
+    async def judge(self, request: Request) -> Any:
+        started = time.perf_counter()
+        rid = _request_id(request)
+        status, n_items, n_chars = 500, 0, 0
+        try:
+            self._authorize(request)
+            body = await self._read_body(request)
+            items = self._parse(body)
+            n_items = len(items)
+            n_chars = sum(len(i["prompt"]) + len(i["response"]) for i in items)
+            results = await self._call_judge(items)
+            status = 200
+            return {"results": results}
+        except APIError as exc:
+            status = exc.status
+            raise
+        finally:
+            logger.info("judge request_id=%s status=%d items=%d chars=%d ms=%.1f", rid, status, n_items,
+                        n_chars, (time.perf_counter() - started) * 1000)
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def _authorize(self, request: Request) -> None:
+        if not self._auth.check(request.headers.get("authorization")):
+            raise APIError(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    async def _read_body(self, request: Request) -> bytes:
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            raise APIError(415, "content type must be application/json")
+        limit = self._limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise APIError(400, "invalid Content-Length header")
+            if int(declared) > limit:
+                raise APIError(413, f"body of {declared} bytes exceeds max_body_bytes={limit}", "max_body_bytes")
+        # Count while reading as well: a chunked body declares no length.
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise APIError(413, f"body exceeds max_body_bytes={limit}", "max_body_bytes")
+        return bytes(body)
+
+    def _parse(self, body: bytes) -> list[dict[str, Any]]:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):  # bad JSON, bad encoding, absurd nesting or numbers
+            raise APIError(422, "body is not valid JSON") from None
+        max_items = self._limits.max_items
+        if isinstance(data, dict) and isinstance(data.get("items"), list) and len(data["items"]) > max_items:
+            raise APIError(413, f"{len(data['items'])} items exceed max_items={max_items}", "max_items")
+        try:
+            req = JudgeRequest.model_validate(data)
+        except ValidationError as exc:
+            raise APIError(422, _describe_validation(exc)) from None
+        max_chars = self._limits.max_field_chars
+        for idx, item in enumerate(req.items):
+            for field in _TEXT_FIELDS:
+                n = len(getattr(item, field))
+                if n > max_chars:
+                    raise APIError(422, f"items.{idx}.{field} has {n} characters, over max_field_chars={max_chars}",
+                                   "max_field_chars")
+        return [item.model_dump() for item in req.items]
+
+    async def _call_judge(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not items:
+            return []
+        response = self._backend.judge.remote(items)
+        try:
+            return await asyncio.wait_for(response, timeout=self._cfg.judge_timeout_s)
+        except BackPressureError:
+            raise APIError(503, "judge overloaded, retry later", headers={"Retry-After": "1"}) from None
+        except TimeoutError:
+            response.cancel()
+            raise APIError(504, f"judge did not answer within judge_timeout_s={self._cfg.judge_timeout_s}",
+                           "judge_timeout_s") from None
+        except Exception as exc:
+            # Type only: a judge's exception message may quote the items it failed on.
+            logger.error("judge call failed type=%s items=%d", type(exc).__name__, len(items))
+            raise APIError(500, "judge failed") from None

@@ -1,0 +1,86 @@
+"""``RemoteJudge``: the ``Judge`` interface over the judge service, registered as judge ``"remote"``.
+
+Two transports: HTTP through ``JudgeClient`` (from outside the cluster: give ``url``), or a Serve
+deployment handle on the batched judge deployment (inside the Ray cluster: give no ``url``; no HTTP,
+no auth hop). Either way the verdicts are those of the judge the service is configured with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pipelines.registries.judges import Judge, JudgeItem, Verdict
+from serving.auth import load_token
+from serving.client import JudgeAPIError, JudgeClient
+from serving.config import DEFAULT_APP_NAME
+from serving.schemas import LABEL_VALUES
+
+
+def _verdict(result: dict[str, Any]) -> Verdict:
+    return Verdict(LABEL_VALUES[result["label"]], float(result["score"]))
+
+
+class RemoteJudge(Judge):
+    name = "remote"
+    version = "1"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        app_name: str = DEFAULT_APP_NAME,
+        deployment: str = "JudgeBackend",
+        handle: Any = None,
+        timeout: float = 60.0,
+        retries: int = 4,
+        batch_size: int = 64,
+        max_concurrency: int = 4,
+    ) -> None:
+        self._client: JudgeClient | None = None
+        self._handle = handle
+        self._app_name, self._deployment = app_name, deployment
+        self._timeout, self._batch_size = timeout, batch_size
+        if url:
+            # Same env var as the server: a pipeline next to the service finds the token without config.
+            self._client = JudgeClient(
+                url, token=token if token is not None else load_token(), timeout=timeout, retries=retries,
+                batch_size=batch_size, max_concurrency=max_concurrency,
+            )
+        self._served: dict[str, str] | None = None
+
+    def _backend(self) -> Any:
+        if self._handle is None:
+            from ray import serve  # only the in-cluster transport needs Serve
+
+            self._handle = serve.get_deployment_handle(self._deployment, app_name=self._app_name)
+        return self._handle
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        if self._client is not None:
+            results = self._client.judge(items)
+        else:
+            payload = [{"prompt": i.prompt, "response": i.response, "language": i.language} for i in items]
+            chunks = [payload[i : i + self._batch_size] for i in range(0, len(payload), self._batch_size)]
+            # All chunks in flight at once, so the deployment's dynamic batching can merge them.
+            handle = self._backend()
+            responses = [handle.judge.remote(c) for c in chunks]
+            results = [r for resp in responses for r in resp.result(timeout_s=self._timeout)]
+        if len(results) != len(items):
+            raise JudgeAPIError(f"remote judge returned {len(results)} results for {len(items)} items")
+        if results and self._served is None:
+            self._served = {"judge": results[0]["judge"], "judge_version": results[0]["judge_version"]}
+        return [_verdict(r) for r in results]
+
+    def describe(self) -> dict[str, str]:
+        """The judge that actually labels (the service's), not this adapter."""
+        if self._served is None:
+            info = self._client.info() if self._client else self._backend().info.remote().result(
+                timeout_s=self._timeout)
+            self._served = {"judge": info["judge"], "judge_version": info["judge_version"]}
+        return {**self._served, "via": "remote"}
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
