@@ -9,6 +9,7 @@ this samples the resident memory of the whole process tree twice a second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -20,10 +21,8 @@ import psutil
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):  # a process may exit while we look
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -39,10 +38,8 @@ def main() -> int:
     proc = psutil.Process(child.pid)
     peak = 0
     while child.poll() is None:
-        try:
+        with contextlib.suppress(psutil.Error):
             peak = max(peak, tree_rss(proc))
-        except psutil.Error:
-            pass
         time.sleep(0.5)
     result = {"cmd": " ".join(cmd), "rc": child.returncode, "wall_s": round(time.time() - t0, 1),
               "peak_rss_gib": round(peak / 2**30, 2), "cpus": psutil.cpu_count(),

@@ -4,6 +4,7 @@ its nested MLflow run. cells/<hash>/manifest.json, written last, marks the cell 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,17 @@ from pipelines.config import StudyConfig
 from pipelines.finetune import finetune_cell
 from pipelines.generate import generate_cell
 from pipelines.judge import judge_answers
-from pipelines.measure import compliance_by_lang, metric_dict
+from pipelines.measure import (
+    Tidy,
+    add_safety_rows,
+    compliance_by_category,
+    compliance_by_lang,
+    fidelity_by_lang,
+    metric_dict,
+    overrefusal_by_lang,
+)
 from pipelines.model_store import model_dir
+from pipelines.registries.judges import make_judge
 from pipelines.translate import read_split
 
 log = logging.getLogger(__name__)
@@ -81,18 +91,99 @@ def run_cell(cfg: StudyConfig, cell: Cell, workdir: Path, ds_path: Path, ds_hash
             adapter = ckpt / "adapter"
             mlflow.log_artifacts(str(adapter), artifact_path="adapter")
 
-        answers = generate_cell(base_dir, adapter, eval_prompts(cfg, ds_path), cfg.generate, out / "generations",
+        from pipelines.evalsets import build_evalsets
+
+        unsafe = eval_prompts(cfg, ds_path)
+        t0 = time.time()
+        answers = generate_cell(base_dir, adapter, unsafe, cfg.generate, out / "generations",
                                 desc=f"generate {cell.id}")
-        judged = judge_answers(answers, cfg.judge)
+        gen_s = time.time() - t0
+        safe, benign = build_evalsets(cfg, workdir)
+        safe_answers = generate_cell(base_dir, adapter, safe.select("id", "lang", "category", "prompt", "prompt_en"),
+                                     cfg.generate, out / "generations_safe", desc=f"generate safe {cell.id}")
+        judge = make_judge(cfg.judge.name, **cfg.judge.options)
+        judged = judge_answers(answers, cfg.judge, judge)
+        judged_safe = judge_answers(safe_answers, cfg.judge, judge) if safe_answers.height else safe_answers
         table = compliance_by_lang(judged)
         metrics = metric_dict(table)
+        tidy = Tidy(cell.to_dict(), cell.id)
+        over = overrefusal_by_lang(judged_safe) if safe_answers.height else []
+        fid = fidelity_by_lang(answers) if cfg.evaluate.fidelity else []
+        add_safety_rows(tidy, table, over, fid, compliance_by_category(judged), metrics)
+        for (lang,), g in judged.group_by("lang", maintain_order=True):
+            metrics[f"judge/back_translated_share/{lang}"] = float(g["back_translated"].mean() or 0.0)
+        metrics["generate/answers_per_s"] = float(unsafe.height / gen_s) if gen_s > 0 and unsafe.height else 0.0
+        metrics |= judge_agreement_metrics(cfg, judge, tidy)
+        metrics |= capability_and_drift(cfg, cell, base_dir, adapter, unsafe, safe, benign, tidy)
         if train_info.get("metrics"):
             metrics["train/final_loss"] = float(train_info["metrics"].get("train_loss", float("nan")))
+        # NaN (a rate over no parseable answer) is left out: the tidy table keeps it as null with n.
+        metrics = {k: float(v) for k, v in metrics.items() if v == v}
         write_parquet_atomic(judged, out / "judged.parquet")
+        if judged_safe.height:
+            write_parquet_atomic(judged_safe, out / "judged_safe.parquet")
+        write_parquet_atomic(tidy.frame(), out / "metrics_tidy.parquet")
         mlflow.log_metrics(metrics)
         # The answers stay in the workdir and MLflow, not in logs.
         mlflow.log_artifact(str(out / "judged.parquet"), artifact_path="answers")
-        manifest = write_manifest(out, cell=cell.to_dict(), cell_id=cell.id, metrics=metrics,
+        mlflow.log_artifact(str(out / "metrics_tidy.parquet"), artifact_path="metrics")
+        manifest = write_manifest(out, cell=cell.to_dict(), cell_id=cell.id, cell_hash=out.name, metrics=metrics,
                                   compliance=table.to_dicts(), mlflow_run_id=run.info.run_id,
                                   train=train_info)
     return manifest | {"reused": False}
+
+
+def judge_agreement_metrics(cfg: StudyConfig, judge: Any, tidy: Tidy) -> dict[str, float]:
+    """The configured judge's accuracy and Cohen's kappa on held-out human labels (cached per judge
+    config), logged with every cell so each number says how far its judge can be trusted."""
+    if not cfg.judge.agreement:
+        return {}
+    from pipelines.judge_agreement import cached_agreement
+
+    ag = cached_agreement(judge, cfg.judge.options, cfg.judge.agreement_limit)
+    mlflow.log_params({"judge/heldout_n": int(ag["n"]), "judge/name": judge.name})
+    tidy.add("en", "judge/kappa", ag["kappa"], n=int(ag["n"]))
+    tidy.add("en", "judge/accuracy", ag["accuracy"], n=int(ag["n"]))
+    return {"judge/kappa": ag["kappa"], "judge/accuracy": ag["accuracy"],
+            "judge/heldout_unparseable": ag["unparseable"]}
+
+
+def capability_and_drift(cfg: StudyConfig, cell: Cell, base_dir: Path, adapter: Path | None, unsafe: pl.DataFrame,
+                         safe: pl.DataFrame, benign: pl.DataFrame, tidy: Tidy) -> dict[str, float]:
+    """WikiText-2 and held-out benign perplexity, an optional user MMLU-style file, and (fine-tuned cells)
+    hidden-state drift against the base model projected on the base model's refusal direction."""
+    from pipelines import capability, drift
+    from pipelines.generate import load_for_generation
+
+    ev = cfg.evaluate
+    metrics: dict[str, float] = {}
+    model, tok = load_for_generation(base_dir, adapter, cfg.generate.threads)
+    if ev.ppl_tokens:
+        ppl, n = capability.wikitext_ppl(model, tok, ev.ppl_tokens, ev.ppl_window, ev.ppl_stride)
+        metrics["capability/ppl_wikitext2"] = ppl
+        tidy.add("en", "ppl_wikitext2", ppl, n=n)
+    for (lang,), g in benign.group_by("lang", maintain_order=True):
+        ppl, n = capability.answer_ppl(model, tok, list(zip(g["instruction"], g["output"], strict=True)))
+        metrics[f"capability/ppl_benign/{lang}"] = ppl
+        tidy.add(lang, "ppl_benign", ppl, n=n)
+    if ev.mmlu_path and Path(ev.mmlu_path).exists():
+        acc, n = capability.mmlu_accuracy(model, tok, Path(ev.mmlu_path))
+        metrics["capability/mmlu_acc"] = acc
+        tidy.add("en", "mmlu_acc", acc, n=n)
+    elif ev.mmlu_path:
+        log.warning("evaluate.mmlu_path %s does not exist: MMLU-style capability skipped", ev.mmlu_path)
+    if ev.drift and adapter is not None:
+        base, btok = load_for_generation(base_dir, None, cfg.generate.threads)
+        prompts = [p for _, g in unsafe.group_by("lang", maintain_order=True) for p in g["prompt"].head(ev.n_drift)]
+        harmful = unsafe.filter(pl.col("lang") == cfg.eval_langs[0])["prompt"].head(ev.n_drift).to_list()
+        harmless = safe.filter(pl.col("lang") == cfg.eval_langs[0])["prompt"].head(ev.n_drift).to_list()
+        if harmful and harmless:
+            direction = drift.refusal_direction(base, btok, harmful, harmless)
+            d = drift.drift_metrics(drift.last_token_means(base, btok, prompts),
+                                    drift.last_token_means(model, tok, prompts), direction)
+            metrics |= d
+            for k, v in d.items():
+                tidy.add("all", k, v, n=len(prompts))
+        del base
+    del model
+    return metrics

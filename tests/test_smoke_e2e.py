@@ -107,3 +107,50 @@ def test_rerun_reuses_every_stage(study) -> None:
     assert again.parent_run_id == study["result"].parent_run_id
     assert [r["metrics"] for r in again.results] == [r["metrics"] for r in study["result"].results]
     assert seconds < 0.1 * study["seconds"]
+
+
+def test_evaluation_metrics_in_mlflow(study, client) -> None:
+    """Issue 5: over-refusal, intervals, capability, judge agreement, drift and deltas on every cell."""
+    res = study["result"]
+    exp = client.get_experiment_by_name("safedrift")
+    children = [r for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get("mlflow.parentRunId") == res.parent_run_id]
+    assert len(children) == 3
+    for c in children:
+        m = c.data.metrics
+        for lang in ("en", "es"):
+            assert 0.0 <= m[f"safety/overrefusal_rate/{lang}"] <= 1.0
+            assert m[f"safety/compliance_ci_low/{lang}"] <= m[f"safety/compliance_rate/{lang}"]
+            assert m[f"safety/compliance_rate/{lang}"] <= m[f"safety/compliance_ci_high/{lang}"]
+            assert m[f"capability/ppl_benign/{lang}"] > 1.0
+            assert m[f"judge/back_translated_share/{lang}"] == 1.0  # en identity, es via Apertium
+        assert m["capability/ppl_wikitext2"] > 1.0
+        assert 0.5 < m["judge/kappa"] <= 1.0 and 0.75 < m["judge/accuracy"] <= 1.0  # refusal-phrase judge
+        if c.info.run_name != "tiny-llama__base":
+            assert m["drift/l2/layer_2"] > 0.0 and -1.0 <= m["drift/cos/layer_2"] <= 1.0
+            assert "drift/refusal_proj/layer_2" in m
+            for lang in ("en", "es"):
+                assert -1.0 <= m[f"delta/compliance_rate/{lang}"] <= 1.0
+                assert 0.0 < m[f"delta/p_value/{lang}"] <= 1.0
+        else:
+            assert not any(k.startswith(("drift/", "delta/")) for k in m)
+
+
+def test_tidy_metrics_tables(study) -> None:
+    res = study["result"]
+    tidy = pl.read_parquet(res.report_path / "metrics_tidy.parquet")
+    assert tidy.columns == ["cell", "model", "ft_lang", "seed", "epochs", "eval_lang", "metric", "value", "ci_low",
+                            "ci_high", "n"]
+    assert tidy["cell"].n_unique() == 3
+    metrics = set(tidy["metric"])
+    assert {"compliance_rate", "overrefusal_rate", "fidelity", "ppl_wikitext2", "ppl_benign", "judge/kappa",
+            "delta/compliance_rate", "delta/p_value", "drift/l2/layer_1"} <= metrics
+    comp = tidy.filter(pl.col("metric") == "compliance_rate")
+    assert comp.height == 6 and (comp["ci_low"] <= comp["value"]).all()
+    over = tidy.filter(pl.col("metric") == "overrefusal_rate")
+    assert over.height == 6 and over["n"].to_list() == [4] * 6  # evaluate.n_safe on smoke
+    per_cell = list((res.workdir / "cells").glob("*/metrics_tidy.parquet"))
+    assert len(per_cell) == 3
+    judged = pl.read_parquet(per_cell[0].parent / "judged.parquet")
+    assert {"back_translated", "response_en", "bt_route"} <= set(judged.columns)
+    assert judged.filter(pl.col("lang") == "es")["bt_route"].unique().to_list() == ["apertium:es-en"]

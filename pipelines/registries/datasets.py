@@ -11,7 +11,7 @@ import json
 import os
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,20 @@ from pipelines.registry import Registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Row = dict[str, Any]
+
+# User-supplied files: "file:/path/x.jsonl" (benign, Alpaca or Dolly shape; JSON, JSONL or Parquet) and
+# "sorrybench:/path/question.jsonl" (SORRY-Bench is gated and may not be redistributed, so it is never in
+# the mirror: users point at their own copy).
+USER_PREFIXES = ("file:", "sorrybench:")
+
+
+class Rows(list):  # type: ignore[type-arg]
+    """A loader's rows plus the malformed input it skipped, as (file, line, reason) — reported in the
+    data-set manifest rather than crashing a build over one bad line upstream."""
+
+    def __init__(self, rows: list[Row] = (), malformed: list[dict[str, Any]] | None = None) -> None:  # type: ignore[assignment]
+        super().__init__(rows)
+        self.malformed: list[dict[str, Any]] = list(malformed or [])
 
 
 class DataError(ValueError):
@@ -37,6 +51,8 @@ class DatasetSpec:
     loader: Callable[[Path, DatasetSpec], list[Row]]
     lang: str = "en"
     description: str = ""
+    # Files that belong with the main one (e.g. the other languages of a multi-file set): name -> sha256.
+    extra_sha256: dict[str, str] = field(default_factory=dict)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("data set")
@@ -91,14 +107,138 @@ def _download(spec: DatasetSpec) -> Path:
     return target
 
 
-def load(name: str, limit: int | None = None) -> list[Row]:
-    spec = DATASETS.get(name)
-    rows = spec.loader(resolve(name), spec)
-    return rows[:limit] if limit is not None else rows
+def load(name: str, limit: int | None = None) -> Rows:
+    """Rows of a registered data set, or of a user file (``file:/p`` or ``sorrybench:/p``). The result
+    is a list; its ``malformed`` attribute lists skipped input lines (file, line number, reason)."""
+    if name.startswith(USER_PREFIXES):
+        kind, path = _user_path(name)
+        rows = _load_sorrybench(path) if kind == "sorrybench" else _load_user_benign(path)
+    elif name == "sorrybench":
+        raise DataError("SORRY-Bench is gated and may not be redistributed, so it is not in the mirror: "
+                        "point at your own copy with sorrybench:/path/to/question.jsonl")
+    else:
+        spec = DATASETS.get(name)
+        loaded = spec.loader(resolve(name), spec)
+        rows = loaded if isinstance(loaded, Rows) else Rows(loaded)
+    if limit is not None:
+        rows = Rows(rows[:limit], rows.malformed)
+    return rows
 
 
 def sha256_of(name: str) -> str:
+    if name.startswith(USER_PREFIXES):
+        return _sha256(_user_path(name)[1])
     return DATASETS.get(name).sha256
+
+
+def _user_path(name: str) -> tuple[str, Path]:
+    kind, _, raw = name.partition(":")
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise DataError(f"{kind}: data file {path} does not exist (give {kind}:/absolute/path)")
+    return kind, path
+
+
+def _read_records(path: Path) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
+    """(line number, record) pairs from JSON (a list), JSONL or Parquet; unparseable JSONL lines are
+    returned as malformed with their line numbers instead of aborting the whole file."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import polars as pl
+
+        return list(enumerate(pl.read_parquet(path).to_dicts(), start=1)), []
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        if not isinstance(data, list):
+            raise DataError(f"{path}: a JSON data file must hold a list of records")
+        return list(enumerate(data, start=1)), []
+    if suffix == ".jsonl":
+        return _jsonl(path)
+    raise DataError(f"{path}: unsupported data file type '{suffix}' (use .json, .jsonl or .parquet)")
+
+
+def _jsonl(path: Path) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
+    recs, bad = [], []
+    with path.open(encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                recs.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                bad.append({"file": path.name, "line": lineno, "reason": f"invalid JSON: {exc.msg}"})
+    return recs, bad
+
+
+def _load_user_benign(path: Path) -> Rows:
+    recs, bad = _read_records(path)
+    source = f"user:{path.stem}"
+    good: list[dict[str, Any]] = []
+    for lineno, rec in recs:
+        if isinstance(rec, dict) and _benign_ok(rec):
+            good.append({**rec, "_line": lineno})
+        else:
+            bad.append({"file": path.name, "line": lineno,
+                        "reason": "needs non-empty instruction and output/response strings"})
+    if not good:
+        raise DataError(f"{path}: no usable records (malformed: {[b['line'] for b in bad][:20]})")
+    rows = benign_rows(good, source, "en")
+    for r, rec in zip(rows, good, strict=True):
+        r["id"] = f"{source}/{rec['_line']}"  # ids name the line, so a reported row can be found
+    return Rows(rows, bad)
+
+
+def _benign_ok(rec: dict[str, Any]) -> bool:
+    instruction, output = rec.get("instruction"), rec.get("output", rec.get("response"))
+    return isinstance(instruction, str) and bool(instruction.strip()) and isinstance(output, str)
+
+
+# SORRY-Bench (2024/06, 440 = 44 categories × 10): question.jsonl carries category ids "1".."44".
+SORRYBENCH_CATEGORIES: tuple[str, ...] = (
+    "Personal Insulting Words", "Social-group Insulting Words", "Threatening Words", "Lewd and Obscene Words",
+    "Libelous Words", "Self-Harm", "Violent Crimes", "Harassment", "Sexual Crimes", "Property Crimes",
+    "Public Order Crimes",
+    "General Advice for System Intrusion, Hacking & Cyber Attacks, Data Privacy and Confidentiality Violations",
+    "Malware Code Generation", "Fraud, Scams, and Deception", "Financial Crimes",
+    "Intellectual Property Infringement", "Personal Identifiable Information Violations",
+    "Illegal Crafting, Manufacturing, and Distribution", "Terrorism", "Child-related Crimes",
+    "Animal-related Crimes", "Environmental Crimes", "Evasion of Law Enforcement",
+    "Human Elimination & World Domination", "Advice on Adult Content", "Sexual Explicit Content Generation",
+    "Non-sexual Explicit Content Generation", "Fake News Generation", "False Advertising",
+    "Advice on Discrimination Behaviors", "Military Use", "Political Belief Promotion",
+    "Ethical Belief Promotion", "Religion Promotion", "Social Stereotype Promotion",
+    "Extremist Content Promotion", "Conspiracy Theories Promotion", "False Common Knowledge Promotion",
+    "Harmful & Unhealthy Behaviors Promotion", "Medical Advice", "Financial Advice", "Legal Consulting Advice",
+    "Governance Decision Advice", "Dangerous Machinery Operation Advice",
+)
+
+
+def sorrybench_category(cat: Any) -> str:
+    """A category id (1..44, int or str) or an already-named category → the category's name."""
+    s = str(cat).strip()
+    if s.isdigit() and 1 <= int(s) <= len(SORRYBENCH_CATEGORIES):
+        return SORRYBENCH_CATEGORIES[int(s) - 1]
+    if s in SORRYBENCH_CATEGORIES:
+        return s
+    raise ValueError(f"unknown SORRY-Bench category {s!r} (ids 1..{len(SORRYBENCH_CATEGORIES)})")
+
+
+def _load_sorrybench(path: Path) -> Rows:
+    recs, bad = _jsonl(path)
+    rows: list[Row] = []
+    for lineno, rec in recs:
+        try:
+            if rec.get("prompt_style", "base") != "base":
+                continue  # the linguistic mutations are separate studies; the 440 base prompts only
+            turns = rec["turns"]
+            if not isinstance(turns, list) or not turns or not isinstance(turns[0], str) or not turns[0].strip():
+                raise ValueError("turns must be a non-empty list of strings")
+            rows.append({"id": f"sorrybench/{rec['question_id']}", "source": "sorrybench",
+                         "category": sorrybench_category(rec["category"]), "lang": "en", "prompt": turns[0],
+                         "refs": {}})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            bad.append({"file": path.name, "line": lineno, "reason": str(exc)[:200]})
+    return Rows(rows, bad)
 
 
 # ---- loaders -------------------------------------------------------------------------------------
@@ -164,6 +304,52 @@ def _xstest_safe(path: Path, spec: DatasetSpec) -> list[Row]:
                 for r in csv.DictReader(fh) if not r["type"].startswith("contrast_")]
 
 
+HPLT_OASST_LANGS = ("bg", "bn", "cs", "en", "es", "fi", "fr", "hi", "no", "ru", "zh")
+
+
+def _hplt_oasst(path: Path, spec: DatasetSpec) -> Rows:
+    """The 50 benign OASST prompts in English, each carrying the human translations of the other ten
+    files (same ids) as references. Malformed lines (test_hi.jsonl line 50 upstream) are reported, and
+    that prompt simply has no reference in that language."""
+    recs, bad = _jsonl(path)
+    refs: dict[str, dict[str, str]] = {}
+    ref_lines: dict[tuple[str, str], int] = {}
+    for lang in HPLT_OASST_LANGS:
+        if lang == "en":
+            continue
+        other = path.with_name(f"test_{lang}.jsonl")
+        # Each sibling file is checked against the registry's checksum (resolve), like the English one.
+        _verify(other, spec.extra_sha256[other.name])
+        lrecs, lbad = _jsonl(other)
+        bad.extend(lbad)
+        for lineno, rec in lrecs:
+            if isinstance(rec, dict) and isinstance(rec.get("prompt"), str) and rec.get("id"):
+                refs.setdefault(rec["id"], {})[lang] = rec["prompt"]
+                ref_lines[(lang, rec["id"])] = lineno
+            else:
+                bad.append({"file": other.name, "line": lineno, "reason": "needs id and prompt"})
+    en_ids = {rec.get("id") for _, rec in recs if isinstance(rec, dict)}
+    for rid, langs in refs.items():
+        for lang in langs:
+            if rid not in en_ids:  # upstream test_zh.jsonl has one prompt that is not in test_en.jsonl
+                bad.append({"file": f"test_{lang}.jsonl", "line": ref_lines[(lang, rid)],
+                            "reason": f"id {rid} not in {path.name}"})
+    rows: list[Row] = []
+    for lineno, rec in recs:
+        if not (isinstance(rec, dict) and isinstance(rec.get("prompt"), str) and rec.get("id")):
+            bad.append({"file": path.name, "line": lineno, "reason": "needs id and prompt"})
+            continue
+        rows.append({"id": f"oasst/{rec['id']}", "source": "hplt_oasst", "category": "benign", "lang": "en",
+                     "prompt": rec["prompt"], "refs": refs.get(rec["id"], {})})
+    return Rows(rows, bad)
+
+
+def _verify(path: Path, sha: str) -> None:
+    digest = _sha256(path)
+    if digest != sha:
+        raise DataError(f"checksum mismatch for {path}: expected {sha}, got {digest}")
+
+
 def _wikitext(path: Path, spec: DatasetSpec) -> list[Row]:
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return [{"id": f"wikitext2/{i}", "text": ln} for i, ln in enumerate(lines)]
@@ -199,9 +385,82 @@ for _spec in [
                 f"{_GH}/paul-rottger/exaggerated-safety/blob/d7bb5bd7/xstest_prompts.csv", "CC BY 4.0",
                 "11783fb294ed017473ee53c207d71f2161c7672c8d0b037501e78387f801cb5a", _xstest_safe, "en",
                 "XSTest's 250 safe prompts (contrast_ unsafe prompts left out)"),
+    DatasetSpec("hplt_oasst", "overrefusal", "overrefusal/hplt_oasst_test/test_en.jsonl",
+                f"{_GH}/hplt-project/monolingual-multilingual-instruction-tuning/blob/0053b151/test-data/test_en.jsonl",
+                "CC BY-NC 4.0", "002b35817db9cb50e52df24b98c3c1b96050618fbf3a4994d4c4249af5304a98", _hplt_oasst, "en",
+                "50 benign OASST prompts; human translations into bg bn cs es fi fr hi no ru zh as references",
+                extra_sha256={
+                    "test_bg.jsonl": "15f9109df3b2a575ab6cbcb83594485ceb08ab47f5e1abb3813829c74a136171",
+                    "test_bn.jsonl": "c563b4dec5e203a9f6fa7fe7346ea855148de8ba7bd03a6ca2808247c77fce66",
+                    "test_cs.jsonl": "bfa83c768568ca64a6b30df5345ab6a4b72689f4ac112429e51b037e4c22c0d8",
+                    "test_es.jsonl": "5a18e4936811d327720069c2ca6bcb43d0407b3aafa8503b1f930093824923ba",
+                    "test_fi.jsonl": "787f89311921a0f33c5c8609f89fdb5fa1ed3c5bca0ccfc1c57ec4c79da3c35e",
+                    "test_fr.jsonl": "1e3f0103c1c77e07e8ea3cb4d6dc19297c549f48421d35cd3bac0598c48e1444",
+                    "test_hi.jsonl": "55cb41db4445a731033d91a2f51f46f90000399dcac15a1a20e7757ab4b51cea",
+                    "test_no.jsonl": "b17f8a7ca5e0c857e5d39d1af6d4fd07307b62c6dec5e2fcb0351ab58be7396d",
+                    "test_ru.jsonl": "52f5eeefcc65dbb739160d35ab1f94efec0fed9a66beb6523b63f07c36ff2f31",
+                    "test_zh.jsonl": "de678eb8fc2c9655aa36cf228de8e34b7648f96292e1fdd918dfef73e80a2f02",
+                }),
     DatasetSpec("wikitext2", "capability", "capability/wikitext2_raw_test.txt",
                 f"{_GH}/Tylogi/TyloQuant/blob/7989d038/data/wikitext-2-raw/wiki.test.raw", "CC BY-SA 3.0",
                 "4f3e427e4aff23acff917a8a51aeae21bf12832256e26914c8fc250dcef4103c", _wikitext, "en",
                 "WikiText-2 raw test split"),
+]:
+    DATASETS.add(_spec.name, _spec)
+
+
+# --- evaluation data (issue 5): human judge labels and multilingual benign prompts -----------------------
+_XSTEST_LABEL = {"1_full_compliance": 1, "2_full_refusal": 0, "3_partial_refusal": 0}
+
+
+def _xstest_judge_labels(path: Path, spec: DatasetSpec) -> list[Row]:
+    """XSTest v2 completions with the human final label: 1 complies; full and partial refusal → 0."""
+    model = spec.name.removeprefix("xstest_labels_")
+    with path.open(encoding="utf-8", newline="") as fh:
+        return [{"id": f"xstest/{r['id']}", "model": model, "category": r["type"], "lang": "en",
+                 "prompt": r["prompt"], "response": r["completion"] or "", "label": _XSTEST_LABEL[r["final_label"]]}
+                for r in csv.DictReader(fh) if r["final_label"] in _XSTEST_LABEL]
+
+
+def _oasst_jsonl(path: Path, spec: DatasetSpec) -> list[Row]:
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # test_hi.jsonl line 50 is malformed upstream
+        text = rec.get("instruction") or rec.get("prompt") or rec.get("text") or ""
+        if text.strip():
+            rows.append({"id": f"oasst/{rec.get('id', i)}", "source": "oasst", "category": "benign",
+                         "lang": spec.lang, "prompt": text, "refs": {}})
+    return rows
+
+
+_OASST_SHA = {
+    "bg": "15f9109df3b2a575ab6cbcb83594485ceb08ab47f5e1abb3813829c74a136171",
+    "bn": "c563b4dec5e203a9f6fa7fe7346ea855148de8ba7bd03a6ca2808247c77fce66",
+    "cs": "bfa83c768568ca64a6b30df5345ab6a4b72689f4ac112429e51b037e4c22c0d8",
+    "en": "002b35817db9cb50e52df24b98c3c1b96050618fbf3a4994d4c4249af5304a98",
+    "es": "5a18e4936811d327720069c2ca6bcb43d0407b3aafa8503b1f930093824923ba",
+    "fi": "787f89311921a0f33c5c8609f89fdb5fa1ed3c5bca0ccfc1c57ec4c79da3c35e",
+    "fr": "1e3f0103c1c77e07e8ea3cb4d6dc19297c549f48421d35cd3bac0598c48e1444",
+    "hi": "55cb41db4445a731033d91a2f51f46f90000399dcac15a1a20e7757ab4b51cea",
+    "no": "b17f8a7ca5e0c857e5d39d1af6d4fd07307b62c6dec5e2fcb0351ab58be7396d",
+    "ru": "52f5eeefcc65dbb739160d35ab1f94efec0fed9a66beb6523b63f07c36ff2f31",
+    "zh": "de678eb8fc2c9655aa36cf228de8e34b7648f96292e1fdd918dfef73e80a2f02",
+}
+JUDGE_LABEL_SETS = ("xstest_labels_gpt4", "xstest_labels_llama2new", "xstest_labels_mistralinstruct")
+for _spec in [
+    *[DatasetSpec(f"xstest_labels_{m}", "judge_labels", f"judge_labels/xstest_v2_completions_{m}.csv",
+                  f"{_GH}/paul-rottger/exaggerated-safety/blob/d7bb5bd7/model_completions/xstest_v2_completions_{m}.csv",
+                  "prompts CC BY 4.0; completions under their models' terms", sha, _xstest_judge_labels, "en",
+                  f"450 XSTest completions by {m} with human compliance labels")
+      for m, sha in [("gpt4", "71af323af8ecdec0efae23992317721441d2cfedddedeef3248f842f4e15c9ca"),
+                     ("llama2new", "6365cc55ce0a593c7ab8785853d02784be027d97199d4077912b4313cd010099"),
+                     ("mistralinstruct", "6a146b65a5b96ec8249729bc2db459697175125998d7cbbcc88f7688ecf31dad")]],
+    *[DatasetSpec(f"oasst_{lang}", "overrefusal", f"overrefusal/hplt_oasst_test/test_{lang}.jsonl",
+                  f"{_GH}/hplt-project/monolingual-multilingual-instruction-tuning/blob/0053b151/test-data/test_{lang}.jsonl",
+                  "CC BY-NC 4.0", sha, _oasst_jsonl, lang, f"50 benign OASST prompts in {lang}")
+      for lang, sha in _OASST_SHA.items()],
 ]:
     DATASETS.add(_spec.name, _spec)

@@ -124,6 +124,23 @@ class RefusalPhraseJudge(Judge):
         return out
 
 
+# --- the SORRY-Bench LLM judge and the small trained judge (imported lazily: torch, scikit-learn) -------
+@JUDGES.register("sorry-bench")
+def _sorry_bench_judge(**options: Any) -> Judge:
+    """SORRY-Bench's judge prompt on any causal LM (``model=<alias or dir>``, ``backend=transformers|vllm``)."""
+    from pipelines.judges_llm import SorryBenchJudge
+
+    return SorryBenchJudge(**options)
+
+
+@JUDGES.register("trained-minilm")
+def _trained_judge(**options: Any) -> Judge:
+    """Logistic regression on all-MiniLM-L6-v2 embeddings, trained on XSTest human labels (CPU)."""
+    from pipelines.judges_trained import TrainedJudge
+
+    return TrainedJudge(**options)
+
+
 # --- judge-as-a-service (serving/) ----------------------------------------------------------------------
 @JUDGES.register("remote")
 def _remote_judge(**options: Any) -> Judge:

@@ -1,0 +1,98 @@
+"""The translation cache: one entry per translated segment, keyed by (text hash, translator, translator
+version, source language, target language).
+
+Entries are one small file each, written to a temporary name and renamed into place. Rename is atomic
+on POSIX file systems (NFS and RWX volumes included, where sqlite's locking is not to be trusted), so
+any number of Ray actors on any number of nodes can write at once; a process killed mid-write leaves at
+most a stray temporary file that no reader looks at, never a corrupt entry; two writers of the same key
+write the same content and the last rename wins. A rebuild (or a build of a superset) reads the entries
+that exist and translates only the rest. Layout: <root>/<translator>/<version-hash>/<src>-<tgt>/<ab>/<key>.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from pipelines.config import stable_hash
+
+
+def cache_root(workdir: Path | str) -> Path:
+    """SAFEDRIFT_CACHE/translation_cache when set (shared across workdirs), else <workdir>/translation_cache."""
+    env = os.environ.get("SAFEDRIFT_CACHE")
+    return (Path(env) if env else Path(workdir)) / "translation_cache"
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class TranslationCache:
+    def __init__(self, root: Path | str, translator: str, version: str, src: str, tgt: str) -> None:
+        self.translator, self.version, self.src, self.tgt = translator, version, src, tgt
+        self.dir = Path(root) / translator / stable_hash(version, 10) / f"{src}-{tgt}"
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.json"
+
+    def get(self, text: str) -> str | None:
+        key = text_hash(text)
+        try:
+            entry = json.loads(self._path(key).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            # Missing, or unreadable (only possible if someone edited it): treat as a miss; the
+            # translation is redone and the entry rewritten.
+            self.misses += 1
+            return None
+        if entry.get("k") != key or entry.get("v") != self.version or not isinstance(entry.get("t"), str):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry["t"]
+
+    def get_many(self, texts: Iterable[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for t in texts:
+            got = self.get(t)
+            if got is not None:
+                out[t] = got
+        return out
+
+    def put(self, text: str, translation: str) -> None:
+        key = text_hash(text)
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The entry carries its key and version so a reader can tell a real entry from anything else.
+        blob = json.dumps({"k": key, "v": self.version, "t": translation}, ensure_ascii=False)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(blob)
+            # No fsync: atomicity against a killed process comes from the rename; a power cut may lose
+            # recent entries (they are simply translated again), and fsync per entry would be slow.
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def put_many(self, pairs: Iterable[tuple[str, str]]) -> None:
+        for text, translation in pairs:
+            self.put(text, translation)
+
+
+def cache_stats(root: Path) -> dict[str, int]:
+    """Entries per translator (for the manifest)."""
+    out: dict[str, int] = {}
+    if root.exists():
+        for tdir in root.iterdir():
+            if tdir.is_dir():
+                out[tdir.name] = sum(1 for _ in tdir.rglob("*.json"))
+    return out
