@@ -57,6 +57,8 @@ def cell_key(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> dict[str, Any]
         "eval_langs": cfg.eval_langs,
         "generate": cfg.generate.model_dump(mode="json", exclude={"threads", "batch_size"}),
         "judge": cfg.judge.model_dump(mode="json"),
+        # What a cell measures beyond the unsafe prompts (safe prompts, perplexity, drift sizes).
+        "evaluate": cfg.evaluate.model_dump(mode="json"),
     }
 
 

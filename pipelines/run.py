@@ -85,6 +85,12 @@ def run_study(cfg: StudyConfig, resume: bool = True) -> StudyResult:
                    "datasets": ds.manifest.get("sources"), "routes": ds.manifest.get("routes"),
                    "translator_versions": ds.manifest.get("translator_versions"),
                    "mlflow_run": parent.info.run_id}
+        # A cell's manifest names the MLflow run that first evaluated it, possibly in another store: the
+        # runs of *this* sweep are the parent's children, found by their cell tag.
+        children = mlflow.MlflowClient(uri).search_runs(
+            [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        run_ids = {r.data.tags.get("safedrift.cell"): r.info.run_id for r in children}
+        results = [r | {"mlflow_run_id": run_ids.get(r["cell_id"])} for r in results]
         write_report(results, summary, cfg.eval_langs, report_dir)
         from pipelines.measure import write_sweep_tidy  # every metric, one row per cell × language × metric
 

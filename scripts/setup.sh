@@ -13,7 +13,9 @@ PY=${PYTHON:-python3}
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
-if ! command -v apertium >/dev/null 2>&1 || ! apertium -l 2>/dev/null | grep -q eng-spa; then
+# (Captured, not piped into grep -q: with pipefail an early-exiting grep would fail the check.)
+modes=$(apertium -l 2>/dev/null || true)
+if [[ "$modes" != *eng-spa* || "$modes" != *es-pt* ]]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing Apertium (apertium apertium-eng-spa apertium-es-pt)"
     export DEBIAN_FRONTEND=noninteractive
