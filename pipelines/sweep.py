@@ -82,6 +82,11 @@ def run_sweep(cfg: StudyConfig, workdir: Path, ds_path: Path, ds_hash: str, trac
         if failed:
             raise SweepError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; see {path} for their logs, "
                              "then rerun with --resume")
+    # Cells finished by an earlier sweep get a nested run in this sweep too (their cached numbers), so a
+    # study pointed at a new tracking store shows every cell there. No Ray needed: nothing is computed.
+    for c in cells:
+        if c not in pending:
+            run_cell(cfg, c, workdir, ds_path, ds_hash, tracking)
     results = []
     for c in cells:
         manifest = read_manifest(cell_dir(workdir, cfg, c, ds_hash))
