@@ -11,14 +11,13 @@ that exist and translates only the rest. Layout: <root>/<translator>/<version-ha
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from cluster.storage import write_text_atomic
 from pipelines.config import stable_hash
 
 
@@ -68,20 +67,11 @@ class TranslationCache:
     def put(self, text: str, translation: str) -> None:
         key = text_hash(text)
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         # The entry carries its key and version so a reader can tell a real entry from anything else.
         blob = json.dumps({"k": key, "v": self.version, "t": translation}, ensure_ascii=False)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(blob)
-            # No fsync: atomicity against a killed process comes from the rename; a power cut may lose
-            # recent entries (they are simply translated again), and fsync per entry would be slow.
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        # No fsync: atomicity against a killed process comes from the rename; a power cut may lose
+        # recent entries (they are simply translated again), and fsync per entry would be slow.
+        write_text_atomic(path, blob, fsync=False)
 
     def put_many(self, pairs: Iterable[tuple[str, str]]) -> None:
         for text, translation in pairs:
