@@ -61,9 +61,9 @@ def generate_cell(model_dir: Path, adapter_dir: Path | None, prompts: pl.DataFra
     per batch and returns all answers in prompt order."""
     out.mkdir(parents=True, exist_ok=True)
     done = _read_parts(out)
-    done_keys = set(zip(done["id"], done["lang"], strict=True)) if done.height else set()
-    todo = prompts.filter(~pl.struct("id", "lang").map_elements(
-        lambda s: (s["id"], s["lang"]) in done_keys, return_dtype=pl.Boolean)) if done_keys else prompts
+    # Prompts not answered yet: an anti-join on the (id, lang) key, in prompt order.
+    todo = prompts.join(done.select("id", "lang"), on=["id", "lang"], how="anti", maintain_order="left") \
+        if done.height else prompts
     if todo.height and gcfg.backend == "vllm":
         start = len(list(out.glob("part-*.parquet")))
         answers = generate_vllm(model_dir, adapter_dir, todo["prompt"].to_list(), gcfg)
