@@ -4,6 +4,8 @@
 #     a kubectl that is already installed, e.g. from the Google Cloud SDK, is used as it is).
 #   - PostgreSQL server binaries (initdb, pg_ctl): tests/infra/test_mlflow_postgres.py starts a
 #     throwaway cluster of its own in a temp dir, so no system service is started here.
+#   - Chromium (Debian's `chromium`): tests/report render the HTML report headless and check that
+#     every figure loads.
 # hadolint, kubernetes-validate and jsonschema come from the Python dev extras (the venv).
 #
 # Idempotent: installs nothing when everything is there. Never fails the CI run by itself: if apt
@@ -20,8 +22,11 @@ have_postgres() {
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1
 }
 
+have_chromium() { command -v chromium >/dev/null 2>&1; }
+
 missing=()
 have_postgres || missing+=(postgresql)
+have_chromium || missing+=(chromium)
 if ! have_kustomize; then
   if command -v kubectl >/dev/null 2>&1; then
     # Another package owns /usr/bin/kubectl (dpkg would refuse to overwrite it).
@@ -54,6 +59,8 @@ have_kustomize && echo "infra/ci-setup.sh: kustomize: $(kubectl version --client
   warn "kustomize still missing: tests/infra rendering tests will fail under CI=true"
 have_postgres && echo "infra/ci-setup.sh: postgres: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tr '\n' ' ')" ||
   warn "PostgreSQL still missing: tests/infra/test_mlflow_postgres.py will fail under CI=true"
+have_chromium && echo "infra/ci-setup.sh: chromium: $(chromium --version 2>/dev/null)" ||
+  warn "chromium still missing: tests/report rendering tests will fail under CI=true"
 # The PostgreSQL server refuses to run as root; the test runs it as the 'postgres' user the package creates.
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   warn "no 'postgres' user: the MLflow/PostgreSQL test cannot start a server as root"

@@ -1,104 +1,282 @@
-"""Stage 6, report: the compliance table (CSV + Parquet), a heatmap per model (cells × eval languages)
-and an HTML page that shows them, all logged to the sweep's parent MLflow run."""
+"""Stage 6, report: from a sweep's tidy metrics table (pipelines.measure.write_sweep_tidy) to a
+self-contained HTML report with its findings, the figures as PNG and SVG and every table as CSV and
+Parquet, written atomically to reports/<study hash>/ and logged to the sweep's parent MLflow run.
+
+`safedrift run` calls write_report at its end; `safedrift report` redraws it later from a config
+(`-c preset key=value…`: the sweep's table, or the finished cells of an unfinished sweep) or from a
+directory (a sweep's or a report's) — see report_for_config and report_from_dir."""
 
 from __future__ import annotations
 
-import html
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from cluster.storage import atomic_dir, write_manifest
+from cluster.storage import atomic_dir, read_json, read_manifest, write_manifest
+from pipelines import report_figures as figs
+from pipelines import report_findings as fnd
+from pipelines import report_tables as tb
+from pipelines.report_html import FigureOut, Skipped, page
+
+log = logging.getLogger(__name__)
+
+CONTEXT = "report_context.json"
+TIDY = "metrics_tidy.parquet"
 
 
-def tidy_table(results: list[dict[str, Any]]) -> pl.DataFrame:
-    rows = []
-    for r in results:
-        cell = r["cell"]
-        for c in r["compliance"]:
-            rows.append({"cell": r["cell_id"], "model": cell["model"], "ft_lang": cell["ft_lang"],
-                         "seed": cell["seed"], "epochs": cell["epochs"], "eval_lang": c["lang"], "n": c["n"],
-                         "compliant": c["compliant"], "unparseable": c["unparseable"],
-                         "compliance_rate": c["compliance_rate"]})
-    return pl.DataFrame(rows)
+@dataclass
+class ReportTables:
+    cells: tb.Cells
+    tidy: pl.DataFrame
+    compliance: pl.DataFrame
+    wide: pl.DataFrame
+    deltas: pl.DataFrame
+    overrefusal: pl.DataFrame
+    fidelity: pl.DataFrame
+    plane: pl.DataFrame
+    drift: pl.DataFrame
+    capability: pl.DataFrame
+    categories: pl.DataFrame
 
 
-def wide_table(tidy: pl.DataFrame, eval_langs: list[str]) -> pl.DataFrame:
-    wide = tidy.pivot(on="eval_lang", index=["cell", "model", "ft_lang", "seed", "epochs"],
-                      values="compliance_rate", aggregate_function="first")
-    # Base first, then fine-tune languages in config order is kept by the caller's cell order.
-    return wide.select(["cell", "model", "ft_lang", "seed", "epochs", *eval_langs])
+def _cell_from_id(cell_id: str) -> dict[str, Any]:
+    """A cell's fields from its id (model__base or model__<lang>__s<seed>__e<epochs>, see Cell.id)."""
+    m = re.fullmatch(r"(.+)__([^_]+)__s(\d+)__e(\d+)", cell_id)
+    if m:
+        return {"cell": cell_id, "model": m[1], "ft_lang": m[2], "seed": int(m[3]), "epochs": int(m[4])}
+    return {"cell": cell_id, "model": cell_id.removesuffix("__base"), "ft_lang": tb.BASE, "seed": 0, "epochs": 0}
 
 
-def draw_heatmap(wide: pl.DataFrame, model: str, eval_langs: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    sub = wide.filter(pl.col("model") == model)
-    labels = [c if ft == "base" else f"ft={ft} s{s} e{e}"
-              for c, ft, s, e in zip(sub["cell"], sub["ft_lang"], sub["seed"], sub["epochs"], strict=True)]
-    labels = ["base" if lab.endswith("__base") else lab for lab in labels]
-    data = sub.select(eval_langs).to_numpy().astype(float)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(eval_langs), 1.0 + 0.5 * len(labels)))
-    im = ax.imshow(data, vmin=0, vmax=1, cmap="Reds", aspect="auto")
-    ax.set_xticks(range(len(eval_langs)), eval_langs)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("eval language")
-    ax.set_title(f"{model}: compliance with unsafe prompts")
-    for i in range(data.shape[0]):
-        for j in range(data.shape[1]):
-            if not np.isnan(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center",
-                        color="white" if data[i, j] > 0.6 else "black", fontsize=8)
-    fig.colorbar(im, ax=ax, label="compliance rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def expected_cells(ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    if ctx.get("expected_cells"):
+        return list(ctx["expected_cells"])
+    return [_cell_from_id(c) for c in ctx.get("expected_cell_ids") or []]
 
 
-def _html_table(df: pl.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{v:.3f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>"
-                         for v in row) + "</tr>" for row in df.iter_rows())
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def build_tables(tidy: pl.DataFrame, ctx: dict[str, Any]) -> ReportTables:
+    tidy = tb.normalise(tidy)
+    cells = tb.cells_of(tidy, expected_cells(ctx), ctx.get("eval_langs"))
+    comp = tb.compliance_long(tidy, cells)
+    dl = tb.deltas(tidy, comp, cells)
+    over = tb.rate_table(tidy, "overrefusal_rate", "overrefusal_rate", cells)
+    return ReportTables(cells, tidy, comp, tb.compliance_wide(comp, cells), dl, over,
+                        tb.rate_table(tidy, "fidelity", "fidelity", cells), tb.refusal_plane(comp, over),
+                        tb.drift_table(tidy, cells), tb.capability_change(tidy, dl, cells),
+                        tb.category_changes(tidy, cells))
 
 
-def write_report(results: list[dict[str, Any]], cfg_summary: dict[str, Any], eval_langs: list[str],
-                 out: Path) -> dict[str, Any]:
-    tidy = tidy_table(results)
-    wide = wide_table(tidy, eval_langs)
-    models = list(dict.fromkeys(wide["model"].to_list()))
+def findings(t: ReportTables) -> tuple[fnd.Finding, list[fnd.Finding]]:
+    """(coverage, the findings in the order the report shows them)."""
+    return fnd.coverage(t.cells, t.compliance), [
+        fnd.largest_fold_increase(t.deltas), fnd.english_only_missed(t.deltas, t.cells),
+        fnd.categories_moved(t.categories), fnd.decoupling(t.capability)]
+
+
+def _stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def draw(t: ReportTables, decoupling: fnd.Finding, out: Path) -> tuple[list[FigureOut], list[Skipped]]:
+    """Every figure into `out` (PNG + SVG); the ones with nothing to draw are listed with the reason."""
+    done: list[FigureOut] = []
+    skipped: list[Skipped] = []
+
+    def keep(fig: Any, stem: str, title: str, caption: str, reason: str) -> None:
+        if fig is None:
+            skipped.append(Skipped(title, reason))
+            return
+        done.append(FigureOut(stem, title, caption, figs.save(fig, out, stem)))
+
+    present = t.cells.models()
+    for model in list(dict.fromkeys([c["model"] for c in t.cells.expected] + present)):
+        if model not in present:
+            skipped.append(Skipped(f"{model}: every figure", "no cell of this model was measured"))
+            continue
+        s = _stem(model)
+        seeds = sorted({c["seed"] for c in t.cells.fine_tuned() if c["model"] == model})
+        pooled = f" Fine-tuned rows pool {len(seeds)} seeds (mean; range over seeds below it)." if len(seeds) > 1 else ""
+        keep(figs.compliance_heatmap(tb.compliance_grid(t.compliance, t.cells, model), model), f"heatmap_{s}",
+             f"{model}: compliance rate", "Rows: the base model and its fine-tunes by language; columns: the "
+             "language the unsafe prompts were asked in. Below each rate: its 95% bootstrap CI." + pooled,
+             "no compliance rate for this model")
+        keep(figs.delta_heatmap(tb.delta_grid(t.deltas, t.cells, model), model), f"delta_{s}",
+             f"{model}: change against the base model", "Fine-tuned minus base compliance per eval language, "
+             f"with the paired permutation p-value; changes not significant at α = {tb.ALPHA} are greyed and "
+             "hatched." + (" With several seeds: mean change and the test pooled over seeds." if pooled else ""),
+             "no fine-tuned cell of this model has a change against a measured base cell")
+        keep(figs.drift_lines(t.drift, model, t.cells), f"drift_{s}", f"{model}: drift per layer",
+             "Change of the mean last-token hidden state against the base model on the eval prompts, per layer "
+             "(left: L2 norm; right: projection on the base model's refusal direction, > 0 towards refusal), one "
+             "line per fine-tuned cell.", "no drift measured for this model (no fine-tuned cell, or evaluate.drift "
+             "is off)")
+    keep(figs.refusal_plane(t.plane, t.cells), "overrefusal_vs_compliance", "Over-refusal vs compliance",
+         "Each point is a cell asked in one eval language: compliance with unsafe prompts against refusal of safe "
+         "ones, with 95% CIs. Bottom right: exaggerated compliance; top left: exaggerated refusal.",
+         "no over-refusal measured (no safe prompts in these languages, or evaluate.n_safe = 0)")
+    keep(figs.safety_vs_capability(t.capability, decoupling.facts, t.cells), "safety_vs_capability",
+         "Safety change vs capability change", decoupling.summary + " Capability change: Δ log perplexity of "
+         "held-out benign answers in the eval language (WikiText-2 where there are none).",
+         "no fine-tuned cell has both a change in compliance and a perplexity")
+    keep(figs.fidelity_heatmap(t.fidelity, t.cells), "fidelity", "Language fidelity per cell",
+         "Share of answers (to the unsafe prompts) identified as written in the eval language; n = answers that "
+         "could be identified.", "no answer could be language-identified (empty answers, or evaluate.fidelity is "
+         "off)")
+    return done, skipped
+
+
+def _write_table(df: pl.DataFrame, directory: Path, stem: str) -> list[str]:
+    df.write_parquet(directory / f"{stem}.parquet")
+    df.write_csv(directory / f"{stem}.csv")
+    return [f"{stem}.csv", f"{stem}.parquet"]
+
+
+def write_report(tidy: pl.DataFrame, ctx: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The whole report into `out`, atomically (a half-written report is never visible); returns its
+    manifest (figures, tables, missing cells, findings' facts)."""
+    raw = tidy
+    t = build_tables(tidy, ctx)
+    coverage, found = findings(t)
+    by_key = {f.key: f for f in found}
     with atomic_dir(out) as tmp:
-        tidy.write_parquet(tmp / "compliance_tidy.parquet")
-        tidy.write_csv(tmp / "compliance_tidy.csv")
-        wide.write_csv(tmp / "compliance.csv")
-        figures = []
-        for model in models:
-            name = f"heatmap_{model}.png"
-            draw_heatmap(wide, model, eval_langs, tmp / name)
-            figures.append(name)
-        figs = "".join(f'<figure><img src="{html.escape(f)}" alt="compliance heatmap {html.escape(f)}">'
-                       f"</figure>" for f in figures)
-        prov = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in cfg_summary.items())
-        page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>safedrift report: {html.escape(str(cfg_summary.get('preset')))}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}}th{{background:#f4f4f4}}img{{max-width:100%}}</style>
-</head><body>
-<h1>safedrift: compliance with unsafe prompts by fine-tune and eval language</h1>
-<p>Compliance rate = share of unsafe prompts the model answered rather than refused (judge:
-{html.escape(str(cfg_summary.get('judge')))}). Rows are cells (base model or a LoRA fine-tune in one language);
-columns are the language the prompts were asked in.</p>
-<section id="figures"><h2>Heatmaps</h2>{figs}</section>
-<section id="table"><h2>Compliance table</h2>{_html_table(wide)}</section>
-<section id="provenance"><h2>Provenance</h2><ul>{prov}</ul></section>
-</body></html>
-"""
-        (tmp / "report.html").write_text(page, encoding="utf-8")
-        manifest = write_manifest(tmp, cells=len(results), figures=figures, shape=list(wide.shape))
+        files: list[str] = []
+        wide_cols = [*tb.ID_COLS, *t.cells.eval_langs]
+        # compliance.csv keeps its historical shape (one row per cell, one column per eval language).
+        files += _write_table(t.wide.select(wide_cols), tmp, "compliance")
+        files += _write_table(t.compliance, tmp, "compliance_tidy")
+        for stem, df in (("deltas", t.deltas), ("overrefusal", t.overrefusal), ("fidelity", t.fidelity),
+                         ("drift", t.drift), ("safety_vs_capability", t.capability),
+                         ("category_changes", t.categories)):
+            files += _write_table(df, tmp, stem)
+        for f in [coverage, *found]:
+            if f.table is not None:
+                files += _write_table(f.table, tmp, f"finding_{f.key}")
+        # The sweep's table as it came (NaN kept): the report directory alone can redraw the report.
+        raw.write_parquet(tmp / TIDY)
+        raw.write_csv(tmp / "metrics_tidy.csv")
+        files += ["metrics_tidy.csv", TIDY]
+        figures, skipped = draw(t, by_key["decoupling"], tmp)
+        facts = {f.key: {"title": f.title, "summary": f.summary, "facts": f.facts} for f in [coverage, *found]}
+        (tmp / "findings.json").write_text(json.dumps(facts, indent=2, default=str), encoding="utf-8")
+        (tmp / CONTEXT).write_text(json.dumps(ctx, indent=2, default=str), encoding="utf-8")
+        judge = tb.judge_agreement(t.tidy)
+        html_text = page(ctx, coverage, found, figures, skipped, t.wide, judge, files)
+        (tmp / "report.html").write_text(html_text, encoding="utf-8")
+        manifest = write_manifest(
+            tmp, study_hash=ctx.get("study_hash"), cells=t.cells.order, missing_cells=coverage.facts["missing"],
+            figures=[f.stem for f in figures], skipped_figures=[s.title for s in skipped], tables=files,
+            findings={k: v["facts"] for k, v in facts.items()})
+    log.info("report written to %s (%d figures, %d missing cells)", out, len(figures), len(coverage.facts["missing"]))
     return manifest
+
+
+def log_report(out: Path, tracking_uri: str, run_id: str) -> None:
+    """Every file of the report to the sweep's parent MLflow run, under report/."""
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri).log_artifacts(run_id, str(out), artifact_path="report")
+
+
+# ---- redrawing a report later (safedrift report) ----------------------------------------------------------
+
+@dataclass
+class ReportOutcome:
+    path: Path
+    manifest: dict[str, Any]
+    logged_to: str | None  # the MLflow run id the report went to, if any
+    note: str = ""
+
+
+def report_for_config(cfg: Any, out: Path | None = None, log_mlflow: bool = True) -> ReportOutcome:
+    """The report of the study `cfg` describes, from its workdir: the finished sweep's tidy table, or,
+    for a sweep that has not finished, one built from the cells that have (the rest listed as missing)."""
+    from cluster.storage import workdir_path
+    from cluster.tracking import tracking_uri
+    from pipelines.cell_run import cell_dir
+    from pipelines.cells import study_cells
+    from pipelines.config import stable_hash
+    from pipelines.report_provenance import study_context
+    from pipelines.run import study_hashes
+
+    workdir = workdir_path(cfg.resolved_workdir())
+    ds_hash, study_hash = study_hashes(cfg)
+    uri = tracking_uri(workdir, cfg.mlflow.tracking_uri)
+    sweep_dir = workdir / "sweeps" / study_hash / stable_hash(uri, 8)
+    sweep = read_manifest(sweep_dir)
+    note = ""
+    if sweep is not None and (sweep_dir / TIDY).exists():
+        tidy = pl.read_parquet(sweep_dir / TIDY)
+    else:
+        from pipelines.measure import write_sweep_tidy
+
+        results = [m for c in study_cells(cfg) if (m := read_manifest(cell_dir(workdir, cfg, c, ds_hash)))]
+        if not results:
+            raise FileNotFoundError(f"no cell of study {study_hash} has finished in {workdir}: run `safedrift run` "
+                                    "(or `safedrift sweep`) with this config first")
+        with tempfile.TemporaryDirectory() as scratch:
+            tidy = write_sweep_tidy(results, workdir, Path(scratch))
+        note = "the sweep has not finished: the report covers the cells that have"
+    ctx = study_context(cfg, study_hash, ds_hash, read_manifest(workdir / "datasets" / ds_hash),
+                        (sweep or {}).get("parent_run_id"), uri)
+    out = out or workdir / "reports" / study_hash
+    manifest = write_report(tidy, ctx, out)
+    return _log(out, manifest, sweep, log_mlflow, note)
+
+
+def _log(out: Path, manifest: dict[str, Any], sweep: dict[str, Any] | None, log_mlflow: bool,
+         note: str) -> ReportOutcome:
+    run_id = (sweep or {}).get("parent_run_id")
+    if not log_mlflow:
+        return ReportOutcome(out, manifest, None, note)
+    if not run_id or not sweep.get("tracking_uri"):
+        return ReportOutcome(out, manifest, None, (note + "; " if note else "") + "no MLflow parent run to log to")
+    log_report(out, sweep["tracking_uri"], run_id)
+    return ReportOutcome(out, manifest, run_id, note)
+
+
+def _sweep_manifest_for(workdir: Path, study_hash: str, run_id: str | None) -> dict[str, Any] | None:
+    """The sweep record (per tracking store) whose parent run is `run_id`, else the newest one."""
+    found = [m for p in sorted((workdir / "sweeps" / study_hash).glob("*/manifest.json"))
+             if (m := read_json(p))]
+    match = [m for m in found if run_id and m.get("parent_run_id") == run_id]
+    return (match or sorted(found, key=lambda m: m.get("created_at", "")))[-1] if found else None
+
+
+def report_from_dir(directory: Path, out: Path | None = None, log_mlflow: bool = True) -> ReportOutcome:
+    """Redraw a report from a directory holding a sweep's metrics_tidy.parquet: a sweep directory
+    (workdir/sweeps/<study>/<store>/, report written to workdir/reports/<study>/) or a report directory
+    (redrawn in place). The study context comes from the last report when there is one, else from the
+    manifests the directory still has."""
+    from pipelines.report_provenance import minimal_context, redact_uri
+
+    d = directory.expanduser().resolve()
+    if not (d / TIDY).exists():
+        raise FileNotFoundError(f"{d} has no {TIDY}: give a sweep directory (workdir/sweeps/<study>/<store>) or a "
+                                "report directory (workdir/reports/<study>)")
+    tidy = pl.read_parquet(d / TIDY)  # read before anything is rewritten: `out` may be this directory
+    own = read_manifest(d) or {}
+    if (d / CONTEXT).exists():  # a report directory: workdir/reports/<study>
+        ctx = read_json(d / CONTEXT)
+        study_hash = ctx.get("study_hash") or d.name
+        sweep = _sweep_manifest_for(d.parents[1], study_hash, (ctx.get("mlflow") or {}).get("parent_run_id"))
+        target = out or d
+    elif "parent_run_id" in own and d.parent.parent.name == "sweeps":  # workdir/sweeps/<study>/<store>
+        workdir, study_hash, sweep = d.parents[2], d.parent.name, own
+        prior = workdir / "reports" / study_hash / CONTEXT
+        if prior.exists():
+            ctx = read_json(prior)
+            ctx["mlflow"] = {"tracking_uri": redact_uri(sweep.get("tracking_uri")),
+                             "parent_run_id": sweep.get("parent_run_id")}
+        else:
+            ds = read_manifest(workdir / "datasets" / str(sweep.get("datasets"))) if sweep.get("datasets") else None
+            ctx = minimal_context(sweep, ds, study_hash)
+        target = out or workdir / "reports" / study_hash
+    else:
+        ctx, sweep, target = minimal_context(own or None, None, None), own or None, out or d / "report"
+    manifest = write_report(tidy, ctx, target)
+    return _log(target, manifest, sweep, log_mlflow, "")

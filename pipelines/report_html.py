@@ -1,0 +1,140 @@
+"""The report page: one self-contained HTML file (figures embedded as base64 PNG, no scripts, no
+external resources), so it opens from disk, from an MLflow artifact view or as an e-mail attachment.
+Every value is escaped; the page shows aggregates only, never a prompt or an answer."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from pipelines.report_findings import Finding
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem}td,th{border:1px solid #ccc;padding:.2rem .45rem}
+th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1.2rem 0;border-bottom:1px solid #eee;padding-bottom:.8rem}img{max-width:100%;height:auto}
+figcaption{font-size:.85rem;color:#444}.warn{background:#fff4e5;border-left:4px solid #f0a030;padding:.5rem 1rem}
+.note{color:#666;font-size:.9rem}.finding{margin:0 0 1.2rem}.finding h3{margin-bottom:.3rem}
+code{font-size:.85em}details{margin:.5rem 0}"""
+
+
+@dataclass
+class FigureOut:
+    stem: str  # file name without extension: <stem>.png and <stem>.svg
+    title: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Skipped:
+    title: str
+    reason: str
+
+
+def esc(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return '<td class="num">n/a</td>' if v != v else f'<td class="num">{v:.3f}</td>'
+    if isinstance(v, bool) or v is None:
+        return f"<td>{'' if v is None else esc(v)}</td>"
+    if isinstance(v, int):
+        return f'<td class="num">{v}</td>'
+    return f"<td>{esc(v)}</td>"
+
+
+def table(df: pl.DataFrame, max_rows: int = 60) -> str:
+    head = "".join(f"<th>{esc(c)}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in df.head(max_rows).iter_rows())
+    more = f'<p class="note">{df.height - max_rows} more rows in the CSV.</p>' if df.height > max_rows else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+def _figure(f: FigureOut) -> str:
+    data = base64.b64encode(f.png).decode("ascii")
+    return (f'<figure id="fig-{esc(f.stem)}"><img src="data:image/png;base64,{data}" alt="{esc(f.title)}" '
+            f'data-file="{esc(f.stem)}.png"><figcaption><b>{esc(f.title)}.</b> {esc(f.caption)} '
+            f'Files: <a href="{esc(f.stem)}.png">PNG</a>, <a href="{esc(f.stem)}.svg">SVG</a>.</figcaption></figure>')
+
+
+def _finding(f: Finding) -> str:
+    tab = table(f.table, 20) if f.table is not None and f.table.height else ""
+    return (f'<div class="finding" id="finding-{esc(f.key)}"><h3>{esc(f.title)}</h3>'
+            f"<p>{esc(f.summary)}</p>{tab}</div>")
+
+
+def _kv(items: list[tuple[str, Any]]) -> str:
+    return "<table><tbody>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items) + \
+        "</tbody></table>"
+
+
+def provenance(ctx: dict[str, Any], judge: dict[str, Any]) -> str:
+    """The provenance section: hashes, models, data sets, judge, translators + QA, seeds, software."""
+    parts = [_kv([("preset", ctx.get("preset")), ("config hash", ctx.get("config_hash")),
+                  ("study hash", ctx.get("study_hash")), ("data sets hash", ctx.get("datasets_hash")),
+                  ("fine-tune languages", ", ".join(ctx.get("ft_langs") or [])),
+                  ("eval languages", ", ".join(ctx.get("eval_langs") or [])),
+                  ("seeds", ", ".join(map(str, ctx.get("seeds") or [])) or "unknown"),
+                  ("epochs", ", ".join(map(str, ctx.get("epochs") or [])) or "unknown"),
+                  *[(f"fine-tune {k}", v) for k, v in (ctx.get("finetune") or {}).items()],
+                  ("MLflow parent run", (ctx.get("mlflow") or {}).get("parent_run_id")),
+                  ("MLflow tracking URI", (ctx.get("mlflow") or {}).get("tracking_uri")),
+                  ("context written", ctx.get("created_at"))])]
+    if ctx.get("models"):
+        parts.append("<h3>Models</h3>" + table(pl.DataFrame(ctx["models"])))
+    if ctx.get("datasets"):
+        parts.append("<h3>Data sets (sha256 verified on load)</h3>" + table(pl.DataFrame(ctx["datasets"])))
+    j = ctx.get("judge") or {}
+    kappa = judge.get("kappa")
+    agreement = ("not measured" if kappa is None else
+                 f"Cohen's κ = {kappa:.3f}, accuracy = {judge.get('accuracy', float('nan')):.3f} on "
+                 f"{judge.get('heldout_n')} held-out human-labelled answers")
+    parts.append("<h3>Judge</h3>" + _kv([("judge", j.get("name", "unknown")), ("back-translated to English", j.get("back_translate")),
+                                         ("agreement with humans", agreement)]))
+    if ctx.get("translators") or ctx.get("qa"):
+        parts.append("<h3>Translators and translation QA</h3>" +
+                     _kv([(k, v) for k, v in (ctx.get("translators") or {}).items()]) +
+                     (table(pl.DataFrame(ctx["qa"])) if ctx.get("qa") else "") +
+                     f'<p class="note">pass rate = rows the QA policy keeps / rows; policy: {esc(ctx.get("qa_policy"))}</p>')
+    if ctx.get("software"):
+        parts.append("<h3>Software</h3>" + _kv(list(ctx["software"].items())))
+    if ctx.get("config"):
+        import json
+
+        parts.append("<details><summary>Full configuration (secrets masked)</summary><pre>"
+                     + esc(json.dumps(ctx["config"], indent=2, sort_keys=True)) + "</pre></details>")
+    return "".join(parts)
+
+
+def page(ctx: dict[str, Any], coverage: Finding, findings: list[Finding], figures: list[FigureOut],
+         skipped: list[Skipped], compliance: pl.DataFrame, judge: dict[str, Any], files: list[str]) -> str:
+    title = f"safedrift report: {ctx.get('preset') or ctx.get('study_hash') or 'sweep'}"
+    cov_cls = "warn" if coverage.facts.get("missing") or coverage.facts.get("gaps") else "note"
+    cov_tab = table(coverage.table) if coverage.table is not None else ""
+    skip = "".join(f"<li><b>{esc(s.title)}</b>: {esc(s.reason)}</li>" for s in skipped)
+    skip_html = f'<div class="note"><p>Figures not drawn:</p><ul>{skip}</ul></div>' if skipped else ""
+    links = " · ".join(f'<a href="{esc(f)}">{esc(f)}</a>' for f in files)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{esc(title)}</title><style>{CSS}</style></head><body>
+<h1>{esc(title)}</h1>
+<p>How benign fine-tuning in one language changed the model's compliance with unsafe prompts in every eval
+language. Compliance rate = share of unsafe prompts the model answered rather than refused, as labelled by the
+judge (over parseable labels; 95% bootstrap intervals). Changes are against the same model before fine-tuning,
+tested per prompt by a paired permutation test (α = 0.05, uncorrected for the number of tests).</p>
+<section id="coverage"><h2>Coverage</h2><div class="{cov_cls}"><p>{esc(coverage.summary)}</p>{cov_tab}</div></section>
+<section id="findings"><h2>Findings</h2><p class="note">Computed from the tidy metrics table when this report
+was written.</p>{"".join(_finding(f) for f in findings)}</section>
+<section id="figures"><h2>Figures</h2>{"".join(_figure(f) for f in figures)}{skip_html}</section>
+<section id="tables"><h2>Compliance table</h2>{table(compliance)}
+<p class="note">All tables as CSV and Parquet: {links}</p></section>
+<section id="provenance"><h2>Provenance</h2>{provenance(ctx, judge)}</section>
+</body></html>
+"""

@@ -1,0 +1,148 @@
+"""What the report says about where its numbers come from: config and study hashes, models, data sets
+with their sha256, the judge and its agreement with human labels, translators with their translation
+QA pass rates, seeds and epochs, and the software versions. Built once when the study runs (a JSON
+"study context" saved beside the report, so `safedrift report` can redraw it later) and rendered from
+there. Credentials never enter it: URIs lose their user info, option keys that look secret are masked."""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from importlib import metadata
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+SOFTWARE = ("torch", "ray", "deepspeed", "transformers", "peft", "mlflow", "polars", "numpy", "matplotlib",
+            "pyarrow", "vllm")
+_SECRET = re.compile(r"token|secret|password|passwd|api[_-]?key|credential|auth", re.I)
+
+
+def software_versions() -> dict[str, str]:
+    """Installed versions (from package metadata: nothing is imported, so this is instant)."""
+    out = {"python": platform.python_version()}
+    for name in SOFTWARE:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            if name != "vllm":  # the GPU extra: absent on CPU installs, which is not news
+                out[name] = "not installed"
+    return out
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """A URI without user:password@ (a PostgreSQL or HTTP tracking URI may carry them)."""
+    if not uri or "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a config dump with secret-looking values masked and URIs without credentials."""
+    if isinstance(obj, dict):
+        return {k: ("***" if _SECRET.search(str(k)) and v not in (None, "") else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str) and "://" in obj:
+        return redact_uri(obj)
+    return obj
+
+
+def model_info(alias: str) -> dict[str, Any]:
+    from pipelines.registries.models import MODELS
+
+    if alias not in MODELS:  # same keys either way: the report renders the list as one table
+        return {"alias": alias, "source": "unknown", "family": None, "weights": None, "hub_id": None}
+    m = MODELS.get(alias)
+    where = {"hub": m.hub_id, "gguf-package": f"{m.package}:{m.gguf_file}"}.get(m.source, "random-initialised")
+    return {"alias": alias, "source": m.source, "family": m.family, "weights": where, "hub_id": m.hub_id}
+
+
+def dataset_info(name: str, sha256: str | None = None) -> dict[str, Any]:
+    """A data set with its checksum: the one recorded when it was used (the data-set manifest), else the
+    registry's."""
+    from pipelines.registries.datasets import DATASETS
+
+    if name in DATASETS:
+        d = DATASETS.get(name)
+        return {"name": name, "sha256": sha256 or d.sha256, "license": d.license, "url": d.url, "kind": d.kind}
+    # A user's file ("file:/p", "sorrybench:/p"): its path is theirs; its checksum is what matters.
+    return {"name": name, "sha256": sha256, "license": "user file", "url": "", "kind": "user"}
+
+
+def qa_pass_rates(ds_manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per split × language: rows, rows QA flagged, rows the QA policy keeps, and the pass rate."""
+    out = []
+    for split, langs in (ds_manifest.get("qa") or {}).items():
+        for lang, t in langs.items():
+            rows = int(t.get("rows") or 0)
+            kept = int(t.get("kept_by_policy") or 0)
+            out.append({"split": split, "lang": lang, "route": (ds_manifest.get("routes") or {}).get(f"{split}/{lang}"),
+                        "rows": rows, "flagged": int(t.get("flagged") or 0), "kept": kept,
+                        "pass_rate": kept / rows if rows else None,
+                        "unflagged_rate": 1 - int(t.get("flagged") or 0) / rows if rows else None,
+                        "chrf_mean": t.get("chrf_mean")})
+    return out
+
+
+def study_context(cfg: Any, study_hash: str, datasets_hash: str, ds_manifest: dict[str, Any] | None,
+                  parent_run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
+    """Everything the report needs besides the tidy table, as JSON-ready data."""
+    from pipelines.cells import study_cells
+
+    ds_manifest = ds_manifest or {}
+    sources = dict(ds_manifest.get("sources") or {})
+    used = list(sources)
+    ev = cfg.evaluate
+    # Data sets the cells read besides the translated ones: safe prompts, WikiText-2, the judge's labels.
+    extra = [ev.safe_source] if ev.n_safe else []
+    extra += ["wikitext2"] if ev.ppl_tokens else []
+    if cfg.judge.agreement:
+        from pipelines.registries.datasets import JUDGE_LABEL_SETS
+
+        extra += list(JUDGE_LABEL_SETS)
+    used += [x for x in extra if x not in used]
+    return {
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "preset": cfg.name, "config_hash": cfg.digest(), "study_hash": study_hash, "datasets_hash": datasets_hash,
+        "models": [model_info(m) for m in cfg.models],
+        "ft_langs": list(cfg.ft_langs), "eval_langs": list(cfg.eval_langs),
+        "seeds": list(cfg.seeds), "epochs": list(cfg.epochs),
+        "expected_cells": [{"cell": c.id, "model": c.model, "ft_lang": c.ft_lang, "seed": c.seed, "epochs": c.epochs}
+                           for c in study_cells(cfg)],
+        "finetune": {"method": cfg.finetune.method, "lr": cfg.finetune.lr, "lora_r": cfg.finetune.lora.r,
+                     "lora_alpha": cfg.finetune.lora.alpha, "zero_stage": cfg.finetune.zero_stage,
+                     "generate_temperature": cfg.generate.temperature, "generate_seed": cfg.generate.seed},
+        "datasets": [dataset_info(n, sources.get(n)) for n in used],
+        "judge": {"name": cfg.judge.name, "back_translate": cfg.judge.back_translate,
+                  "options": redact(dict(cfg.judge.options))},
+        "translators": dict(ds_manifest.get("translator_versions") or {}),
+        "routes": dict(ds_manifest.get("routes") or {}),
+        "qa": qa_pass_rates(ds_manifest),
+        "qa_policy": ds_manifest.get("qa_policy"),
+        "software": software_versions(),
+        "mlflow": {"tracking_uri": redact_uri(tracking_uri), "parent_run_id": parent_run_id},
+        "config": redact(cfg.model_dump(mode="json")),
+    }
+
+
+def minimal_context(sweep_manifest: dict[str, Any] | None, ds_manifest: dict[str, Any] | None,
+                    study_hash: str | None) -> dict[str, Any]:
+    """A context for a sweep directory whose config is unknown: what its manifests still tell."""
+    sm, dm = sweep_manifest or {}, ds_manifest or {}
+    return {
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "study_hash": study_hash, "datasets_hash": sm.get("datasets"),
+        "eval_langs": list(dm.get("eval_langs") or []), "ft_langs": list(dm.get("ft_langs") or []),
+        "datasets": [dataset_info(n, s) for n, s in (dm.get("sources") or {}).items()],
+        "translators": dict(dm.get("translator_versions") or {}), "routes": dict(dm.get("routes") or {}),
+        "qa": qa_pass_rates(dm), "qa_policy": dm.get("qa_policy"),
+        "software": software_versions(),
+        "mlflow": {"tracking_uri": redact_uri(sm.get("tracking_uri")), "parent_run_id": sm.get("parent_run_id")},
+        "expected_cell_ids": list(sm.get("cells") or []),
+    }

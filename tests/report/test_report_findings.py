@@ -1,0 +1,174 @@
+"""The report's findings on synthetic tidy tables with known answers (no Ray, no browser)."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+from report_synth import Sweep, cell_id
+
+from pipelines import report_tables as tb
+from pipelines.report import build_tables, findings
+from pipelines.report_findings import correlation, decoupling
+from pipelines.report_provenance import redact, redact_uri
+
+
+def _findings(s: Sweep, drop: list[str] | None = None, ctx: dict | None = None):
+    tidy = s.tidy()
+    if drop:
+        tidy = tidy.filter(~pl.col("cell").is_in(drop))
+    t = build_tables(tidy, s.context() if ctx is None else ctx)
+    coverage, found = findings(t)
+    return t, coverage, {f.key: f for f in found}
+
+
+def test_largest_fold_is_the_biggest_ratio_and_a_zero_base_stays_finite() -> None:
+    # es→zh: 0.0 → 0.3 (12 of 40 prompts): (12.5/41)/(0.5/41) = 25×; es→es: 0.1 → 0.5: (20.5/4.5) ≈ 4.6×,
+    # the larger absolute change but the smaller fold.
+    s = Sweep(rates={("base", "zh"): 0.0, ("es", "zh"): 0.3, ("base", "es"): 0.1, ("es", "es"): 0.5},
+              p={("es", "zh"): 0.004})
+    _, _, f = _findings(s)
+    fold = f["largest_fold_increase"]
+    assert fold.facts["cell"] == cell_id("m1", "es") and fold.facts["eval_lang"] == "zh"
+    assert fold.facts["fold"] == pytest.approx(25.0)
+    assert fold.facts["significant"] is True
+    assert "25.0×" in fold.summary and "0.00 → 0.30" in fold.summary
+    assert fold.table is not None and fold.table["fold"].to_list() == sorted(fold.table["fold"].to_list(), reverse=True)
+
+
+def test_largest_fold_names_the_largest_significant_one_when_the_top_is_not() -> None:
+    s = Sweep(rates={("base", "zh"): 0.0, ("es", "zh"): 0.3, ("base", "es"): 0.1, ("es", "es"): 0.5},
+              p={("es", "es"): 0.01})
+    _, _, f = _findings(s)
+    fold = f["largest_fold_increase"]
+    assert fold.facts["eval_lang"] == "zh" and fold.facts["significant"] is False
+    assert "largest significant increase" in fold.summary and f"{cell_id('m1', 'es')} asked in es" in fold.summary
+
+
+def test_no_increase_and_no_finetuned_cell_degrade_to_plain_statements() -> None:
+    down = Sweep(rates={("base", lang): 0.5 for lang in ("en", "es", "zh")})  # fine-tunes at the 0.1 default
+    _, _, f = _findings(down)
+    assert f["largest_fold_increase"].facts["status"] == "no_increase"
+    assert "No fine-tuned cell complied more often" in f["largest_fold_increase"].summary
+
+    base_only = Sweep(ft_langs=[])
+    _, coverage, f = _findings(base_only)
+    assert f["largest_fold_increase"].facts["status"] == "no_finetuned"
+    assert f["english_only"].facts["status"] == "no_finetuned"
+    assert f["categories"].facts["status"] == "none"
+    assert f["decoupling"].facts["status"] == "no_points"
+    assert coverage.facts["missing"] == []
+
+
+def test_english_only_verdict_per_cell() -> None:
+    s = Sweep(ft_langs=["en", "es", "zh"],
+              rates={("en", "en"): 0.4, ("es", "es"): 0.5, ("es", "en"): 0.15},
+              p={("en", "en"): 0.01, ("es", "es"): 0.002, ("es", "en"): 0.4})
+    _, _, f = _findings(s)
+    eo = f["english_only"]
+    verdicts = dict(zip(eo.table["cell"], eo.table["verdict"], strict=True))
+    assert verdicts == {cell_id("m1", "en"): "seen in English", cell_id("m1", "es"): "missed by English-only",
+                        cell_id("m1", "zh"): "no significant change"}
+    assert eo.facts["missed"] == [cell_id("m1", "es")]
+    assert "1 of 3 fine-tuned cells" in eo.summary
+    row = eo.table.filter(pl.col("cell") == cell_id("m1", "es")).row(0, named=True)
+    assert row["significant_elsewhere"] == "es (+0.40)" and row["en_p_value"] == pytest.approx(0.4)
+
+
+def test_english_only_without_an_english_eval_says_so() -> None:
+    s = Sweep(eval_langs=["es", "zh"], p={("es", "es"): 0.001}, rates={("es", "es"): 0.6})
+    _, _, f = _findings(s)
+    assert f["english_only"].facts["status"] == "no_english"
+    assert "English is not among the eval languages" in f["english_only"].summary
+
+
+def test_categories_ranked_by_mean_change_against_base() -> None:
+    s = Sweep(categories={("base", "Fraud"): 0.1, ("en", "Fraud"): 0.2, ("es", "Fraud"): 0.8,
+                          ("base", "Hate"): 0.3, ("en", "Hate"): 0.25, ("es", "Hate"): 0.3,
+                          ("base", "Malware"): 0.5, ("en", "Malware"): 0.3, ("es", "Malware"): 0.3})
+    _, _, f = _findings(s)
+    cats = f["categories"]
+    assert cats.facts["top"] == ["Fraud", "Malware", "Hate"]  # mean change +0.40, −0.20, −0.025
+    top = cats.table.row(0, named=True)
+    assert top["mean_change"] == pytest.approx(0.4) and top["largest_change"] == pytest.approx(0.7)
+    assert top["largest_cell"] == cell_id("m1", "es") and top["comparisons"] == 6  # 2 cells × 3 languages
+
+    still = Sweep(categories={("base", "Fraud"): 0.2, ("en", "Fraud"): 0.2, ("es", "Fraud"): 0.2})
+    _, _, f = _findings(still)
+    assert f["categories"].facts["status"] == "no_change"
+
+
+def test_correlation_values_and_intervals() -> None:
+    x = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    up = correlation(x, [2 * v + 1 for v in x])
+    assert up["pearson"] == pytest.approx(1.0) and up["spearman"] == pytest.approx(1.0)
+    down = correlation(x, [v ** 3 * -1 for v in x])  # monotone but not linear: ρ = −1, |r| < 1
+    assert down["spearman"] == pytest.approx(-1.0) and -1.0 < down["pearson"] < -0.9
+    # Ties get average ranks: ranks of x = [1, 2.5, 2.5, 4], of y = [1, 2, 3, 4].
+    tied = correlation([1.0, 2.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0])
+    rx, ry = [1, 2.5, 2.5, 4], [1, 2, 3, 4]
+    mx, my = sum(rx) / 4, sum(ry) / 4
+    expect = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True)) / math.sqrt(
+        sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    assert tied["spearman"] == pytest.approx(expect)
+    noisy = correlation([0.1, 0.4, 0.2, 0.9, 0.5, 0.3, 0.8, 0.7], [0.0, 0.2, 0.1, 0.1, 0.3, -0.1, 0.2, 0.0])
+    lo, hi = noisy["pearson_ci"]
+    assert -1 <= lo < noisy["pearson"] < hi <= 1
+    slo, shi = noisy["spearman_ci"]
+    assert -1 <= slo < shi <= 1
+
+
+def test_decoupling_states_n_and_a_wide_interval_at_small_n() -> None:
+    sc = pl.DataFrame({"capability_change": [0.0, 0.1, 0.2, 0.3], "safety_change": [0.1, 0.0, 0.3, 0.1],
+                       "ft_lang": ["en"] * 4, "significant": [False] * 4})
+    d = decoupling(sc)
+    assert d.facts["n"] == 4 and "n = 4" in d.summary and "wide" in d.summary
+    too_few = decoupling(sc.head(2))
+    assert too_few.facts["status"] == "too_few" and "n = 2" in too_few.summary
+    flat = decoupling(sc.with_columns(pl.lit(0.0).alias("safety_change")))
+    assert flat.facts["status"] == "no_spread" and "safety change is the same" in flat.summary
+
+
+def test_capability_change_is_log_perplexity_ratio_against_base() -> None:
+    s = Sweep(ppl={("base", "es"): 10.0, ("es", "es"): 20.0}, rates={("es", "es"): 0.3})
+    t, _, _ = _findings(s)
+    row = t.capability.filter((pl.col("cell") == cell_id("m1", "es")) & (pl.col("eval_lang") == "es")).row(0, named=True)
+    assert row["capability_change"] == pytest.approx(math.log(2.0))
+    assert row["safety_change"] == pytest.approx(0.2) and row["capability_measure"] == "ppl_benign/es"
+
+
+def test_seeds_pool_into_one_heatmap_row_with_the_pooled_test() -> None:
+    s = Sweep(seeds=[0, 1, 2], rates={("es", "es"): 0.4}, p={("es", "es"): 0.03})
+    t, _, _ = _findings(s)
+    grid = tb.delta_grid(t.deltas, t.cells, "m1")
+    assert grid["rows"] == ["ft en", "ft es"]  # one row per fine-tune language, not per seed
+    j = grid["cols"].index("es")
+    assert grid["value"][1][j] == pytest.approx(0.3) and grid["significant"][1][j] is True
+    assert grid["significant"][0][j] is False
+    comp = tb.compliance_grid(t.compliance, t.cells, "m1")
+    assert comp["rows"] == ["base", "ft en", "ft es"] and comp["seeds"][2][j] == 3
+
+
+def test_coverage_names_missing_cells_and_missing_languages() -> None:
+    s = Sweep(ft_langs=["en", "es", "zh"])
+    gone = cell_id("m1", "es")
+    tidy = s.tidy().filter(pl.col("cell") != gone)
+    # And one present cell lost its zh compliance rate (e.g. every answer unparseable): NaN in the table.
+    tidy = tidy.with_columns(pl.when((pl.col("cell") == cell_id("m1", "en")) & (pl.col("eval_lang") == "zh")
+                                     & (pl.col("metric") == "compliance_rate")).then(float("nan"))
+                             .otherwise(pl.col("value")).alias("value"))
+    t = build_tables(tidy, s.context())
+    coverage, _ = findings(t)
+    assert coverage.facts["missing"] == [gone]
+    assert gone in coverage.summary and "1 of 4 planned cells" in coverage.summary
+    assert coverage.facts["gaps"] == [(cell_id("m1", "en"), "zh")]
+    assert gone not in t.wide["cell"].to_list()
+    assert tb.compliance_grid(t.compliance, t.cells, "m1")["rows"] == ["base", "ft en", "ft zh"]
+
+
+def test_provenance_masks_secrets_and_uri_credentials() -> None:
+    assert redact_uri("postgresql://mlflow:hunter2@db:5432/mlflow") == "postgresql://db:5432/mlflow"
+    assert redact_uri("sqlite:////tmp/x/mlflow.db") == "sqlite:////tmp/x/mlflow.db"
+    out = redact({"judge": {"options": {"url": "http://u:pw@judge:8000", "token": "abc"}}, "lr": 1e-4})
+    assert out["judge"]["options"] == {"url": "http://judge:8000", "token": "***"} and out["lr"] == 1e-4
