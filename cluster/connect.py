@@ -24,11 +24,22 @@ FORWARDED_ENV = (
 )
 
 
+# Ray Train V2's placement-group cleaner asks the State API, which lives in the dashboard, every few
+# seconds; without the dashboard (the default: it costs about 1 GB) each ask logs a harmless warning that
+# would bury the progress bars. Only that logger is raised to ERROR, in every worker process.
+QUIET_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_worker_logs() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def runtime_env() -> dict[str, Any]:
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     # Tokenizers' own thread pool fights Ray's workers for the two cores of a laptop.
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return {"env_vars": env}
+    return {"env_vars": env, "worker_process_setup_hook": "cluster.connect.quiet_worker_logs"}
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, include_dashboard: bool = False) -> None:

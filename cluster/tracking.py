@@ -27,3 +27,20 @@ def setup_mlflow(workdir: Path, experiment: str, configured_uri: str | None = No
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return uri, exp_id
+
+
+def close_stale_runs(uri: str, experiment_id: str, study_hash: str) -> int:
+    """Marks KILLED the runs a killed driver left RUNNING for this study (its parent runs and their
+    cells), so the MLflow UI does not show a dead sweep as still going. Returns how many it closed.
+    Called only when this process is about to run the same study, i.e. after the old driver is gone."""
+    client = mlflow.MlflowClient(uri)
+    parents = client.search_runs([experiment_id], filter_string=(
+        f"tags.`safedrift.study_hash` = '{study_hash}' and attributes.status = 'RUNNING'"))
+    closed = 0
+    for parent in parents:
+        children = client.search_runs([experiment_id], filter_string=(
+            f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.status = 'RUNNING'"))
+        for run in [*children, parent]:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed += 1
+    return closed

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -87,6 +88,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """The study with the grid as its point: says which cells were reused and which ran, so a resumed
+    sweep shows that it redid nothing already finished."""
+    from pipelines.run import run_study
+
+    cfg = _load(args)
+    t0 = time.time()
+    res = run_study(cfg, resume=not args.no_resume)
+    _print_study(res, time.time() - t0)
+    everything_reused = res.stages.get("sweep", {}).get("reused", False)
+    for r in res.results:
+        status = "reused" if r.get("reused", everything_reused) else "ran"
+        print(f"cell {r.get('cell_id')}: {status}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from pipelines.prepare import prepare
+
+    cfg = _load(args)
+    for step, seconds in prepare(cfg).items():
+        print(f"prepared {step} ({seconds:.1f} s)")
+    return 0
+
+
 def cmd_data_build(args: argparse.Namespace) -> int:
     from cluster.connect import connect
     from cluster.storage import workdir_path
@@ -109,6 +135,31 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Redraw a study's report: from a config (its workdir), or from a sweep or report directory."""
+    from pathlib import Path
+
+    from pipelines.report import report_for_config, report_from_dir
+
+    out = Path(args.out) if args.out else None
+    if args.sweep_dir:
+        res = report_from_dir(Path(args.sweep_dir), out, log_mlflow=not args.no_mlflow)
+    else:
+        if args.workdir:
+            args.overrides = [*args.overrides, f"workdir={args.workdir}"]
+        res = report_for_config(_load(args), out, log_mlflow=not args.no_mlflow)
+    # Findings are aggregates (cell ids, languages, rates): safe to print, unlike prompts or answers.
+    for key, f in res.manifest.get("findings", {}).items():
+        print(f"{key}: {f.get('status', 'ok') if isinstance(f, dict) else f}")
+    if res.manifest.get("missing_cells"):
+        print(f"missing cells: {', '.join(res.manifest['missing_cells'])}")
+    if res.note:
+        print(f"note: {res.note}")
+    print(f"report: {res.path / 'report.html'}")
+    print(f"MLflow parent run: {res.logged_to or 'not logged'}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving.app import serve_judge
 
@@ -128,9 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="the fine-tune/eval grid with Ray Tune (resumes by default)")
     _config_args(p)
-    p.add_argument("--resume", action="store_true", default=True, help="resume an interrupted sweep (default)")
-    p.add_argument("--no-resume", action="store_true")
-    p.set_defaults(func=cmd_run)
+    p.add_argument("--resume", action="store_true", default=True,
+                   help="resume an interrupted sweep (default): finished cells are reused, Tune's state restored")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start a new Tune grid (finished cells are still reused)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="redraw a study's HTML report, figures and tables (and log them to MLflow)")
+    _config_args(p)
+    p.add_argument("--workdir", default=None, help="the study's workdir (same as the override workdir=...)")
+    p.add_argument("--sweep-dir", default=None,
+                   help="a sweep directory (workdir/sweeps/<study>/<store>) or report directory to redraw from "
+                        "instead of a config")
+    p.add_argument("--out", default=None, help="write the report here (default: workdir/reports/<study hash>)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to the sweep's parent run")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("prepare", help="convert the preset's models and fit its judge once (setup runs this)")
+    _config_args(p)
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("config", help="configuration")
     csub = p.add_subparsers(dest="config_cmd", required=True)
@@ -163,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # DeepSpeed's CPU comm op, compiled once by scripts/setup.sh into the checkout's cache: without this
+    # the first fine-tune would compile it again (about 70 s) under ~/.cache.
+    project_ops = Path(__file__).resolve().parent.parent / ".cache" / "torch_extensions"
+    if project_ops.is_dir():
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(project_ops))
     from pipelines.registry import UnknownNameError
 
     try:

@@ -38,6 +38,9 @@ def study_hashes(cfg: StudyConfig) -> tuple[str, str]:
 
 
 def run_study(cfg: StudyConfig, resume: bool = True) -> StudyResult:
+    from pipelines.user_evalsets import check_user_files
+
+    check_user_files(cfg.evaluate)  # a bad user file fails now, not after the fine-tuning
     workdir = workdir_path(cfg.resolved_workdir())
     ds_hash, study_hash = study_hashes(cfg)
     from cluster.tracking import tracking_uri
@@ -63,12 +66,20 @@ def run_study(cfg: StudyConfig, resume: bool = True) -> StudyResult:
 
     stages: dict[str, dict[str, Any]] = {}
     connect(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard)
+    if any(not c.is_base and read_manifest(cell_dir(workdir, cfg, c, ds_hash)) is None for c in study_cells(cfg)):
+        from pipelines.sweep import check_fits
+
+        check_fits(cfg)  # a cell the cluster can never hold fails now, not after the translation
 
     t0 = time.time()
     ds = build_datasets(cfg, workdir)
     stages["translate"] = {"reused": ds.reused, "seconds": round(time.time() - t0, 1)}
 
     uri, exp_id = setup_mlflow(workdir, cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
+    from cluster.tracking import close_stale_runs
+
+    if closed := close_stale_runs(uri, exp_id, study_hash):
+        log.warning("marked %d MLflow run(s) of an interrupted sweep of this study as KILLED", closed)
     with mlflow.start_run(run_name=f"{cfg.name}-{study_hash}", experiment_id=exp_id,
                           tags={"safedrift.study_hash": study_hash, "safedrift.preset": cfg.name}) as parent:
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
@@ -79,22 +90,19 @@ def run_study(cfg: StudyConfig, resume: bool = True) -> StudyResult:
         stages["sweep"] = {"reused": all(r["reused"] for r in results), "seconds": round(time.time() - t0, 1)}
 
         t0 = time.time()
-        summary = {"preset": cfg.name, "study_hash": study_hash, "models": ", ".join(cfg.models),
-                   "ft_langs": ", ".join(cfg.ft_langs), "eval_langs": ", ".join(cfg.eval_langs),
-                   "seeds": cfg.seeds, "epochs": cfg.epochs, "judge": cfg.judge.name,
-                   "datasets": ds.manifest.get("sources"), "routes": ds.manifest.get("routes"),
-                   "translator_versions": ds.manifest.get("translator_versions"),
-                   "mlflow_run": parent.info.run_id}
         # A cell's manifest names the MLflow run that first evaluated it, possibly in another store: the
         # runs of *this* sweep are the parent's children, found by their cell tag.
         children = mlflow.MlflowClient(uri).search_runs(
             [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
         run_ids = {r.data.tags.get("safedrift.cell"): r.info.run_id for r in children}
         results = [r | {"mlflow_run_id": run_ids.get(r["cell_id"])} for r in results]
-        write_report(results, summary, cfg.eval_langs, report_dir)
         from pipelines.measure import write_sweep_tidy  # every metric, one row per cell × language × metric
+        from pipelines.report_provenance import study_context
 
-        write_sweep_tidy(results, workdir, report_dir, uri)
+        # The sweep-level table sits beside the sweep's manifest (`safedrift report --sweep-dir` reads it);
+        # the report is drawn from it alone plus the study's provenance.
+        tidy = write_sweep_tidy(results, workdir, sweep_dir, uri)
+        write_report(tidy, study_context(cfg, study_hash, ds_hash, ds.manifest, parent.info.run_id, uri), report_dir)
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
         stages["report"] = {"reused": False, "seconds": round(time.time() - t0, 1)}
         write_manifest(sweep_dir, parent_run_id=parent.info.run_id, tracking_uri=uri, cells=[r["cell_id"] for r in results],

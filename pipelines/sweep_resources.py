@@ -1,0 +1,162 @@
+"""What one cell needs from the Ray cluster, whether it can ever be scheduled, and how many cells the
+sweep runs at once. Pure arithmetic over node shapes (tested without Ray), plus one reader of the live
+cluster.
+
+Counting is per node, not over the cluster's total: a training worker must fit on one node, so two
+nodes of 2 CPUs hold two 1.5-CPU workers, not three, and a cell that no node can hold would wait for
+resources forever instead of failing."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pipelines.config import FinetuneConfig, StudyConfig
+
+log = logging.getLogger(__name__)
+
+# The Tune trial that drives a cell asks for this much CPU (Tune refuses 0); it sits on some node beside
+# the cell's training workers, so a node is counted with this much less.
+TRIAL_CPU = 0.01
+# A node group without a maximum size (max_count -1 in the autoscaler's config).
+UNBOUNDED = 1_000_000
+_EPS = 1e-9
+
+
+class SweepError(RuntimeError):
+    pass
+
+
+class ClusterTooSmallError(SweepError, ValueError):
+    """Bad input, not a failure of the run: the CLI reports it as an error message (exit 2)."""
+
+
+@dataclass(frozen=True)
+class CellNeeds:
+    num_workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float = 0.0
+
+    @classmethod
+    def of(cls, ft: FinetuneConfig) -> CellNeeds:
+        # ScalingConfig(use_gpu=True) gives each worker one GPU besides its CPUs (pipelines/finetune.py).
+        return cls(ft.num_workers, ft.cpus_per_worker, 1.0 if ft.use_gpu else 0.0)
+
+    def describe(self) -> str:
+        gpu = f" + {self.gpus_per_worker:g} GPU" if self.gpus_per_worker else ""
+        return f"{self.num_workers} training worker(s) × {self.cpus_per_worker:g} CPU{gpu}"
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    resources: Mapping[str, float]
+    count: int = 1  # identical nodes: 1 for a live node, a node group's maximum size when autoscaling
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k}: {v:g}" for k, v in sorted(self.resources.items()) if k in ("CPU", "GPU"))
+        return ("" if self.count == 1 else f"{'∞' if self.count >= UNBOUNDED else self.count} × ") + "{" + shown + "}"
+
+
+def worker_slots(resources: Mapping[str, float], needs: CellNeeds) -> int:
+    """How many of the cell's training workers one node holds."""
+    cpu = resources.get("CPU", 0.0) - TRIAL_CPU
+    slots = math.floor(cpu / needs.cpus_per_worker + _EPS) if cpu > 0 else 0
+    if needs.gpus_per_worker:
+        slots = min(slots, math.floor(resources.get("GPU", 0.0) / needs.gpus_per_worker + _EPS))
+    return max(0, slots)
+
+
+def total_slots(nodes: list[NodeShape], needs: CellNeeds) -> int:
+    return sum(worker_slots(n.resources, needs) * n.count for n in nodes)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    live: list[NodeShape]
+    # Node groups an autoscaler may start (KubeRay, the cluster launcher); empty on a fixed cluster. A GPU
+    # group at 0 replicas is real capacity: the sweep's placement groups are what make it scale up.
+    autoscale: list[NodeShape] = field(default_factory=list)
+
+    def slots(self, needs: CellNeeds) -> int:
+        return max(total_slots(self.live, needs), total_slots(self.autoscale, needs))
+
+    def describe(self) -> str:
+        text = f"{len(self.live)} live node(s): " + ", ".join(n.describe() for n in self.live)
+        if self.autoscale:
+            text += "; may scale to: " + ", ".join(n.describe() for n in self.autoscale)
+        return text
+
+
+def check_fits(needs: CellNeeds, capacity: Capacity, local_cluster: bool = False) -> None:
+    """Fails, naming the fix, when no placement of one cell's workers exists."""
+    if capacity.slots(needs) >= needs.num_workers:
+        return
+    fixes = ["lower finetune.num_workers", "lower finetune.cpus_per_worker"]
+    if needs.gpus_per_worker:
+        cpu_only = CellNeeds(needs.num_workers, needs.cpus_per_worker)
+        if capacity.slots(cpu_only) >= needs.num_workers:
+            fixes = ["set finetune.use_gpu=false", "lower finetune.num_workers"]
+        fixes.append("add GPU nodes")
+    else:
+        fixes.append("add nodes with more CPUs")
+    if local_cluster:
+        fixes.append("raise ray.num_cpus (the local cluster's logical CPUs)")
+    raise ClusterTooSmallError(
+        f"one cell needs {needs.describe()}, each worker on one node beside its {TRIAL_CPU:g}-CPU Tune trial, "
+        f"but the cluster holds only {capacity.slots(needs)} such worker(s) ({capacity.describe()}); "
+        + ", or ".join(fixes))
+
+
+def choose_concurrency(setting: int | str | None, needs: CellNeeds, capacity: Capacity,
+                       n_pending: int) -> tuple[int, str]:
+    """(cells at once, why): an explicit sweep.max_concurrent is kept; "auto"/None fills the cluster."""
+    fit = capacity.slots(needs) // needs.num_workers
+    if isinstance(setting, int):
+        why = f"sweep.max_concurrent={setting}"
+        if setting > fit:
+            why += f" (the cluster holds {fit} cell(s) at once: the others wait for resources)"
+        return setting, why
+    n = max(1, min(fit, n_pending))
+    return n, (f"auto: the cluster holds {capacity.slots(needs)} worker slot(s) for {needs.describe()} "
+               f"per cell = {fit} cell(s) at once, {n_pending} pending")
+
+
+def read_capacity() -> Capacity:
+    """The connected cluster's alive nodes, and the node groups its autoscaler may add."""
+    import ray
+
+    live = [NodeShape(dict(n["Resources"])) for n in ray.nodes() if n.get("Alive")]
+    groups: list[NodeShape] = []
+    try:
+        # Written by the autoscaler (KubeRay, cluster launcher); absent on a fixed or local cluster. Ray
+        # Train reads the same record for its own (total-only) check.
+        config = ray._private.state.state.get_cluster_config()
+    except Exception as exc:  # an internal API: a failure must not stop the sweep, only this refinement
+        log.debug("no autoscaler config readable: %s", exc)
+        config = None
+    if config is not None:
+        for group in config.node_group_configs:
+            count = UNBOUNDED if group.max_count == -1 else int(group.max_count)
+            if count > 0:
+                groups.append(NodeShape({k: float(v) for k, v in group.resources.items()}, count))
+    return Capacity(live, groups)
+
+
+def check_cluster(cfg: StudyConfig) -> Capacity:
+    """Fails before any training when one cell of `cfg` cannot fit the connected cluster."""
+    capacity = read_capacity()
+    # On a cluster this run started itself, its logical CPUs are a setting the user can raise.
+    local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    check_fits(CellNeeds.of(cfg.finetune), capacity, local_cluster=local)
+    return capacity
+
+
+def plan_concurrency(cfg: StudyConfig, n_pending: int) -> int:
+    """Checks that one cell fits the connected cluster and returns how many run at once (logged)."""
+    capacity = check_cluster(cfg)
+    n, why = choose_concurrency(cfg.sweep.max_concurrent, CellNeeds.of(cfg.finetune), capacity, n_pending)
+    log.info("sweep concurrency %d: %s", n, why)
+    return n

@@ -1,0 +1,171 @@
+"""Helpers for the sweep tests: subprocess drivers with a Ray cluster of their own, stopping exactly the
+processes a test started (never `ray stop`, which would stop other people's clusters on this machine),
+a throwaway MLflow server over HTTP, and a workdir seeded from the session's smoke study."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TAG_VAR = "SAFEDRIFT_TEST_TAG"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+
+class PrivateRay:
+    """Environment for a subprocess that starts its own Ray cluster: a private RAY_TMPDIR (Ray's session
+    files and its "current cluster" address file, so nothing of the machine's default /tmp/ray is
+    touched) and a tag variable that every descendant inherits (raylet, GCS, workers), which is how
+    `kill_all` finds them: Ray renames its worker processes, so their command lines say nothing."""
+
+    def __init__(self) -> None:
+        # Short: Ray's unix sockets live under it and a socket path is limited to 107 bytes.
+        self.tmp = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
+        self.tag = uuid.uuid4().hex
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "SAFEDRIFT_WORKDIR")}
+        env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(self.tmp), TOKENIZERS_PARALLELISM="false",
+                   TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"), PYTHONUNBUFFERED="1",
+                   RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="120", **{TAG_VAR: self.tag})
+        env.update(extra)
+        return env
+
+    def processes(self) -> list[int]:
+        """PIDs of live processes that carry this tag."""
+        needle = f"{TAG_VAR}={self.tag}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if needle in environ.split(b"\0") and state != "Z":
+                found.append(int(entry.name))
+        return found
+
+    def kill_all(self, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> list[int]:
+        """SIGKILLs the driver's process group, then every tagged process by PID until none is left;
+        returns the PIDs that outlived the process group."""
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        survivors: list[int] = []
+        deadline = time.monotonic() + timeout
+        while (left := self.processes()) and time.monotonic() < deadline:
+            survivors += [p for p in left if p not in survivors]
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        if left := self.processes():
+            raise AssertionError(f"processes of the test's Ray cluster still alive: {left}")
+        return survivors
+
+    def close(self) -> None:
+        self.kill_all()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, startup_timeout: float = 120.0) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts under root/artifacts),
+    stopped by its process group in the end; yields its URL."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+           "--host", "127.0.0.1", "--port", str(port)]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    log_path = root / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while not _healthy(url):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"mlflow server did not become healthy:\n{tail(log_path)}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def seed_workdir(src: Path, dest: Path, cfg, *, checkpoints: list, cells: list) -> str:
+    """Copies what the session's smoke study already computed into a new workdir: the data sets, eval
+    sets and translation cache (content-addressed, so identical for the same smoke config), the fine-tuned
+    weights of `checkpoints` and the finished outputs of `cells`. Returns the data sets' hash."""
+    from pipelines.cell_run import cell_dir
+    from pipelines.cells import train_hash
+    from pipelines.run import study_hashes
+
+    ds_hash, _ = study_hashes(cfg)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("datasets", "evalsets", "translation_cache"):
+        if (src / name).exists():
+            shutil.copytree(src / name, dest / name)
+    for cell in checkpoints:
+        rel = Path("checkpoints") / train_hash(cfg, cell, ds_hash)
+        shutil.copytree(src / rel, dest / rel)
+    for cell in cells:
+        shutil.copytree(cell_dir(src, cfg, cell, ds_hash), cell_dir(dest, cfg, cell, ds_hash))
+    return ds_hash
+
+
+def file_snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
+    """relative path -> (mtime_ns, bytes) of every file under `directory`."""
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def flat_config(obj: object, prefix: str = "") -> dict[str, str]:
+    """Every leaf of a resolved config, dotted; written independently of the code under test."""
+    if isinstance(obj, dict):
+        out: dict[str, str] = {}
+        for k, v in obj.items():
+            out |= flat_config(v, f"{prefix}.{k}" if prefix else k)
+        return out
+    return {prefix: str(obj)}
