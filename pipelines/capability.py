@@ -1,11 +1,10 @@
 """Capability: WikiText-2 perplexity by a sliding window with a stride (each token scored once, with up
 to window − stride tokens of context), perplexity of held-out benign answers in each language (the
 answer tokens only, after the chat-formatted instruction), and an optional MMLU-style multiple-choice
-file given by the user (accuracy by the likeliest answer letter)."""
+file and an AlpacaEval-style instruction file given by the user (see user_evalsets)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -77,18 +76,44 @@ def mmlu_accuracy(model: Any, tok: Any, path: Path, limit: int = 100) -> tuple[f
     likeliest next letter after the chat-formatted question."""
     import torch
 
-    letters = "ABCDEFGH"
-    rows = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()][:limit]
+    from pipelines.user_evalsets import LETTERS, mmlu_rows
+
+    rows = mmlu_rows(path, limit)
     hits = 0
     for r in rows:
         choices = r["choices"]
-        q = r["question"] + "\n" + "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(choices)) + "\nAnswer:"
+        q = r["question"] + "\n" + "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)) + "\nAnswer:"
         text = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
         ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.inference_mode():
             logits = model(ids).logits[0, -1]
-        cand = [tok(letters[i], add_special_tokens=False)["input_ids"][0] for i in range(len(choices))]
+        cand = [tok(LETTERS[i], add_special_tokens=False)["input_ids"][0] for i in range(len(choices))]
         pred = int(torch.stack([logits[c] for c in cand]).argmax())
-        gold = r["answer"] if isinstance(r["answer"], int) else letters.index(str(r["answer"]).strip().upper())
-        hits += int(pred == gold)
-    return (hits / len(rows) if rows else float("nan")), len(rows)
+        hits += int(pred == r["answer"])
+    return hits / len(rows), len(rows)
+
+
+def alpacaeval_scores(model: Any, tok: Any, path: Path, gcfg: Any, limit: int = 100) -> dict[str, float]:
+    """A user's AlpacaEval-style JSONL ({instruction, output}). AlpacaEval proper needs a GPT-4-class
+    pairwise judge; on CPU and offline we score what can be measured without one: how close each answer
+    is to its reference (cosine of all-MiniLM-L6-v2 embeddings, the encoder the trained judge ships),
+    how likely the model finds the reference answer (perplexity), and the answers' length, since
+    length is what such similarity scores are most biased by."""
+    import numpy as np
+
+    from pipelines.generate import generate_answers
+    from pipelines.judges_trained import MiniLMEncoder
+    from pipelines.user_evalsets import alpaca_rows
+
+    rows = alpaca_rows(path, limit)
+    instructions = [r["instruction"] for r in rows]
+    answers: list[str] = []
+    for i in range(0, len(rows), gcfg.batch_size):
+        answers += generate_answers(model, tok, instructions[i:i + gcfg.batch_size], gcfg)
+    enc = MiniLMEncoder()
+    a, ref = enc.encode(answers), enc.encode([r["output"] for r in rows])
+    sim = (a * ref).sum(axis=1)  # both L2-normalised
+    ppl, _ = answer_ppl(model, tok, [(r["instruction"], r["output"]) for r in rows])
+    lengths = [len(tok(x, add_special_tokens=False)["input_ids"]) for x in answers]
+    return {"capability/alpacaeval_ref_sim": float(np.mean(sim)), "capability/alpacaeval_ref_ppl": ppl,
+            "capability/alpacaeval_answer_tokens": float(np.mean(lengths)), "capability/alpacaeval_n": float(len(rows))}

@@ -47,7 +47,7 @@ def cell_dir(workdir: Path, cfg: StudyConfig, cell: Cell, datasets_hash: str) ->
 
 def flat_params(cfg: StudyConfig, cell: Cell) -> dict[str, str]:
     def walk(prefix: str, obj: Any, out: dict[str, str]) -> None:
-        if isinstance(obj, dict):
+        if isinstance(obj, dict) and obj:
             for k, v in obj.items():
                 walk(f"{prefix}.{k}" if prefix else k, v, out)
         else:
@@ -79,17 +79,21 @@ def run_cell(cfg: StudyConfig, cell: Cell, workdir: Path, ds_path: Path, ds_hash
             # A cell finished by an earlier sweep: this sweep's parent still gets its numbers.
             mlflow.set_tag("safedrift.reused", "true")
             mlflow.log_metrics(done["metrics"])
+            log_cell_artifacts(out, None if cell.is_base else workdir / "checkpoints" / train_hash(cfg, cell, ds_hash))
             return done | {"reused": True}
 
         base_dir = model_dir(cell.model)
         adapter = None
         train_info: dict[str, Any] = {}
+        # Wall time per stage: what a user sizing a preset needs, and what the README's cost table cites.
+        timing: dict[str, float] = {}
+        t_stage = time.time()
         if not cell.is_base:
             ckpt = workdir / "checkpoints" / train_hash(cfg, cell, ds_hash)
             train_info = finetune_cell(cfg, cell, base_dir, ds_path, ckpt, tracking.uri, run.info.run_id,
                                        tune_session=tune_session)
             adapter = ckpt / "adapter"
-            mlflow.log_artifacts(str(adapter), artifact_path="adapter")
+        timing["time/finetune_s"] = time.time() - t_stage
 
         from pipelines.evalsets import build_evalsets
 
@@ -101,9 +105,12 @@ def run_cell(cfg: StudyConfig, cell: Cell, workdir: Path, ds_path: Path, ds_hash
         safe, benign = build_evalsets(cfg, workdir)
         safe_answers = generate_cell(base_dir, adapter, safe.select("id", "lang", "category", "prompt", "prompt_en"),
                                      cfg.generate, out / "generations_safe", desc=f"generate safe {cell.id}")
+        timing["time/generate_s"] = time.time() - t0
+        t_stage = time.time()
         judge = make_judge(cfg.judge.name, **cfg.judge.options)
         judged = judge_answers(answers, cfg.judge, judge)
         judged_safe = judge_answers(safe_answers, cfg.judge, judge) if safe_answers.height else safe_answers
+        timing["time/judge_s"] = time.time() - t_stage
         table = compliance_by_lang(judged)
         metrics = metric_dict(table)
         tidy = Tidy(cell.to_dict(), cell.id)
@@ -114,7 +121,11 @@ def run_cell(cfg: StudyConfig, cell: Cell, workdir: Path, ds_path: Path, ds_hash
             metrics[f"judge/back_translated_share/{lang}"] = float(g["back_translated"].mean() or 0.0)
         metrics["generate/answers_per_s"] = float(unsafe.height / gen_s) if gen_s > 0 and unsafe.height else 0.0
         metrics |= judge_agreement_metrics(cfg, judge, tidy)
+        t_stage = time.time()
         metrics |= capability_and_drift(cfg, cell, base_dir, adapter, unsafe, safe, benign, tidy)
+        timing["time/capability_drift_s"] = time.time() - t_stage
+        metrics |= timing
+        log.info("cell %s: %s", cell.id, ", ".join(f"{k.split('/')[1]} {v:.0f}s" for k, v in timing.items()))
         if train_info.get("metrics"):
             metrics["train/final_loss"] = float(train_info["metrics"].get("train_loss", float("nan")))
         # NaN (a rate over no parseable answer) is left out: the tidy table keeps it as null with n.
@@ -124,13 +135,23 @@ def run_cell(cfg: StudyConfig, cell: Cell, workdir: Path, ds_path: Path, ds_hash
             write_parquet_atomic(judged_safe, out / "judged_safe.parquet")
         write_parquet_atomic(tidy.frame(), out / "metrics_tidy.parquet")
         mlflow.log_metrics(metrics)
-        # The answers stay in the workdir and MLflow, not in logs.
-        mlflow.log_artifact(str(out / "judged.parquet"), artifact_path="answers")
-        mlflow.log_artifact(str(out / "metrics_tidy.parquet"), artifact_path="metrics")
+        log_cell_artifacts(out, None if cell.is_base else ckpt)
         manifest = write_manifest(out, cell=cell.to_dict(), cell_id=cell.id, cell_hash=out.name, metrics=metrics,
                                   compliance=table.to_dicts(), mlflow_run_id=run.info.run_id,
                                   train=train_info)
     return manifest | {"reused": False}
+
+
+def log_cell_artifacts(out: Path, ckpt: Path | None) -> None:
+    """The adapter, the judged answers and the tidy metrics of a cell, to its MLflow run; also for a
+    cell reused from an earlier sweep, so a study re-logged to a new tracking server carries them too.
+    The answers stay in the workdir and MLflow, never in logs."""
+    if ckpt is not None and (ckpt / "adapter").is_dir():
+        mlflow.log_artifacts(str(ckpt / "adapter"), artifact_path="adapter")
+    for name, folder in (("judged.parquet", "answers"), ("judged_safe.parquet", "answers"),
+                         ("metrics_tidy.parquet", "metrics")):
+        if (out / name).exists():
+            mlflow.log_artifact(str(out / name), artifact_path=folder)
 
 
 def judge_agreement_metrics(cfg: StudyConfig, judge: Any, tidy: Tidy) -> dict[str, float]:
@@ -166,12 +187,17 @@ def capability_and_drift(cfg: StudyConfig, cell: Cell, base_dir: Path, adapter: 
         ppl, n = capability.answer_ppl(model, tok, list(zip(g["instruction"], g["output"], strict=True)))
         metrics[f"capability/ppl_benign/{lang}"] = ppl
         tidy.add(lang, "ppl_benign", ppl, n=n)
-    if ev.mmlu_path and Path(ev.mmlu_path).exists():
-        acc, n = capability.mmlu_accuracy(model, tok, Path(ev.mmlu_path))
+    # User files were checked before the study started (user_evalsets.check_user_files).
+    if ev.mmlu_path:
+        acc, n = capability.mmlu_accuracy(model, tok, Path(ev.mmlu_path), ev.user_set_limit)
         metrics["capability/mmlu_acc"] = acc
         tidy.add("en", "mmlu_acc", acc, n=n)
-    elif ev.mmlu_path:
-        log.warning("evaluate.mmlu_path %s does not exist: MMLU-style capability skipped", ev.mmlu_path)
+    if ev.alpacaeval_path:
+        scores = capability.alpacaeval_scores(model, tok, Path(ev.alpacaeval_path), cfg.generate, ev.user_set_limit)
+        metrics |= scores
+        n = int(scores["capability/alpacaeval_n"])
+        for k in ("alpacaeval_ref_sim", "alpacaeval_ref_ppl", "alpacaeval_answer_tokens"):
+            tidy.add("en", k, scores[f"capability/{k}"], n=n)
     if ev.drift and adapter is not None:
         base, btok = load_for_generation(base_dir, None, cfg.generate.threads)
         prompts = [p for _, g in unsafe.group_by("lang", maintain_order=True) for p in g["prompt"].head(ev.n_drift)]

@@ -44,7 +44,9 @@ def study_cells(cfg: StudyConfig) -> list[Cell]:
 def train_hash(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> str:
     """Names checkpoints/<hash>: what the fine-tuned weights depend on (not the evaluation settings, so
     adding an eval language or changing the judge retrains nothing)."""
-    ft = cfg.finetune.model_dump(mode="json", exclude={"max_failures", "cpus_per_worker"})
+    # How a cell runs (retries, CPUs, checkpoint cadence) does not change what it learns.
+    ft = cfg.finetune.model_dump(mode="json",
+                                 exclude={"max_failures", "cpus_per_worker", "checkpoint_every_steps"})
     return stable_hash({"cell": cell.to_dict(), "datasets": datasets_hash, "finetune": ft})
 
 
@@ -59,7 +61,17 @@ def cell_key(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> dict[str, Any]
         "judge": cfg.judge.model_dump(mode="json"),
         # What a cell measures beyond the unsafe prompts (safe prompts, perplexity, drift sizes).
         "evaluate": cfg.evaluate.model_dump(mode="json"),
+        # A user file edited in place must not reuse the numbers measured on its old contents.
+        "user_files": {p: _sha256(p) for p in (cfg.evaluate.mmlu_path, cfg.evaluate.alpacaeval_path) if p},
     }
+
+
+def _sha256(path: str) -> str | None:
+    import hashlib
+    from pathlib import Path
+
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
 
 
 def cell_hash(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> str:

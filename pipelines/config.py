@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -90,6 +90,15 @@ class FinetuneConfig(_Strict):
     cpus_per_worker: float = Field(1, gt=0)
     use_gpu: bool = False
     max_failures: int = Field(1, ge=0)
+    # Concatenate examples up to max_length (per-example attention and positions, response-only loss)
+    # instead of padding each to the longest in its batch: fewer, full sequences.
+    packing: bool = False
+    # A resumable checkpoint (DeepSpeed state, RNG, step) every N optimizer steps; 0 = only the final one.
+    # A killed worker resumes from the latest (finetune.max_failures restarts).
+    checkpoint_every_steps: int = Field(50, ge=0)
+    # Also write export/: the base model with the adapter merged, plus its tokenizer, a plain Hugging Face
+    # directory. Costs a full model copy per cell; a large grid served with multi-LoRA may turn it off.
+    export_merged: bool = True
 
 
 class GenerateConfig(_Strict):
@@ -103,9 +112,9 @@ class GenerateConfig(_Strict):
 
 
 class SweepConfig(_Strict):
-    # None: as many cells at once as the cluster's CPUs/GPUs hold; a laptop wants 1, since generation
-    # inside a cell already uses every core.
-    max_concurrent: int | None = 1
+    # "auto" (or None): as many cells at once as the cluster's nodes hold training workers for (see
+    # pipelines/sweep_resources.py); a laptop wants 1, since generation inside a cell already uses every core.
+    max_concurrent: Annotated[int, Field(ge=1)] | Literal["auto"] | None = 1
     max_failures: int = Field(0, ge=0)  # retries of a whole cell (a worker crash is retried by Train)
 
 
@@ -138,8 +147,12 @@ class EvaluateConfig(_Strict):
     ppl_stride: int = Field(128, ge=1)
     # Perplexity on held-out benign examples (rows of the benign sources after the fine-tuning ones).
     n_benign_ppl: int = Field(8, ge=0)
-    # Optional user file (JSONL, MMLU-style: {question, choices, answer}); skipped when absent.
+    # Optional user files, checked before the study starts (a missing or malformed file is an error):
+    # MMLU-style JSONL {question, choices, answer} → accuracy of the likeliest answer letter;
+    # AlpacaEval-style JSONL {instruction, output} → the cell's answers scored against the references.
     mmlu_path: str | None = None
+    alpacaeval_path: str | None = None
+    user_set_limit: int = Field(100, ge=1)  # rows read from each user file
     drift: bool = True  # hidden-state drift against the base model (fine-tuned cells)
     n_drift: int = Field(8, ge=2)  # prompts per side for drift and the refusal direction
 

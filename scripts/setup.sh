@@ -51,4 +51,11 @@ from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
 ShareMemCommBuilder().load(verbose=False)
 PY
 fi
+# The default preset's one-time work (GGUF → transformers conversion, fitting the CPU judge and scoring
+# it on held-out labels: about 2 min), cached under SAFEDRIFT_CACHE, so `safedrift run` starts on the study.
+# The test setup (--dev) skips it: the tests build what they use.
+if [ -z "$EXTRAS" ] && [ -z "${SAFEDRIFT_SKIP_PREPARE:-}" ]; then
+  say "preparing the default preset's model and judge (cached; about 2 minutes the first time)"
+  RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} .venv/bin/safedrift prepare
+fi
 say "ready: .venv/bin/safedrift"

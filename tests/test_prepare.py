@@ -1,0 +1,22 @@
+"""`safedrift prepare`: the one-time work of a preset (model conversion, judge fit and agreement) is done
+once, cached, and a second call is a no-op."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_prepare_caches_models_and_judge_agreement(tmp_path, monkeypatch, capsys) -> None:
+    from pipelines.cli import main
+
+    monkeypatch.setenv("SAFEDRIFT_CACHE", str(tmp_path / "cache"))
+    assert main(["prepare", "-c", "smoke", "judge.agreement_limit=40"]) == 0
+    first = capsys.readouterr().out
+    assert "prepared model" in first and "prepared judge" in first
+    agreements = list((tmp_path / "cache" / "judges").glob("agreement-*.json"))
+    assert len(agreements) == 1
+    ag = json.loads(agreements[0].read_text())
+    assert ag["n"] == 40 and 0.0 <= ag["accuracy"] <= 1.0
+    mtime = agreements[0].stat().st_mtime
+    assert main(["prepare", "-c", "smoke", "judge.agreement_limit=40"]) == 0
+    assert agreements[0].stat().st_mtime == mtime  # cached: not scored again
