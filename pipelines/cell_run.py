@@ -83,7 +83,7 @@ def run_cell(cfg: StudyConfig, cell: Cell, workdir: Path, ds_path: Path, ds_hash
             return done | {"reused": True}
 
         base_dir = model_dir(cell.model)
-        adapter = None
+        eval_dir, adapter = base_dir, None  # what this cell answers with: base, base + adapter, or a full fine-tune
         train_info: dict[str, Any] = {}
         # Wall time per stage: what a user sizing a preset needs, and what the README's cost table cites.
         timing: dict[str, float] = {}
@@ -92,18 +92,21 @@ def run_cell(cfg: StudyConfig, cell: Cell, workdir: Path, ds_path: Path, ds_hash
             ckpt = workdir / "checkpoints" / train_hash(cfg, cell, ds_hash)
             train_info = finetune_cell(cfg, cell, base_dir, ds_path, ckpt, tracking.uri, run.info.run_id,
                                        tune_session=tune_session)
-            adapter = ckpt / "adapter"
+            from pipelines.checkpoints import trained_weights
+
+            trained_dir, adapter = trained_weights(ckpt, cfg.finetune.method)
+            eval_dir = trained_dir or base_dir
         timing["time/finetune_s"] = time.time() - t_stage
 
         from pipelines.evalsets import build_evalsets
 
         unsafe = eval_prompts(cfg, ds_path)
         t0 = time.time()
-        answers = generate_cell(base_dir, adapter, unsafe, cfg.generate, out / "generations",
+        answers = generate_cell(eval_dir, adapter, unsafe, cfg.generate, out / "generations",
                                 desc=f"generate {cell.id}")
         gen_s = time.time() - t0
         safe, benign = build_evalsets(cfg, workdir)
-        safe_answers = generate_cell(base_dir, adapter, safe.select("id", "lang", "category", "prompt", "prompt_en"),
+        safe_answers = generate_cell(eval_dir, adapter, safe.select("id", "lang", "category", "prompt", "prompt_en"),
                                      cfg.generate, out / "generations_safe", desc=f"generate safe {cell.id}")
         timing["time/generate_s"] = time.time() - t0
         t_stage = time.time()
@@ -122,7 +125,7 @@ def run_cell(cfg: StudyConfig, cell: Cell, workdir: Path, ds_path: Path, ds_hash
         metrics["generate/answers_per_s"] = float(unsafe.height / gen_s) if gen_s > 0 and unsafe.height else 0.0
         metrics |= judge_agreement_metrics(cfg, judge, tidy)
         t_stage = time.time()
-        metrics |= capability_and_drift(cfg, cell, base_dir, adapter, unsafe, safe, benign, tidy)
+        metrics |= capability_and_drift(cfg, cell, base_dir, eval_dir, adapter, unsafe, safe, benign, tidy)
         timing["time/capability_drift_s"] = time.time() - t_stage
         metrics |= timing
         log.info("cell %s: %s", cell.id, ", ".join(f"{k.split('/')[1]} {v:.0f}s" for k, v in timing.items()))
@@ -169,7 +172,8 @@ def judge_agreement_metrics(cfg: StudyConfig, judge: Any, tidy: Tidy) -> dict[st
             "judge/heldout_unparseable": ag["unparseable"]}
 
 
-def capability_and_drift(cfg: StudyConfig, cell: Cell, base_dir: Path, adapter: Path | None, unsafe: pl.DataFrame,
+def capability_and_drift(cfg: StudyConfig, cell: Cell, base_dir: Path, eval_dir: Path, adapter: Path | None,
+                         unsafe: pl.DataFrame,
                          safe: pl.DataFrame, benign: pl.DataFrame, tidy: Tidy) -> dict[str, float]:
     """WikiText-2 and held-out benign perplexity, an optional user MMLU-style file, and (fine-tuned cells)
     hidden-state drift against the base model projected on the base model's refusal direction."""
@@ -178,7 +182,7 @@ def capability_and_drift(cfg: StudyConfig, cell: Cell, base_dir: Path, adapter: 
 
     ev = cfg.evaluate
     metrics: dict[str, float] = {}
-    model, tok = load_for_generation(base_dir, adapter, cfg.generate.threads)
+    model, tok = load_for_generation(eval_dir, adapter, cfg.generate.threads)
     if ev.ppl_tokens:
         ppl, n = capability.wikitext_ppl(model, tok, ev.ppl_tokens, ev.ppl_window, ev.ppl_stride)
         metrics["capability/ppl_wikitext2"] = ppl
@@ -198,7 +202,7 @@ def capability_and_drift(cfg: StudyConfig, cell: Cell, base_dir: Path, adapter: 
         n = int(scores["capability/alpacaeval_n"])
         for k in ("alpacaeval_ref_sim", "alpacaeval_ref_ppl", "alpacaeval_answer_tokens"):
             tidy.add("en", k, scores[f"capability/{k}"], n=n)
-    if ev.drift and adapter is not None:
+    if ev.drift and not cell.is_base:
         base, btok = load_for_generation(base_dir, None, cfg.generate.threads)
         prompts = [p for _, g in unsafe.group_by("lang", maintain_order=True) for p in g["prompt"].head(ev.n_drift)]
         harmful = unsafe.filter(pl.col("lang") == cfg.eval_langs[0])["prompt"].head(ev.n_drift).to_list()

@@ -321,8 +321,9 @@ def _train(lc: dict[str, Any], set_env: list[bool]) -> None:
     metrics = {
         "train_loss": sum(last_epoch) / len(last_epoch), "final_step_loss": state["losses"][-1],
         "optimizer_steps": optimizer_steps, "micro_steps": optimizer_steps * ft.grad_accum,
+        # Sequences trained on per epoch, all ranks (examples, or packs of them under finetune.packing).
         "planned_optimizer_steps": plan.optimizer_steps, "sequences": plan.per_rank * world,
-        "examples": plan.per_rank * world, "resumed_from_step": resumed_from,
+        "resumed_from_step": resumed_from,
         "train_seconds": round(time.time() - t_start, 2), **stats.summary(), **facts,
     }
     if rank != 0:

@@ -5,6 +5,7 @@ local mode (the real loop, one rank in this process)."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,14 @@ def run_local(ft: FinetuneConfig, model: str, ds_path: Path, storage: Path, *, s
     cfg = load_config("smoke")
     cfg = cfg.model_copy(update={"finetune": ft})
     lc = loop_config(cfg, Cell(model, "en", seed, epochs), model_dir(model), ds_path) | extras
-    return make_trainer(ft, lc, name, storage, local=True).fit()
+    # Local mode never copies a reported checkpoint to storage, so the loop's staging directories are
+    # the checkpoints: put them under the test's own tmp directory rather than /tmp.
+    storage.mkdir(parents=True, exist_ok=True)
+    previous, tempfile.tempdir = tempfile.tempdir, str(storage)
+    try:
+        return make_trainer(ft, lc, name, storage, local=True).fit()
+    finally:
+        tempfile.tempdir = previous
 
 
 def safetensors_dict(path: Path) -> dict[str, Any]:
