@@ -16,26 +16,16 @@ import glob
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from infra_support import missing_tool
+from mlflow_support import free_port, mlflow_server
 
 STARTUP_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin() -> Path | None:
@@ -54,7 +44,7 @@ class Postgres:
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="safedrift-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.as_user: list[str] = []
         if os.geteuid() == 0:
             runuser = shutil.which("runuser") or next(
@@ -139,63 +129,11 @@ def database_uri() -> Iterator[str]:
         pg.stop()
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def tracking_uri(database_uri: str, tmp_path_factory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    log = open(workdir / "server.log", "w")  # noqa: SIM115 - closed in teardown
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        database_uri,
-        # Stands in for --artifacts-destination s3://...: the same proxied artifact path.
-        "--artifacts-destination",
-        str(workdir / "artifacts"),
-        "--serve-artifacts",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    # Its own session, so teardown can stop the server and its workers together, and only them.
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(
-                    "mlflow server did not become healthy:\n" + (workdir / "server.log").read_text()[-3000:]
-                )
-            time.sleep(0.5)
+    # --artifacts-destination under the workdir stands in for s3://...: the same proxied artifact path.
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server"), database_uri, STARTUP_TIMEOUT_S) as url:
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)  # uvicorn's graceful shutdown can idle longer; nothing to flush
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
 
 
 def test_postgres_backed_server_tracks_nested_runs(tracking_uri: str, database_uri: str, tmp_path: Path):

@@ -8,24 +8,16 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
+
+from mlflow_support import mlflow_server  # noqa: F401 - re-exported to the sweep tests
 
 REPO = Path(__file__).resolve().parents[2]
 TAG_VAR = "SAFEDRIFT_TEST_TAG"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, n: int = 4000) -> str:
@@ -91,47 +83,6 @@ class PrivateRay:
     def close(self) -> None:
         self.kill_all()
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def mlflow_server(root: Path, startup_timeout: float = 120.0) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts under root/artifacts),
-    stopped by its process group in the end; yields its URL."""
-    root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-           "--host", "127.0.0.1", "--port", str(port)]
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    log_path = root / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
-                                start_new_session=True)
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while not _healthy(url):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server did not become healthy:\n{tail(log_path)}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 def seed_workdir(src: Path, dest: Path, cfg, *, checkpoints: list, cells: list) -> str:
