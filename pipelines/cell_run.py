@@ -15,6 +15,7 @@ import polars as pl
 from cluster.storage import read_manifest, write_manifest, write_parquet_atomic
 from pipelines.cells import Cell, cell_hash, train_hash
 from pipelines.config import StudyConfig
+from pipelines.evalsets import eval_prompts, heldout_benign, safe_prompts
 from pipelines.finetune import finetune_cell
 from pipelines.generate import generate_cell
 from pipelines.judge import judge_answers
@@ -29,7 +30,6 @@ from pipelines.measure import (
 )
 from pipelines.model_store import model_dir
 from pipelines.registries.judges import make_judge
-from pipelines.translate import read_split
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,6 @@ def flat_params(cfg: StudyConfig, cell: Cell) -> dict[str, str]:
     walk("", cfg.model_dump(mode="json"), out)
     walk("cell", cell.to_dict(), out)
     return out
-
-
-def eval_prompts(cfg: StudyConfig, ds_path: Path) -> pl.DataFrame:
-    return pl.concat([read_split(ds_path, "eval", lang).select("id", "lang", "category", "prompt")
-                      for lang in cfg.eval_langs])
 
 
 def run_cell(cfg: StudyConfig, cell: Cell, workdir: Path, ds_path: Path, ds_hash: str, tracking: Tracking,
@@ -98,14 +93,11 @@ def run_cell(cfg: StudyConfig, cell: Cell, workdir: Path, ds_path: Path, ds_hash
             eval_dir = trained_dir or base_dir
         timing["time/finetune_s"] = time.time() - t_stage
 
-        from pipelines.evalsets import build_evalsets
-
-        unsafe = eval_prompts(cfg, ds_path)
+        unsafe, safe, benign = (f(cfg, ds_path) for f in (eval_prompts, safe_prompts, heldout_benign))
         t0 = time.time()
         answers = generate_cell(eval_dir, adapter, unsafe, cfg.generate, out / "generations",
                                 desc=f"generate {cell.id}")
         gen_s = time.time() - t0
-        safe, benign = build_evalsets(cfg, workdir)
         safe_answers = generate_cell(eval_dir, adapter, safe.select("id", "lang", "category", "prompt", "prompt_en"),
                                      cfg.generate, out / "generations_safe", desc=f"generate safe {cell.id}")
         timing["time/generate_s"] = time.time() - t0

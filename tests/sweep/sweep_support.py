@@ -86,8 +86,8 @@ class PrivateRay:
 
 
 def seed_workdir(src: Path, dest: Path, cfg, *, checkpoints: list, cells: list) -> str:
-    """Copies what the session's smoke study already computed into a new workdir: the data sets, eval
-    sets and translation cache (content-addressed, so identical for the same smoke config), the fine-tuned
+    """Copies what the session's smoke study already computed into a new workdir: the data sets (eval
+    suite included) and translation cache (content-addressed, so identical for the same smoke config), the fine-tuned
     weights of `checkpoints` and the finished outputs of `cells`. Returns the data sets' hash."""
     from pipelines.cell_run import cell_dir
     from pipelines.cells import train_hash
@@ -95,7 +95,7 @@ def seed_workdir(src: Path, dest: Path, cfg, *, checkpoints: list, cells: list) 
 
     ds_hash, _ = study_hashes(cfg)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("datasets", "evalsets", "translation_cache"):
+    for name in ("datasets", "translation_cache"):
         if (src / name).exists():
             shutil.copytree(src / name, dest / name)
     for cell in checkpoints:

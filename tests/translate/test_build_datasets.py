@@ -75,7 +75,8 @@ def test_build_from_cache_layout_manifest_qa(tmp_path: Path) -> None:
     assert out.stats["path"] == "cache" and out.stats["segments_translated"] == 0
     m = out.manifest
     assert m["counts"] == {"benign": {"en": 4, "es": 4}, "eval": {"en": 3, "es": 3, "pt": 3},
-                           "eval_safe": {"en": 6, "es": 6, "pt": 6}}
+                           "eval_safe": {"en": 6, "es": 6, "pt": 6}, "benign_heldout": {"en": 2, "es": 2, "pt": 2}}
+    assert m["unrouted"] == []
     assert m["routes"]["eval/pt"] == "test-upper:en-es+test-upper:es-pt"
     assert m["routes"]["eval_safe/es/hplt_oasst"] == "reference"  # the human OASST translation
     assert m["routes"]["eval_safe/es/xstest_safe"] == "test-upper:en-es"
@@ -88,7 +89,7 @@ def test_build_from_cache_layout_manifest_qa(tmp_path: Path) -> None:
     assert bad["count"] == len(bad["lines"])
     assert m["qa"]["eval"]["es"]["rows"] == 3 and m["qa"]["eval"]["es"]["chrf_n"] == 3
     assert (out.path / "qa.csv").read_text().startswith("split,lang,rows,flagged")
-    for kind in ("benign", "eval", "eval_safe"):
+    for kind in ("benign", "eval", "eval_safe", "benign_heldout"):
         assert sorted(p.name for p in (out.path / kind).iterdir()) == [f"lang={x}" for x in
                                                                         (["en", "es"] if kind == "benign" else
                                                                          ["en", "es", "pt"])]
@@ -105,6 +106,10 @@ def test_build_from_cache_layout_manifest_qa(tmp_path: Path) -> None:
     assert b_es["id"].to_list() == b_en["id"].to_list()
     assert [x == "" for x in b_es["input"]] == [x == "" for x in b_en["input"]]  # blank inputs stay blank
     assert all(o.startswith("¡") for o in b_es["output"])
+    # Held-out benign rows (perplexity) are the rows after the fine-tuning ones, translated the same way.
+    h_en, h_es = read_split(out.path, "benign_heldout", "en"), read_split(out.path, "benign_heldout", "es")
+    assert h_es["id"].to_list() == h_en["id"].to_list() and not set(h_en["id"]) & set(b_en["id"])
+    assert all(o.startswith("¡") for o in h_es["output"])
     # The reference route carries the human translation (compared by hash, never printed).
     safe_es = read_split(out.path, "eval_safe", "es", qa_filter=False)
     with (data_dir() / "overrefusal/hplt_oasst_test/test_es.jsonl").open(encoding="utf-8") as fh:
@@ -115,11 +120,13 @@ def test_build_from_cache_layout_manifest_qa(tmp_path: Path) -> None:
 
 
 def test_superset_translates_only_new_and_policy_applies(tmp_path: Path) -> None:
-    small = _warm(_cfg(tmp_path, n=2), tmp_path)
-    bigger = _warm(_cfg(tmp_path, n=4), tmp_path)
-    fresh = _warm(_cfg(tmp_path / "other", n=4), tmp_path / "other")
+    # No held-out benign rows here: they are the rows after data.benign.n, so n=2's would be n=4's training rows.
+    no_heldout = ["evaluate.n_benign_ppl=0"]
+    small = _warm(_cfg(tmp_path, n=2, extra=no_heldout), tmp_path)
+    bigger = _warm(_cfg(tmp_path, n=4, extra=no_heldout), tmp_path)
+    fresh = _warm(_cfg(tmp_path / "other", n=4, extra=no_heldout), tmp_path / "other")
     assert 0 < bigger < fresh and small + bigger == fresh  # only the two new rows' segments
-    cfg = _cfg(tmp_path, n=4, extra=["translate.qa.require_lang_id=true", "translate.qa.min_chrf=99"])
+    cfg = _cfg(tmp_path, n=4, extra=[*no_heldout, "translate.qa.require_lang_id=true", "translate.qa.min_chrf=99"])
     out = build_datasets(cfg, tmp_path)
     # The fake's output is no language and back-translates badly: the policy drops those rows at read time,
     # read_split(qa_filter=False) still has them, and the manifest counts them.
