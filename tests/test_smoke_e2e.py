@@ -37,8 +37,11 @@ def test_datasets_manifest_and_shards(study) -> None:
     import json
 
     m = json.loads(manifest)
-    assert m["counts"] == {"benign": {"en": 24, "es": 24}, "eval": {"en": 8, "es": 8}}
+    # The eval suite: unsafe prompts, XSTest safe prompts for over-refusal, held-out benign rows for perplexity.
+    assert m["counts"] == {"benign": {"en": 24, "es": 24}, "eval": {"en": 8, "es": 8},
+                           "eval_safe": {"en": 4, "es": 4}, "benign_heldout": {"en": 2, "es": 2}}
     assert m["routes"]["eval/es"] == "apertium:en-es" and m["routes"]["benign/en"] == "identity:en-en"
+    assert m["routes"]["eval_safe/es/xstest_safe"] == m["routes"]["benign_heldout/es"] == "apertium:en-es"
     assert m["sources"]["multijail"] == "2798ed6fe470b80b1f486976e0fb3baa3ce008e62b6ca0abbf2e1ed5b1dfb355"
     en, es = read_split(res.datasets_path, "eval", "en"), read_split(res.datasets_path, "eval", "es")
     assert en.height == es.height == 8

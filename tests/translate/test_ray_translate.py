@@ -37,7 +37,8 @@ def test_ray_data_build_then_superset(apertium_ray, tmp_path: Path) -> None:
         return load_config("smoke", [f"workdir={wd}", "ft_langs=[es]", "eval_langs=[en,pt]",
                                      f"data.benign.source=file:{notes}", f"data.benign.n={n}",
                                      f"data.eval.n_harmful={n}", "translate.batch_size=6",
-                                     "translate.concurrency=2", f"translate.qa.round_trip={str(round_trip).lower()}"])
+                                     "translate.concurrency=2", f"translate.qa.round_trip={str(round_trip).lower()}",
+                                     "data.eval.n_safe=0", "evaluate.n_benign_ppl=0"])  # benign + eval only
 
     small = build_datasets(cfg(4, True), wd, force_ray=True)
     assert small.stats["path"] == "ray" and small.stats["segments_translated"] > 0
