@@ -65,7 +65,9 @@ class TranslateConfig(_Strict):
     # carried by the data set when there is one.
     prefer: list[str] = Field(default_factory=lambda: ["reference", "apertium"])
     batch_size: int = Field(16, ge=1)  # rows per Ray Data batch (one translator call per hop per batch)
-    concurrency: int = Field(1, ge=1)  # translator actors at most; capped by the cluster's CPUs/GPUs
+    # Translator actors at most, capped by the cluster's CPUs/GPUs and the number of batches; "auto" is one
+    # actor per CPU in the cluster (a translator keeps about a core busy).
+    concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     # Lines longer than this are split into sentences (shorter ones go whole); 0 always splits.
     segment_chars: int = Field(0, ge=0)
     # Per-translator constructor options, e.g. {nllb: {model: /models/nllb, batch_size: 32}}.

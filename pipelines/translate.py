@@ -431,10 +431,11 @@ _ALL_COLUMNS = ["id", "source", "category", "kind", "lang", "src_lang", "idx", "
                 "fields", "refs", *TEXT_COLUMNS]
 
 
-def actor_resources(cfg: StudyConfig, translators: list[str]) -> dict[str, Any]:
-    """Concurrency and per-actor resources for the translator actors: the configured concurrency, capped
-    by what the cluster has; a GPU per actor when a translator on the routes wants one and the cluster
-    has GPUs (translate.options.<name>.num_gpus overrides)."""
+def actor_resources(cfg: StudyConfig, translators: list[str], n_batches: int | None = None) -> dict[str, Any]:
+    """Concurrency and per-actor resources for the translator actors: the configured concurrency ("auto":
+    one actor per CPU in the cluster), capped by what the cluster has and by the number of batches (an
+    actor with no batch would only cost its start-up); a GPU per actor when a translator on the routes
+    wants one and the cluster has GPUs (translate.options.<name>.num_gpus overrides)."""
     import ray
 
     res = ray.cluster_resources() if ray.is_initialized() else {}
@@ -452,7 +453,12 @@ def actor_resources(cfg: StudyConfig, translators: list[str]) -> dict[str, Any]:
     cap = max(1, int(cpus / num_cpus))
     if num_gpus > 0:
         cap = min(cap, max(1, int(gpus / num_gpus)))
-    return {"concurrency": max(1, min(cfg.translate.concurrency, cap)), "num_cpus": num_cpus, "num_gpus": num_gpus}
+    if n_batches is not None:
+        cap = min(cap, max(1, n_batches))
+    want = cfg.translate.concurrency
+    if want == "auto":
+        want = max(1, int(cpus))
+    return {"concurrency": max(1, min(want, cap)), "num_cpus": num_cpus, "num_gpus": num_gpus}
 
 
 def build_datasets(cfg: StudyConfig, workdir: Path, *, force_ray: bool = False) -> DatasetsOutput:
@@ -526,9 +532,10 @@ def _run_ray(rows: list[dict[str, Any]], jobs: list[Job], root: str, cfg: StudyC
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # ids stay in source order within each language
-    res = actor_resources(cfg, _translators_used(jobs))
     bs = cfg.translate.batch_size
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / bs)))
+    n_batches = max(1, math.ceil(len(rows) / bs))
+    res = actor_resources(cfg, _translators_used(jobs), n_batches)
+    ds = ray.data.from_items(rows, override_num_blocks=n_batches)
     # A fixed pool of actors (`concurrency=` is deprecated since Ray 2.51 in favour of compute=).
     ds = ds.map_batches(TranslateBatch, batch_size=bs, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=res["concurrency"]),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
+from pipelines.config import ConfigError, load_config
 from pipelines.translate import actor_resources, build_datasets, read_split
 
 
@@ -72,6 +72,12 @@ def test_actor_resources_follow_config_and_cluster(apertium_ray, monkeypatch) ->
     res = actor_resources(cfg, ["apertium"])
     assert res["num_gpus"] == 0 and res["concurrency"] == int(ray.cluster_resources()["CPU"] / 0.5)
     assert actor_resources(load_config("smoke", ["translate.concurrency=2"]), ["apertium"])["concurrency"] == 2
+    # auto: one actor per CPU; never more actors than batches
+    auto = load_config("smoke", ["translate.concurrency=auto"])
+    assert actor_resources(auto, ["apertium"])["concurrency"] == int(ray.cluster_resources()["CPU"])
+    assert actor_resources(cfg, ["apertium"], n_batches=3)["concurrency"] == 3
+    with pytest.raises(ConfigError, match="concurrency"):
+        load_config("smoke", ["translate.concurrency=many"])
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
     res = actor_resources(cfg, ["nllb", "apertium"])
     assert (res["num_gpus"], res["concurrency"]) == (1.0, 2)  # one GPU per NLLB actor, two GPUs
