@@ -3,7 +3,7 @@ from __future__ import annotations
 import polars as pl
 
 from pipelines.config import GenerateConfig
-from pipelines.generate import generate_cell
+from pipelines.generate import generate_cell, length_batches
 from pipelines.model_store import model_dir
 
 
@@ -25,6 +25,32 @@ def test_generation_resumes_where_it_stopped(tmp_path) -> None:
     assert len(list(out.glob("part-*.parquet"))) == 2
     assert next(iter(sorted(out.glob("part-*.parquet")))).stat().st_mtime_ns == mtime
     assert full.head(3)["response"].to_list() == first["response"].to_list()  # greedy: deterministic
+
+
+def test_length_batches_group_similar_lengths_in_even_batches() -> None:
+    lengths = [5, 50, 6, 49, 7, 48, 1]
+    batches = length_batches(lengths, 3)
+    # ceil(7/3) = 3 batches of near-equal size (3, 2, 2), not 3, 3, 1; every prompt exactly once.
+    assert [len(b) for b in batches] == [3, 2, 2]
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    assert [sorted(lengths[i] for i in b) for b in batches] == [[48, 49, 50], [6, 7], [1, 5]]
+    assert length_batches([], 4) == [] and length_batches([3, 3], 8) == [[0, 1]]
+
+
+def test_generation_batches_by_length_and_keeps_prompt_order(tmp_path) -> None:
+    words = [2, 30, 3, 28, 1]
+    prompts = pl.DataFrame({"id": [f"p/{i}" for i in range(5)], "lang": ["en"] * 5,
+                            "prompt": [" ".join(["word"] * w) + f" {i}?" for i, w in enumerate(words)]})
+    sorted_ = generate_cell(model_dir("tiny-llama"), None, prompts,
+                            GenerateConfig(max_new_tokens=4, batch_size=2, threads=1), tmp_path / "sorted")
+    parts = [sorted(pl.read_parquet(p)["id"].to_list()) for p in sorted(tmp_path.glob("sorted/part-*.parquet"))]
+    assert parts == [["p/1", "p/3"], ["p/0", "p/2"], ["p/4"]]  # the two long prompts share a batch
+    assert sorted_["id"].to_list() == prompts["id"].to_list()
+    # Each answer belongs to its own prompt: the same greedy answers as one prompt at a time (no padding).
+    single = generate_cell(model_dir("tiny-llama"), None, prompts,
+                           GenerateConfig(max_new_tokens=4, batch_size=1, threads=1), tmp_path / "single")
+    assert sorted_["response"].to_list() == single["response"].to_list()
+    assert sorted_["prompt"].to_list() == prompts["prompt"].to_list()
 
 
 def test_sampling_is_seeded_and_max_new_tokens_bounds_answers(tmp_path) -> None:
