@@ -55,12 +55,17 @@ def generate_answers(model: Any, tok: Any, prompts: list[str], gcfg: GenerateCon
     return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def prompt_lengths(tok: Any, prompts: list[str]) -> list[int]:
+    """Tokens per prompt, without the chat template (the same few tokens for every prompt)."""
+    return [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
+
+
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Row indices grouped for batched generation: as few batches as batch_size allows, of near-equal
     size, each holding prompts of similar length (longest first, so a batch that does not fit in memory
     fails at once). In a left-padded batch every prompt is computed at the longest one's length, in the
     prefill and in each decoding step's attention; the eval suite mixes short English prompts with long
-    Chinese ones (SmolLM2's tokenizer spends several tokens per Han character), and equal sizes spare
+    Chinese ones (SmolLM2's tokenizer spends nearly two tokens per Han character), and equal sizes spare
     the nearly empty last batch that a plain slicing leaves."""
     n = len(lengths)
     if n == 0:
@@ -96,7 +101,7 @@ def generate_cell(model_dir: Path, adapter_dir: Path | None, prompts: pl.DataFra
         start = len(list(out.glob("part-*.parquet")))
         bar = tqdm(total=prompts.height, initial=prompts.height - todo.height, desc=desc, unit="answer")
         if sort_by_length:
-            lengths = [len(ids) for ids in tok(todo["prompt"].to_list(), add_special_tokens=False)["input_ids"]]
+            lengths = prompt_lengths(tok, todo["prompt"].to_list())
             batches = [todo[idx, :] for idx in length_batches(lengths, gcfg.batch_size)]
         else:
             batches = list(todo.iter_slices(gcfg.batch_size))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipelines.config import load_config
 from pipelines.evalsets import eval_prompts, safe_prompts
-from pipelines.generate import generate_cell, length_batches
+from pipelines.generate import generate_cell, length_batches, prompt_lengths
 from pipelines.model_store import model_dir
 from pipelines.translate import build_datasets
 
@@ -46,7 +46,7 @@ def main() -> None:
     bs = cfg.generate.batch_size
     padding = {}
     for name, frame in suites.items():
-        lengths = [len(x) for x in tok(frame["prompt"].to_list(), add_special_tokens=False)["input_ids"]]
+        lengths = prompt_lengths(tok, frame["prompt"].to_list())
         plain = [list(range(i, min(i + bs, len(lengths)))) for i in range(0, len(lengths), bs)]
         padding[name] = {"sorted": padded_slots(lengths, length_batches(lengths, bs)),
                          "prompt_order": padded_slots(lengths, plain)}
