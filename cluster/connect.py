@@ -7,8 +7,6 @@ import logging
 import os
 from typing import Any
 
-import ray
-
 log = logging.getLogger(__name__)
 
 # Variables a driver passes on to every worker so that remote stages find the same data, models and
@@ -17,6 +15,7 @@ FORWARDED_ENV = (
     "SAFEDRIFT_DATA_DIR",
     "SAFEDRIFT_MODEL_DIR",
     "SAFEDRIFT_WORKDIR",
+    "SAFEDRIFT_CACHE",
     "MLFLOW_TRACKING_URI",
     "HF_HOME",
     "HF_HUB_OFFLINE",
@@ -44,6 +43,8 @@ def runtime_env() -> dict[str, Any]:
 
 def connect(address: str | None = None, num_cpus: int | None = None, include_dashboard: bool = False) -> None:
     """Starts or joins a Ray cluster once per process."""
+    import ray  # deferred: a rerun whose every stage is reused never imports Ray
+
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")

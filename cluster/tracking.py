@@ -6,22 +6,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import mlflow
+
+def tracking_uri(default_db: Path, configured: str | None = None) -> str:
+    """The configured URI, else MLFLOW_TRACKING_URI, else sqlite at `default_db` (the workdir's mlflow.db)."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_db}"
 
 
-def tracking_uri(workdir: Path, configured: str | None = None) -> str:
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workdir / 'mlflow.db'}"
-
-
-def setup_mlflow(workdir: Path, experiment: str, configured_uri: str | None = None) -> tuple[str, str]:
+def setup_mlflow(default_db: Path, artifacts: Path, experiment: str,
+                 configured_uri: str | None = None) -> tuple[str, str]:
     """Points MLflow at the store and returns (tracking_uri, experiment_id)."""
-    uri = tracking_uri(workdir, configured_uri)
+    import mlflow  # deferred: reading the URI (reruns, `plan`, `report`) must not import MLflow
+
+    uri = tracking_uri(default_db, configured_uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         # With a server (http://) the server decides where artifacts go; locally we pin the workdir.
-        location = None if uri.startswith("http") else (workdir / "mlartifacts").as_uri()
+        location = None if uri.startswith("http") else artifacts.as_uri()
         exp_id = client.create_experiment(experiment, artifact_location=location)
     else:
         exp_id = exp.experiment_id
@@ -33,6 +35,8 @@ def close_stale_runs(uri: str, experiment_id: str, study_hash: str) -> int:
     """Marks KILLED the runs a killed driver left RUNNING for this study (its parent runs and their
     cells), so the MLflow UI does not show a dead sweep as still going. Returns how many it closed.
     Called only when this process is about to run the same study, i.e. after the old driver is gone."""
+    import mlflow
+
     client = mlflow.MlflowClient(uri)
     parents = client.search_runs([experiment_id], filter_string=(
         f"tags.`safedrift.study_hash` = '{study_hash}' and attributes.status = 'RUNNING'"))

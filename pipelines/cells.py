@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from pipelines.config import StudyConfig, stable_hash
+from pipelines.config import StudyConfig
+from pipelines.hashing import file_sha256, stable_hash
+from pipelines.layout import Workdir
+from pipelines.translate.plan import datasets_key, plan
 
 BASE = "base"
 
@@ -67,11 +71,24 @@ def cell_key(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> dict[str, Any]
 
 
 def _sha256(path: str) -> str | None:
-    import hashlib
-    from pathlib import Path
+    return file_sha256(path) if Path(path).is_file() else None
 
-    p = Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+
+def cell_dir(wd: Workdir | Path, cfg: StudyConfig, cell: Cell, datasets_hash: str) -> Path:
+    """cells/<cell hash>: the cell's evaluation outputs and manifest."""
+    return Workdir.of(wd).cell(cell_hash(cfg, cell, datasets_hash))
+
+
+def checkpoint_dir(wd: Workdir | Path, cfg: StudyConfig, cell: Cell, datasets_hash: str) -> Path:
+    """checkpoints/<train hash>: the cell's fine-tuned weights."""
+    return Workdir.of(wd).checkpoint(train_hash(cfg, cell, datasets_hash))
+
+
+def study_hashes(cfg: StudyConfig) -> tuple[str, str]:
+    """(datasets hash, study hash), computed without Ray or any model."""
+    ds_hash = stable_hash(datasets_key(cfg, plan(cfg)))
+    cells = [cell_hash(cfg, c, ds_hash) for c in study_cells(cfg)]
+    return ds_hash, stable_hash({"datasets": ds_hash, "cells": cells, "eval_langs": cfg.eval_langs})
 
 
 def cell_hash(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> str:

@@ -1,4 +1,5 @@
-"""The `safedrift` command."""
+"""The `safedrift` command: one function per subcommand; a user-fixable error (SafedriftError) is printed
+and exits 2, anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -13,7 +14,25 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import DEFAULT_PRESET, ConfigError, load_config
+from cluster.connect import connect
+from cluster.storage import StorageError, workdir_lock
+from pipelines.config import DEFAULT_PRESET
+from pipelines.errors import SafedriftError
+from pipelines.evaluate.backends import BACKENDS
+from pipelines.evaluate.judges import JUDGES
+from pipelines.layout import REPO_ROOT, Workdir
+from pipelines.prepare import prepare
+from pipelines.presets import load_config
+from pipelines.registries.datasets import DATASETS
+from pipelines.registries.languages import LANGUAGES
+from pipelines.registries.models import MODELS
+from pipelines.report import report_for_config, report_from_dir
+from pipelines.run import run_study
+from pipelines.translate import build_datasets
+from pipelines.translate.translators import TRANSLATORS
+
+REGISTRIES: dict[str, Any] = {"models": MODELS, "languages": LANGUAGES, "datasets": DATASETS,
+                              "translators": TRANSLATORS, "judges": JUDGES, "backends": BACKENDS}
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -37,18 +56,26 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from pipelines.registries.datasets import DATASETS
-    from pipelines.registries.judges import JUDGES
-    from pipelines.registries.languages import LANGUAGES
-    from pipelines.registries.models import MODELS
-    from pipelines.registries.translators import TRANSLATORS
+def describe(kind: str, name: str) -> str:
+    """One line about a registry entry, for `safedrift list`."""
+    item = REGISTRIES[kind].get(name)
+    if kind == "languages":
+        return f"{item.name} ({item.script})" + (", study language" if item.study else "") + \
+            (", MultiJail reference" if item.multijail else "")
+    if kind == "models":
+        where = item.hub_id if item.source == "hub" else f"{item.package}:{item.gguf_file}" \
+            if item.source == "gguf-package" else "random weights, local tokenizer (tests)"
+        return f"{item.family}, {item.source}: {where}"
+    if kind == "datasets":
+        return f"{item.kind}, {item.license}: {item.description or item.path}"
+    return REGISTRIES[kind].describe(name)
 
-    reg = {"models": MODELS, "languages": LANGUAGES, "datasets": DATASETS, "translators": TRANSLATORS,
-           "judges": JUDGES}[args.kind]
-    for name, item in reg.items():
-        extra = getattr(item, "name", "") if args.kind == "languages" else getattr(item, "source", "")
-        print(f"{name}\t{extra}")
+
+def cmd_list(args: argparse.Namespace) -> int:
+    reg = REGISTRIES[args.kind]
+    width = max(len(n) for n in reg.names())
+    for name in reg.names():
+        print(f"{name:<{width}}  {describe(args.kind, name)}")
     return 0
 
 
@@ -79,33 +106,30 @@ def _print_study(res: Any, elapsed: float) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.run import run_study
+    """The whole study: translate, the grid, the report."""
 
     cfg = _load(args)
     t0 = time.time()
-    res = run_study(cfg, resume=not args.no_resume)
+    res = run_study(cfg, resume=args.resume)
     _print_study(res, time.time() - t0)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """The study with the grid as its point: says which cells were reused and which ran, so a resumed
-    sweep shows that it redid nothing already finished."""
-    from pipelines.run import run_study
+    """Translate and the grid only, no report: says which cells were reused and which ran, so a resumed
+    sweep shows that it redid nothing already finished (`safedrift report` draws the report later)."""
 
     cfg = _load(args)
     t0 = time.time()
-    res = run_study(cfg, resume=not args.no_resume)
-    _print_study(res, time.time() - t0)
-    everything_reused = res.stages.get("sweep", {}).get("reused", False)
+    res = run_study(cfg, resume=args.resume, until="sweep")
     for r in res.results:
-        status = "reused" if r.get("reused", everything_reused) else "ran"
-        print(f"cell {r.get('cell_id')}: {status}")
+        print(f"cell {r.get('cell_id')}: {'reused' if r.get('reused') else 'ran'}")
+    print(f"sweep {res.study_hash}: {len(res.results)} cell(s) in {time.time() - t0:.1f} s; "
+          f"draw the report with: safedrift report -c {args.config} {' '.join(args.overrides)}".rstrip())
     return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from pipelines.prepare import prepare
 
     cfg = _load(args)
     for step, seconds in prepare(cfg).items():
@@ -114,13 +138,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
-    from cluster.connect import connect
-    from cluster.storage import workdir_path
-    from pipelines.translate import build_datasets
 
     cfg = _load(args)
-    connect(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard)
-    ds = build_datasets(cfg, workdir_path(cfg.resolved_workdir()), force_ray=args.force_ray)
+    wd = Workdir.open(cfg.resolved_workdir())
+    with workdir_lock(wd.root):
+        connect(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard)
+        ds = build_datasets(cfg, wd, force_ray=args.force_ray)
     print(("reused " if ds.reused else "built ") + str(ds.path))
     print(json.dumps(ds.manifest["counts"], indent=2))
     # Aggregates only (never the texts): QA per split × language, malformed input lines, cache use.
@@ -137,9 +160,6 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Redraw a study's report: from a config (its workdir), or from a sweep or report directory."""
-    from pathlib import Path
-
-    from pipelines.report import report_for_config, report_from_dir
 
     out = Path(args.out) if args.out else None
     if args.sweep_dir:
@@ -161,31 +181,71 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # The one project import left in a function: serving.app imports Ray Serve at its top (about 1.2 s),
+    # which every other subcommand would pay for.
     from serving.app import serve_judge
 
-    serve_judge(args.config, host=args.host, port=args.port, blocking=True)
+    serve_judge(args.serve_config, host=args.host, port=args.port, blocking=True)
     return 0
 
 
+EXAMPLES = {
+    "run": """examples:
+  safedrift run                                  # the laptop preset
+  safedrift run -c smoke                         # tiny models, about 3 minutes
+  safedrift run -c laptop eval_langs=[en,es] data.eval.n_harmful=48 finetune.lr=1e-4
+  safedrift run --address auto                   # on an existing Ray cluster (or RAY_ADDRESS / ray://...)""",
+    "sweep": """examples:
+  safedrift sweep -c laptop                      # resumes an interrupted sweep (finished cells are not redone)
+  safedrift sweep -c laptop --no-resume          # a new Tune grid (finished cells are still reused)""",
+    "report": """examples:
+  safedrift report -c laptop                     # redraw the report of a finished (or partly finished) study
+  safedrift report --sweep-dir <workdir>/sweeps/<study>/<store>""",
+    "prepare": """examples:
+  safedrift prepare -c laptop                    # convert the preset's models, fit its judge (setup does this)""",
+    "config": """examples:
+  safedrift config show -c paper                 # the resolved config and its hash""",
+    "data": """examples:
+  safedrift data build -c laptop                 # only the translation stage""",
+    "list": """examples:
+  safedrift list models | languages | datasets | translators | judges | backends""",
+    "serve": """examples:
+  safedrift serve                                # the judge over HTTP on 127.0.0.1:8000
+  safedrift serve --serve-config serving/judge.yaml --host 127.0.0.1 --port 8000""",
+}
+
+
+def _sub(sub: Any, name: str, help_: str, func: Any = None) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES.get(name),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if func is not None:
+        p.set_defaults(func=func)
+    return p
+
+
+def _resume_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="restore an interrupted Tune grid (default); --no-resume starts a new grid. Finished "
+                        "cells are reused either way")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="safedrift", description=__doc__)
+    parser = argparse.ArgumentParser(prog="safedrift", description=__doc__,
+                                     epilog="\n\n".join(EXAMPLES[k] for k in ("run", "report", "list")),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="the whole study: translate → fine-tune grid → evaluate → report")
+    p = _sub(sub, "run", "the whole study: translate → fine-tune grid → evaluate → report", cmd_run)
     _config_args(p)
-    p.add_argument("--no-resume", action="store_true", help="start the Tune sweep afresh")
-    p.set_defaults(func=cmd_run)
+    _resume_arg(p)
 
-    p = sub.add_parser("sweep", help="the fine-tune/eval grid with Ray Tune (resumes by default)")
+    p = _sub(sub, "sweep", "translate and the fine-tune/eval grid with Ray Tune, no report; lists each cell "
+                           "as ran or reused", cmd_sweep)
     _config_args(p)
-    p.add_argument("--resume", action="store_true", default=True,
-                   help="resume an interrupted sweep (default): finished cells are reused, Tune's state restored")
-    p.add_argument("--no-resume", action="store_true",
-                   help="start a new Tune grid (finished cells are still reused)")
-    p.set_defaults(func=cmd_sweep)
+    _resume_arg(p)
 
-    p = sub.add_parser("report", help="redraw a study's HTML report, figures and tables (and log them to MLflow)")
+    p = _sub(sub, "report", "redraw a study's HTML report, figures and tables (and log them to MLflow)", cmd_report)
     _config_args(p)
     p.add_argument("--workdir", default=None, help="the study's workdir (same as the override workdir=...)")
     p.add_argument("--sweep-dir", default=None,
@@ -193,19 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of a config")
     p.add_argument("--out", default=None, help="write the report here (default: workdir/reports/<study hash>)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to the sweep's parent run")
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("prepare", help="convert the preset's models and fit its judge once (setup runs this)")
+    p = _sub(sub, "prepare", "convert the preset's models and fit its judge once (setup runs this)", cmd_prepare)
     _config_args(p)
-    p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("config", help="configuration")
+    p = _sub(sub, "config", "configuration")
     csub = p.add_subparsers(dest="config_cmd", required=True)
-    q = csub.add_parser("show", help="print the resolved config")
+    q = csub.add_parser("show", help="print the resolved config and its hash")
     _config_args(q)
     q.set_defaults(func=cmd_config_show)
 
-    p = sub.add_parser("data", help="data sets")
+    p = _sub(sub, "data", "data sets")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     q = dsub.add_parser("build", help="translate the benign and eval sets (Ray Data)")
     _config_args(q)
@@ -213,15 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run Ray Data even when every segment is already in the translation cache")
     q.set_defaults(func=cmd_data_build)
 
-    p = sub.add_parser("list", help="list a registry")
-    p.add_argument("kind", choices=["models", "languages", "datasets", "translators", "judges"])
-    p.set_defaults(func=cmd_list)
+    p = _sub(sub, "list", "list a registry, one entry a line with what it is", cmd_list)
+    p.add_argument("kind", choices=sorted(REGISTRIES))
 
-    p = sub.add_parser("serve", help="serve the judge over HTTP with Ray Serve")
-    p.add_argument("--config", "-c", default="serving/judge.yaml")
+    p = _sub(sub, "serve", "serve the judge over HTTP with Ray Serve", cmd_serve)
+    p.add_argument("--serve-config", default=str(REPO_ROOT / "serving" / "judge.yaml"),
+                   help="the judge service's Serve config (a Serve YAML or its application args); "
+                        "default serving/judge.yaml")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -232,14 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # DeepSpeed's CPU comm op, compiled once by scripts/setup.sh into the checkout's cache: without this
     # the first fine-tune would compile it again (about 70 s) under ~/.cache.
-    project_ops = Path(__file__).resolve().parent.parent / ".cache" / "torch_extensions"
+    project_ops = REPO_ROOT / ".cache" / "torch_extensions"
     if project_ops.is_dir():
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(project_ops))
-    from pipelines.registry import UnknownNameError
-
     try:
         return args.func(args)
-    except (ConfigError, UnknownNameError, FileNotFoundError, ValueError) as exc:
+    except (SafedriftError, StorageError) as exc:  # StorageError: e.g. the workdir is locked by another driver
         print(f"safedrift: error: {exc}", file=sys.stderr)
         return 2
 

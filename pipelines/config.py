@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipelines.errors import ConfigError
+from pipelines.hashing import stable_hash
+from pipelines.layout import workdir_override
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "laptop"
@@ -107,7 +108,10 @@ class FinetuneConfig(_Strict):
 
 
 class GenerateConfig(_Strict):
-    backend: Literal["transformers", "vllm"] = "transformers"
+    # A generation backend from pipelines/evaluate/backends (transformers on CPU, vllm on GPU); its
+    # constructor options go in `options`, checked when the config loads.
+    backend: str = "transformers"
+    options: dict[str, Any] = Field(default_factory=dict)
     max_new_tokens: int = Field(40, ge=1)
     batch_size: int = Field(8, ge=1)
     temperature: float = Field(0.0, ge=0)  # 0 = greedy
@@ -173,7 +177,13 @@ class MlflowConfig(_Strict):
 
 
 class StudyConfig(_Strict):
+    """A whole study. Registry names and component options are checked against the registries by
+    pipelines.presets.load_config (this module knows no registry, so every stage can import it)."""
+
     name: str = DEFAULT_PRESET
+    # Your own modules, imported before the registries are read: a module that registers a judge,
+    # translator, backend, data set or model makes it usable by name (e.g. import_modules=[my_judges]).
+    import_modules: list[str] = Field(default_factory=list)
     workdir: str = "safedrift-work"
     models: list[str] = Field(min_length=1)
     ft_langs: list[str] = Field(min_length=1)
@@ -197,42 +207,14 @@ class StudyConfig(_Strict):
             raise ValueError(f"duplicate entries in {v}")
         return v
 
-    @model_validator(mode="after")
-    def _known_names(self) -> StudyConfig:
-        # Registries are imported here, not at module top, so `config show` stays light.
-        from pipelines.registries.judges import JUDGES
-        from pipelines.registries.languages import LANGUAGES
-        from pipelines.registries.models import MODELS
-
-        for code in [*self.ft_langs, *self.eval_langs, *self.data.benign.native]:
-            LANGUAGES.get(code)
-        for alias in self.models:
-            MODELS.get(alias)
-        from pipelines.registries.translators import REFERENCE, TRANSLATORS
-
-        JUDGES.get(self.judge.name)
-        for name in self.translate.prefer:
-            if name != REFERENCE:
-                TRANSLATORS.get(name)
-        return self
-
     def resolved_workdir(self) -> str:
-        return os.environ.get("SAFEDRIFT_WORKDIR") or self.workdir
+        return workdir_override() or self.workdir
 
     def digest(self, *parts: str) -> str:
         """Hash of the named parts of the config (all of it when none are named)."""
         data = self.model_dump(mode="json")
         sub = {p: data[p] for p in parts} if parts else data
         return stable_hash(sub)
-
-
-def stable_hash(obj: Any, length: int = 12) -> str:
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def preset_path(name_or_path: str) -> Path:
@@ -266,7 +248,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(name_or_path: str = DEFAULT_PRESET, overrides: list[str] | None = None) -> StudyConfig:
+def parse_config(name_or_path: str = DEFAULT_PRESET, overrides: list[str] | None = None) -> StudyConfig:
+    """The preset with its overrides, checked against the schema only (see presets.load_config)."""
     path = preset_path(name_or_path)
     data = yaml.safe_load(path.read_text()) or {}
     data = apply_overrides(data, overrides or [])

@@ -9,14 +9,15 @@ import logging
 import time
 
 from pipelines.config import StudyConfig
+from pipelines.evaluate.judges import make_judge
+from pipelines.evaluate.judges.agreement import cached_agreement
+from pipelines.registries.model_store import model_dir
 
 log = logging.getLogger(__name__)
 
 
 def prepare(cfg: StudyConfig) -> dict[str, float]:
     """Seconds per step; every step is a no-op when its cache is already there."""
-    from pipelines.model_store import model_dir
-    from pipelines.registries.judges import make_judge
 
     took: dict[str, float] = {}
     for m in cfg.models:
@@ -26,7 +27,6 @@ def prepare(cfg: StudyConfig) -> dict[str, float]:
     t0 = time.time()
     judge = make_judge(cfg.judge.name, **cfg.judge.options)
     if cfg.judge.agreement:
-        from pipelines.judge_agreement import cached_agreement
 
         # Scoring the held-out labels fits a trained judge first: both end up cached.
         ag = cached_agreement(judge, cfg.judge.options, cfg.judge.agreement_limit)

@@ -1,22 +1,41 @@
-"""The whole study in one call: translate → sweep (fine-tune, generate, judge, measure per cell) →
-report. Every stage is named by the hash of its inputs, so a rerun with the same config does no work
-twice, and when everything is done Ray is not even started."""
+"""The whole study in one call, as a sequence of stages: translate → sweep (fine-tune and evaluate every
+cell) → report. Each stage returns (output, reused, seconds). Every stage is named by the hash of its
+inputs, so a rerun with the same config does no work twice, and when everything is done Ray is not even
+started."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from cluster.storage import read_manifest, workdir_path, write_manifest
-from pipelines.cell_run import Tracking, cell_dir
-from pipelines.cells import cell_hash, study_cells
-from pipelines.config import StudyConfig, stable_hash
-from pipelines.translate import datasets_key, plan
+from cluster.connect import connect
+from cluster.storage import read_manifest, workdir_lock, write_manifest
+from cluster.tracking import close_stale_runs, setup_mlflow, tracking_uri
+from pipelines.cells import cell_dir, study_cells, study_hashes
+from pipelines.config import StudyConfig
+from pipelines.evaluate.measure import write_sweep_tidy
+from pipelines.evaluate.user_sets import check_user_files
+from pipelines.layout import Workdir
+from pipelines.report import write_report
+from pipelines.report.provenance import study_context
+from pipelines.sweep import check_fits, run_sweep
+from pipelines.sweep.trial import Tracking
+from pipelines.translate import DatasetsOutput, build_datasets
 
 log = logging.getLogger(__name__)
+
+STAGES = ("translate", "sweep", "report")
+
+
+@dataclass
+class Stage:
+    output: Any
+    reused: bool
+    seconds: float
 
 
 @dataclass
@@ -30,81 +49,124 @@ class StudyResult:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> {reused, seconds}
 
 
-def study_hashes(cfg: StudyConfig) -> tuple[str, str]:
-    """(datasets hash, study hash), computed without Ray or any model."""
-    ds_hash = stable_hash(datasets_key(cfg, plan(cfg)))
-    cells = [cell_hash(cfg, c, ds_hash) for c in study_cells(cfg)]
-    return ds_hash, stable_hash({"datasets": ds_hash, "cells": cells, "eval_langs": cfg.eval_langs})
+@dataclass
+class Study:
+    """What every stage of one study needs: the config, the workdir, the hashes that name its outputs."""
+
+    cfg: StudyConfig
+    wd: Workdir
+    ds_hash: str
+    study_hash: str
+    uri: str
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.wd.sweep(self.study_hash, self.uri)
+
+    @property
+    def report_dir(self) -> Path:
+        return self.wd.report(self.study_hash)
 
 
-def run_study(cfg: StudyConfig, resume: bool = True) -> StudyResult:
-    from pipelines.user_evalsets import check_user_files
+def timed(fn: Callable[..., tuple[Any, bool]], *args: Any) -> Stage:
+    t0 = time.time()
+    output, reused = fn(*args)
+    return Stage(output, reused, round(time.time() - t0, 1))
 
+
+def run_study(cfg: StudyConfig, resume: bool = True,
+              until: Literal["translate", "sweep", "report"] = "report") -> StudyResult:
+    """Runs the stages up to and including `until` (`safedrift sweep` stops after the sweep). Holds the
+    workdir's lock throughout: a second driver on the same workdir fails at once, naming this one, instead
+    of overwriting its outputs and marking its MLflow runs KILLED."""
     check_user_files(cfg.evaluate)  # a bad user file fails now, not after the fine-tuning
-    workdir = workdir_path(cfg.resolved_workdir())
+    wd = Workdir.open(cfg.resolved_workdir())
     ds_hash, study_hash = study_hashes(cfg)
-    from cluster.tracking import tracking_uri
+    study = Study(cfg, wd, ds_hash, study_hash, tracking_uri(wd.mlflow_db(), cfg.mlflow.tracking_uri))
+    with workdir_lock(wd.root):
+        if until == "report" and (done := finished(study)) is not None:
+            return done
+        return _run(study, resume, until)
 
-    # One sweep record per tracking store: pointed at a new MLflow server, a finished study is logged
-    # there again (from its cached cells, which costs seconds) rather than silently skipped.
-    sweep_dir = workdir / "sweeps" / study_hash / stable_hash(tracking_uri(workdir, cfg.mlflow.tracking_uri), 8)
-    report_dir = workdir / "reports" / study_hash
-    done = read_manifest(sweep_dir)
-    if done is not None and read_manifest(report_dir) is not None:
-        stages = {s: {"reused": True, "seconds": 0.0} for s in ("translate", "sweep", "report")}
-        results = [read_manifest(cell_dir(workdir, cfg, c, ds_hash)) or {} for c in study_cells(cfg)]
-        return StudyResult(workdir, study_hash, workdir / "datasets" / ds_hash, report_dir,
-                           done.get("parent_run_id"), results, stages)
+
+def _run(study: Study, resume: bool, until: Literal["translate", "sweep", "report"]) -> StudyResult:
+    cfg, wd, ds_hash, study_hash = study.cfg, study.wd, study.ds_hash, study.study_hash
+
+    connect(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard)
+    if any(not c.is_base and read_manifest(cell_dir(wd, cfg, c, ds_hash)) is None for c in study_cells(cfg)):
+        check_fits(cfg)  # a cell the cluster can never hold fails now, not after the translation
+    stages: dict[str, Stage] = {"translate": timed(translate_stage, study)}
+    ds: DatasetsOutput = stages["translate"].output
+    if until == "translate":
+        return _result(study, ds, None, [], stages)
 
     import mlflow
 
-    from cluster.connect import connect
-    from cluster.tracking import setup_mlflow
-    from pipelines.report import write_report
-    from pipelines.sweep import run_sweep
-    from pipelines.translate import build_datasets
-
-    stages: dict[str, dict[str, Any]] = {}
-    connect(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard)
-    if any(not c.is_base and read_manifest(cell_dir(workdir, cfg, c, ds_hash)) is None for c in study_cells(cfg)):
-        from pipelines.sweep import check_fits
-
-        check_fits(cfg)  # a cell the cluster can never hold fails now, not after the translation
-
-    t0 = time.time()
-    ds = build_datasets(cfg, workdir)
-    stages["translate"] = {"reused": ds.reused, "seconds": round(time.time() - t0, 1)}
-
-    uri, exp_id = setup_mlflow(workdir, cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
-    from cluster.tracking import close_stale_runs
-
+    uri, exp_id = setup_mlflow(wd.mlflow_db(), wd.mlflow_artifacts(), cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
     if closed := close_stale_runs(uri, exp_id, study_hash):
         log.warning("marked %d MLflow run(s) of an interrupted sweep of this study as KILLED", closed)
     with mlflow.start_run(run_name=f"{cfg.name}-{study_hash}", experiment_id=exp_id,
                           tags={"safedrift.study_hash": study_hash, "safedrift.preset": cfg.name}) as parent:
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
         mlflow.log_dict(ds.manifest, "datasets_manifest.json")
-        t0 = time.time()
-        results = run_sweep(cfg, workdir, ds.path, ds_hash, Tracking(uri, exp_id, parent.info.run_id),
-                            sweep_name=f"sweep-{study_hash}", resume=resume)
-        stages["sweep"] = {"reused": all(r["reused"] for r in results), "seconds": round(time.time() - t0, 1)}
+        tracking = Tracking(uri, exp_id, parent.info.run_id)
+        stages["sweep"] = timed(sweep_stage, study, ds, tracking, resume)
+        results, tidy = stages["sweep"].output
+        if until == "report":
+            stages["report"] = timed(report_stage, study, ds, tidy, parent.info.run_id)
+        write_manifest(study.sweep_dir, parent_run_id=parent.info.run_id, tracking_uri=uri,
+                       cells=[r["cell_id"] for r in results], datasets=ds_hash, stages=_summary(stages))
+    return _result(study, ds, parent.info.run_id, results, stages)
 
-        t0 = time.time()
-        # A cell's manifest names the MLflow run that first evaluated it, possibly in another store: the
-        # runs of *this* sweep are the parent's children, found by their cell tag.
-        children = mlflow.MlflowClient(uri).search_runs(
-            [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-        run_ids = {r.data.tags.get("safedrift.cell"): r.info.run_id for r in children}
-        results = [r | {"mlflow_run_id": run_ids.get(r["cell_id"])} for r in results]
-        from pipelines.measure import write_sweep_tidy  # every metric, one row per cell × language × metric
-        from pipelines.report_provenance import study_context
 
-        # The sweep-level table sits beside the sweep's manifest (`safedrift report --sweep-dir` reads it);
-        # the report is drawn from it alone plus the study's provenance.
-        tidy = write_sweep_tidy(results, workdir, sweep_dir, uri)
-        write_report(tidy, study_context(cfg, study_hash, ds_hash, ds.manifest, parent.info.run_id, uri), report_dir)
-        mlflow.log_artifacts(str(report_dir), artifact_path="report")
-        stages["report"] = {"reused": False, "seconds": round(time.time() - t0, 1)}
-        write_manifest(sweep_dir, parent_run_id=parent.info.run_id, tracking_uri=uri, cells=[r["cell_id"] for r in results],
-                       datasets=ds_hash, stages=stages)
-    return StudyResult(workdir, study_hash, ds.path, report_dir, parent.info.run_id, results, stages)
+def finished(study: Study) -> StudyResult | None:
+    """The result of a study whose sweep and report are both complete, read from their manifests."""
+    done = read_manifest(study.sweep_dir)
+    if done is None or read_manifest(study.report_dir) is None:
+        return None
+    results = [read_manifest(cell_dir(study.wd, study.cfg, c, study.ds_hash)) or {} for c in study_cells(study.cfg)]
+    stages = {s: {"reused": True, "seconds": 0.0} for s in STAGES}
+    return StudyResult(study.wd.root, study.study_hash, study.wd.datasets(study.ds_hash), study.report_dir,
+                       done.get("parent_run_id"), results, stages)
+
+
+def translate_stage(study: Study) -> tuple[DatasetsOutput, bool]:
+    ds = build_datasets(study.cfg, study.wd)
+    return ds, ds.reused
+
+
+def sweep_stage(study: Study, ds: DatasetsOutput, tracking: Tracking, resume: bool) -> tuple[Any, bool]:
+    """Every cell (fine-tuned and evaluated, or reused), then the sweep's tidy table beside its manifest
+    (`safedrift report --sweep-dir` reads it), with the deltas against each base model."""
+    import mlflow
+
+    results = run_sweep(study.cfg, study.wd, ds.path, study.ds_hash, tracking,
+                        sweep_name=f"sweep-{study.study_hash}", resume=resume)
+    # A cell's manifest names the MLflow run that first evaluated it, possibly in another store: the
+    # runs of *this* sweep are the parent's children, found by their cell tag.
+    children = mlflow.MlflowClient(tracking.uri).search_runs(
+        [tracking.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{tracking.parent_run_id}'")
+    run_ids = {r.data.tags.get("safedrift.cell"): r.info.run_id for r in children}
+    results = [r | {"mlflow_run_id": run_ids.get(r["cell_id"])} for r in results]
+    tidy = write_sweep_tidy(results, study.wd, study.sweep_dir, tracking.uri)
+    return (results, tidy), all(r["reused"] for r in results)
+
+
+def report_stage(study: Study, ds: DatasetsOutput, tidy: Any, parent_run_id: str) -> tuple[Path, bool]:
+    """The report, drawn from the sweep's tidy table alone plus the study's provenance, logged to MLflow."""
+    import mlflow
+
+    ctx = study_context(study.cfg, study.study_hash, study.ds_hash, ds.manifest, parent_run_id, study.uri)
+    write_report(tidy, ctx, study.report_dir)
+    mlflow.log_artifacts(str(study.report_dir), artifact_path="report")
+    return study.report_dir, False
+
+
+def _summary(stages: dict[str, Stage]) -> dict[str, dict[str, Any]]:
+    return {name: {"reused": s.reused, "seconds": s.seconds} for name, s in stages.items()}
+
+
+def _result(study: Study, ds: DatasetsOutput, parent_run_id: str | None, results: list[dict[str, Any]],
+            stages: dict[str, Stage]) -> StudyResult:
+    return StudyResult(study.wd.root, study.study_hash, ds.path, study.report_dir, parent_run_id, results,
+                       _summary(stages))

@@ -34,7 +34,7 @@ def smoke_study(ray_cluster, tmp_path_factory):
     """The smoke preset, end to end, once per session; tests assert on what it wrote."""
     import time
 
-    from pipelines.config import load_config
+    from pipelines.presets import load_config
     from pipelines.run import run_study
 
     workdir = tmp_path_factory.mktemp("smoke")

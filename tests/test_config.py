@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from pipelines.cells import study_cells
-from pipelines.config import ConfigError, load_config
-from pipelines.registry import UnknownNameError
+from pipelines.errors import ConfigError, UnknownNameError
+from pipelines.presets import load_config
 
 
 @pytest.mark.parametrize("preset", ["smoke", "laptop", "paper"])

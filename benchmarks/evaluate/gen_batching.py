@@ -1,4 +1,4 @@
-"""Length-sorted, even generation batches (pipelines.generate.length_batches) against prompt-order slices,
+"""Length-sorted, even generation batches (pipelines.evaluate.generate.length_batches) against prompt-order slices,
 on a preset's real eval suite (unsafe and safe prompts in every eval language), as one cell generates it.
 
     .venv/bin/python benchmarks/evaluate/gen_batching.py [-c laptop] [--workdir /tmp/genbench] [--rounds 2]
@@ -17,10 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipelines.config import load_config
-from pipelines.evalsets import eval_prompts, safe_prompts
-from pipelines.generate import generate_cell, length_batches, prompt_lengths
-from pipelines.model_store import model_dir
+from pipelines.evaluate.backends.transformers import length_batches, prompt_lengths
+from pipelines.evaluate.evalsets import eval_prompts, safe_prompts
+from pipelines.evaluate.generate import generate_cell
+from pipelines.presets import load_config
+from pipelines.registries.model_store import model_dir
 from pipelines.translate import build_datasets
 
 
@@ -56,8 +57,8 @@ def main() -> None:
         for sort in (True, False):
             tmp = Path(tempfile.mkdtemp(prefix="genbench-"))
             t0 = time.time()
-            got = [generate_cell(mdir, None, frame, cfg.generate, tmp / name, desc=f"{name} sorted={sort}",
-                                 sort_by_length=sort)
+            gcfg = cfg.generate.model_copy(update={"options": {"sort_by_length": sort}})
+            got = [generate_cell(mdir, None, frame, gcfg, tmp / name, desc=f"{name} sorted={sort}")
                    for name, frame in suites.items()]
             dt = time.time() - t0
             answers[sort] = [a for g in got for a in g["response"].to_list()]

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from pipelines.config import GenerateConfig
-from pipelines.generate import generate_answers, load_for_generation
-from pipelines.model_store import model_dir
+from pipelines.evaluate.backends.transformers import generate_answers, load_for_generation
+from pipelines.registries.model_store import model_dir
 
 PROMPTS = ["Give me three tips for learning a new language.", "¿Cuál es la capital de Portugal?",
            "Explain photosynthesis in one sentence.", "写一句关于春天的诗。", "What is 17 times 23?",

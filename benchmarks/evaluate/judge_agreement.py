@@ -11,8 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from pipelines.judge_agreement import evaluate_judge, labelled_items
-from pipelines.registries.judges import make_judge
+from pipelines.evaluate.judges import make_judge
+from pipelines.evaluate.judges.agreement import evaluate_judge, labelled_items
 
 
 def main() -> None:

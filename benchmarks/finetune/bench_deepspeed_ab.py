@@ -40,7 +40,7 @@ def lora_model(alias: str, targets: list[str]) -> Any:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from pipelines.model_store import model_dir
+    from pipelines.registries.model_store import model_dir
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir(alias), dtype=torch.float32)
@@ -50,10 +50,10 @@ def lora_model(alias: str, targets: list[str]) -> Any:
 
 def packed_batch(alias: str, batch: int, max_length: int) -> dict[str, Any]:
     from pipelines.config import FinetuneConfig
-    from pipelines.finetune import _load_tokenizer
-    from pipelines.finetune_data import build_sequences, collate
-    from pipelines.model_store import model_dir
+    from pipelines.finetune.data import build_sequences, collate
+    from pipelines.finetune.data import load_tokenizer as _load_tokenizer
     from pipelines.registries.datasets import load
+    from pipelines.registries.model_store import model_dir
 
     tok = _load_tokenizer(model_dir(alias))
     ft = FinetuneConfig(max_length=max_length, packing=True)
@@ -66,8 +66,8 @@ def measure(alias: str, stage: int, steps: int, batch: int, max_length: int) -> 
     import torch
 
     from pipelines.config import FinetuneConfig
-    from pipelines.deepspeed_config import deepspeed_config
-    from pipelines.finetune_data import FORWARD_KWARGS
+    from pipelines.finetune.data import FORWARD_KWARGS
+    from pipelines.finetune.deepspeed_config import deepspeed_config
     from pipelines.registries.models import model_spec
 
     targets = list(model_spec(alias).lora_targets)

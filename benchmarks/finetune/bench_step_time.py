@@ -59,8 +59,8 @@ def write_dataset(root: Path, rows: list[dict[str, Any]]) -> Path:
 def rows_for_steps(ft: Any, model_dir: Path, rows: list[dict[str, Any]], steps: int) -> list[dict[str, Any]]:
     """The shortest prefix of `rows` that gives every worker `steps` optimizer steps in one epoch (the
     training loop runs its whole plan, so the data set decides how many steps both sides time)."""
-    from pipelines.finetune import _load_tokenizer
-    from pipelines.finetune_data import build_sequences
+    from pipelines.finetune.data import build_sequences
+    from pipelines.finetune.data import load_tokenizer as _load_tokenizer
 
     tok = _load_tokenizer(model_dir)
     need = steps * ft.batch_size * ft.grad_accum * ft.num_workers
@@ -72,8 +72,9 @@ def rows_for_steps(ft: Any, model_dir: Path, rows: list[dict[str, Any]], steps: 
 
 def batches_for_rank0(ft: Any, model_dir: Path, ds: Path, epochs: int, steps: int) -> tuple[list[Any], Any]:
     """Exactly the micro-batches rank 0 of the Ray run trains on, in order."""
-    from pipelines.finetune import _benign_rows, _load_tokenizer
-    from pipelines.finetune_data import build_sequences, collate, micro_batch, plan_steps
+    from pipelines.finetune.data import build_sequences, collate, micro_batch, plan_steps
+    from pipelines.finetune.data import load_tokenizer as _load_tokenizer
+    from pipelines.finetune.recipe import benign_rows as _benign_rows
 
     tok = _load_tokenizer(model_dir)
     seqs = build_sequences(tok, _benign_rows(ds, "en"), ft)
@@ -89,7 +90,7 @@ def bare_loop(ft: Any, model_dir: Path, targets: list[str], batches: list[Any], 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup, set_seed
 
-    from pipelines.finetune_data import FORWARD_KWARGS
+    from pipelines.finetune.data import FORWARD_KWARGS
 
     torch.set_num_threads(threads)
     set_seed(0)
@@ -175,8 +176,9 @@ def main() -> None:
     import ray
     import torch
 
-    from pipelines.config import FinetuneConfig, LoraConfig, load_config
-    from pipelines.model_store import model_dir
+    from pipelines.config import FinetuneConfig, LoraConfig
+    from pipelines.presets import load_config
+    from pipelines.registries.model_store import model_dir
     from pipelines.registries.models import model_spec
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)

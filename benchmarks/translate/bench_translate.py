@@ -24,16 +24,17 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def _cfg(workdir: Path, overrides: list[str]):
-    from pipelines.config import load_config
+    from pipelines.presets import load_config
 
     return load_config("smoke", [f"workdir={workdir}", *overrides])
 
 
 def throughput(n: int, batch_size: int, concurrency: int) -> dict:
-    from pipelines.registries.translators import make_translator
-    from pipelines.segment import split
-    from pipelines.translate import _ALL_COLUMNS, TranslateBatch, _job_rows, build_datasets, plan
-    from pipelines.translation_cache import cache_root
+    from pipelines.layout import Workdir
+    from pipelines.translate import build_datasets, plan
+    from pipelines.translate.batch import ALL_COLUMNS, TranslateBatch, job_rows
+    from pipelines.translate.segment import split
+    from pipelines.translate.translators import make_translator
 
     over = ["ft_langs=[es]", "eval_langs=[es]", f"data.benign.n={n}", "data.eval.n_harmful=1",
             "translate.qa.round_trip=false", f"translate.batch_size={batch_size}",
@@ -42,7 +43,7 @@ def throughput(n: int, batch_size: int, concurrency: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         wd = Path(d)
         cfg = _cfg(wd / "bare", over)
-        rows = [r for j in plan(cfg) for r in _job_rows(j)]
+        rows = [r for j in plan(cfg) for r in job_rows(j)]
         chars = sum(len(r[f]) for r in rows for f in ("instruction", "input", "output", "prompt")
                     if r["lang"] != r["src_lang"])
         out["chars"] = chars
@@ -57,11 +58,11 @@ def throughput(n: int, batch_size: int, concurrency: int) -> dict:
         # (b) the bare loop: the actor's per-batch code in this process, batch by batch, cold cache. Its
         # set-up (translator, language-ID model) is timed too, as the Ray path pays it in each actor.
         t0 = time.time()
-        worker = TranslateBatch(str(cache_root(wd / "bare")), {}, cfg.translate.qa.model_dump(), 0)
+        worker = TranslateBatch(str(Workdir.open(wd / "bare").translation_cache()), {}, cfg.translate.qa.model_dump(), 0)
         out["bare_setup_s"] = round(time.time() - t0, 2)
         for i in range(0, len(rows), batch_size):
             part = rows[i:i + batch_size]
-            worker.process({c: [r[c] for r in part] for c in _ALL_COLUMNS})
+            worker.process({c: [r[c] for r in part] for c in ALL_COLUMNS})
         out["bare_loop_s"] = round(time.time() - t0, 2)
         # (c) Ray Data through build_datasets, cold cache (includes planning and writing the Parquet)
         cfg = _cfg(wd / "ray", over)

@@ -1,25 +1,31 @@
-"""Everything one cell does, in order: fine-tune (unless base) → generate → judge → measure, logged to
-its nested MLflow run. cells/<hash>/manifest.json, written last, marks the cell done."""
+"""Evaluate one cell: answer the unsafe and safe prompts in every eval language, judge the answers
+(back-translated where a route exists), and measure compliance, over-refusal, per-category rates, language
+fidelity, the judge's agreement with people, capability (perplexity, optional user sets) and, for a
+fine-tuned cell, hidden-state drift against its base model.
+
+``evaluate_cell`` is a pure function of (config, cell, weights, data): it returns the cell's evaluation
+and writes nothing but its resumable generation parts under the scratch directory it is given. Caching,
+MLflow and the cell's manifest are the sweep trial's (pipelines/sweep/trial.py)."""
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import polars as pl
 
-from cluster.storage import read_manifest, write_manifest, write_parquet_atomic
-from pipelines.cells import Cell, cell_hash, train_hash
+from pipelines.cells import Cell
 from pipelines.config import StudyConfig
-from pipelines.evalsets import eval_prompts, heldout_benign, safe_prompts
-from pipelines.finetune import finetune_cell
-from pipelines.generate import generate_cell
-from pipelines.judge import judge_answers
-from pipelines.measure import (
+from pipelines.evaluate import capability, drift
+from pipelines.evaluate.backends.transformers import load_for_generation
+from pipelines.evaluate.evalsets import eval_prompts, heldout_benign, safe_prompts
+from pipelines.evaluate.generate import generate_cell
+from pipelines.evaluate.judge import judge_answers
+from pipelines.evaluate.judges import Judge, make_judge
+from pipelines.evaluate.judges.agreement import cached_agreement
+from pipelines.evaluate.measure import (
     Tidy,
     add_safety_rows,
     compliance_by_category,
@@ -28,153 +34,92 @@ from pipelines.measure import (
     metric_dict,
     overrefusal_by_lang,
 )
-from pipelines.model_store import model_dir
-from pipelines.registries.judges import make_judge
 
-log = logging.getLogger(__name__)
+__all__ = ["CellEvaluation", "Weights", "evaluate_cell"]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What a cell answers with: the base model, base + LoRA adapter, or a full fine-tune's export."""
+
+    base: Path
+    model: Path  # the directory to load (the base, or a full fine-tune's export)
+    adapter: Path | None = None
+
+    @property
+    def is_base(self) -> bool:
+        return self.model == self.base and self.adapter is None
 
 
 @dataclass
-class Tracking:
-    uri: str
-    experiment_id: str
-    parent_run_id: str | None
+class CellEvaluation:
+    metrics: dict[str, float]  # MLflow metric name -> value (a NaN rate left out: the tidy rows keep it as null)
+    tidy: Tidy  # one row per eval language × metric
+    judged: pl.DataFrame  # unsafe prompts' answers with labels
+    judged_safe: pl.DataFrame  # safe prompts' answers with labels (empty without over-refusal prompts)
+    compliance: pl.DataFrame  # compliance per eval language with intervals
+    judge: dict[str, Any] = field(default_factory=dict)  # name, version, held-out n
+    timing: dict[str, float] = field(default_factory=dict)  # seconds per stage (time/*_s)
 
 
-def cell_dir(workdir: Path, cfg: StudyConfig, cell: Cell, datasets_hash: str) -> Path:
-    return workdir / "cells" / cell_hash(cfg, cell, datasets_hash)
+def evaluate_cell(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path, scratch: Path) -> CellEvaluation:
+    unsafe, safe, benign = (f(cfg, ds_path) for f in (eval_prompts, safe_prompts, heldout_benign))
+    timing: dict[str, float] = {}
+    t0 = time.time()
+    answers = generate_cell(weights.model, weights.adapter, unsafe, cfg.generate, scratch / "generations",
+                            desc=f"generate {cell.id}")
+    gen_s = time.time() - t0
+    safe_answers = generate_cell(weights.model, weights.adapter, safe.select("id", "lang", "category", "prompt", "prompt_en"),
+                                 cfg.generate, scratch / "generations_safe", desc=f"generate safe {cell.id}")
+    timing["time/generate_s"] = time.time() - t0
+
+    t0 = time.time()
+    judge = make_judge(cfg.judge.name, **cfg.judge.options)
+    judged = judge_answers(answers, cfg.judge, judge)
+    judged_safe = judge_answers(safe_answers, cfg.judge, judge) if safe_answers.height else safe_answers
+    timing["time/judge_s"] = time.time() - t0
+
+    table = compliance_by_lang(judged)
+    metrics = metric_dict(table)
+    tidy = Tidy(cell.to_dict(), cell.id)
+    over = overrefusal_by_lang(judged_safe) if safe_answers.height else []
+    fid = fidelity_by_lang(answers) if cfg.evaluate.fidelity else []
+    add_safety_rows(tidy, table, over, fid, compliance_by_category(judged), metrics)
+    for (lang,), g in judged.group_by("lang", maintain_order=True):
+        metrics[f"judge/back_translated_share/{lang}"] = float(g["back_translated"].mean() or 0.0)
+    metrics["generate/answers_per_s"] = float(unsafe.height / gen_s) if gen_s > 0 and unsafe.height else 0.0
+    agreement, judge_info = judge_agreement(cfg, judge, tidy)
+    metrics |= agreement
+
+    t0 = time.time()
+    metrics |= capability_and_drift(cfg, cell, weights, unsafe, safe, benign, tidy)
+    timing["time/capability_drift_s"] = time.time() - t0
+    # NaN (a rate over no parseable answer) is left out: the tidy table keeps it as null with n.
+    metrics = {k: float(v) for k, v in metrics.items() if v == v}
+    return CellEvaluation(metrics, tidy, judged, judged_safe, table, judge_info, timing)
 
 
-def flat_params(cfg: StudyConfig, cell: Cell) -> dict[str, str]:
-    def walk(prefix: str, obj: Any, out: dict[str, str]) -> None:
-        if isinstance(obj, dict) and obj:
-            for k, v in obj.items():
-                walk(f"{prefix}.{k}" if prefix else k, v, out)
-        else:
-            out[prefix] = str(obj)[:500]
-
-    out: dict[str, str] = {}
-    walk("", cfg.model_dump(mode="json"), out)
-    walk("cell", cell.to_dict(), out)
-    return out
-
-
-def run_cell(cfg: StudyConfig, cell: Cell, workdir: Path, ds_path: Path, ds_hash: str, tracking: Tracking,
-             tune_session: bool = False) -> dict[str, Any]:
-    out = cell_dir(workdir, cfg, cell, ds_hash)
-    done = read_manifest(out)
-    mlflow.set_tracking_uri(tracking.uri)
-    tags = {"safedrift.cell": cell.id, "safedrift.model": cell.model, "safedrift.ft_lang": cell.ft_lang,
-            "safedrift.cell_hash": out.name}
-    with mlflow.start_run(run_name=cell.id, experiment_id=tracking.experiment_id,
-                          parent_run_id=tracking.parent_run_id, nested=tracking.parent_run_id is not None,
-                          tags=tags) as run:
-        mlflow.log_params(flat_params(cfg, cell))
-        if done is not None:
-            # A cell finished by an earlier sweep: this sweep's parent still gets its numbers.
-            mlflow.set_tag("safedrift.reused", "true")
-            mlflow.log_metrics(done["metrics"])
-            log_cell_artifacts(out, None if cell.is_base else workdir / "checkpoints" / train_hash(cfg, cell, ds_hash))
-            return done | {"reused": True}
-
-        base_dir = model_dir(cell.model)
-        eval_dir, adapter = base_dir, None  # what this cell answers with: base, base + adapter, or a full fine-tune
-        train_info: dict[str, Any] = {}
-        # Wall time per stage: what a user sizing a preset needs, and what the README's cost table cites.
-        timing: dict[str, float] = {}
-        t_stage = time.time()
-        if not cell.is_base:
-            ckpt = workdir / "checkpoints" / train_hash(cfg, cell, ds_hash)
-            train_info = finetune_cell(cfg, cell, base_dir, ds_path, ckpt, tracking.uri, run.info.run_id,
-                                       tune_session=tune_session)
-            from pipelines.checkpoints import trained_weights
-
-            trained_dir, adapter = trained_weights(ckpt, cfg.finetune.method)
-            eval_dir = trained_dir or base_dir
-        timing["time/finetune_s"] = time.time() - t_stage
-
-        unsafe, safe, benign = (f(cfg, ds_path) for f in (eval_prompts, safe_prompts, heldout_benign))
-        t0 = time.time()
-        answers = generate_cell(eval_dir, adapter, unsafe, cfg.generate, out / "generations",
-                                desc=f"generate {cell.id}")
-        gen_s = time.time() - t0
-        safe_answers = generate_cell(eval_dir, adapter, safe.select("id", "lang", "category", "prompt", "prompt_en"),
-                                     cfg.generate, out / "generations_safe", desc=f"generate safe {cell.id}")
-        timing["time/generate_s"] = time.time() - t0
-        t_stage = time.time()
-        judge = make_judge(cfg.judge.name, **cfg.judge.options)
-        judged = judge_answers(answers, cfg.judge, judge)
-        judged_safe = judge_answers(safe_answers, cfg.judge, judge) if safe_answers.height else safe_answers
-        timing["time/judge_s"] = time.time() - t_stage
-        table = compliance_by_lang(judged)
-        metrics = metric_dict(table)
-        tidy = Tidy(cell.to_dict(), cell.id)
-        over = overrefusal_by_lang(judged_safe) if safe_answers.height else []
-        fid = fidelity_by_lang(answers) if cfg.evaluate.fidelity else []
-        add_safety_rows(tidy, table, over, fid, compliance_by_category(judged), metrics)
-        for (lang,), g in judged.group_by("lang", maintain_order=True):
-            metrics[f"judge/back_translated_share/{lang}"] = float(g["back_translated"].mean() or 0.0)
-        metrics["generate/answers_per_s"] = float(unsafe.height / gen_s) if gen_s > 0 and unsafe.height else 0.0
-        metrics |= judge_agreement_metrics(cfg, judge, tidy)
-        t_stage = time.time()
-        metrics |= capability_and_drift(cfg, cell, base_dir, eval_dir, adapter, unsafe, safe, benign, tidy)
-        timing["time/capability_drift_s"] = time.time() - t_stage
-        metrics |= timing
-        log.info("cell %s: %s", cell.id, ", ".join(f"{k.split('/')[1]} {v:.0f}s" for k, v in timing.items()))
-        if train_info.get("metrics"):
-            metrics["train/final_loss"] = float(train_info["metrics"].get("train_loss", float("nan")))
-        # NaN (a rate over no parseable answer) is left out: the tidy table keeps it as null with n.
-        metrics = {k: float(v) for k, v in metrics.items() if v == v}
-        write_parquet_atomic(judged, out / "judged.parquet")
-        if judged_safe.height:
-            write_parquet_atomic(judged_safe, out / "judged_safe.parquet")
-        write_parquet_atomic(tidy.frame(), out / "metrics_tidy.parquet")
-        mlflow.log_metrics(metrics)
-        log_cell_artifacts(out, None if cell.is_base else ckpt)
-        manifest = write_manifest(out, cell=cell.to_dict(), cell_id=cell.id, cell_hash=out.name, metrics=metrics,
-                                  compliance=table.to_dicts(), mlflow_run_id=run.info.run_id,
-                                  train=train_info)
-    return manifest | {"reused": False}
-
-
-def log_cell_artifacts(out: Path, ckpt: Path | None) -> None:
-    """The adapter, the judged answers and the tidy metrics of a cell, to its MLflow run; also for a
-    cell reused from an earlier sweep, so a study re-logged to a new tracking server carries them too.
-    The answers stay in the workdir and MLflow, never in logs."""
-    if ckpt is not None and (ckpt / "adapter").is_dir():
-        mlflow.log_artifacts(str(ckpt / "adapter"), artifact_path="adapter")
-    for name, folder in (("judged.parquet", "answers"), ("judged_safe.parquet", "answers"),
-                         ("metrics_tidy.parquet", "metrics")):
-        if (out / name).exists():
-            mlflow.log_artifact(str(out / name), artifact_path=folder)
-
-
-def judge_agreement_metrics(cfg: StudyConfig, judge: Any, tidy: Tidy) -> dict[str, float]:
+def judge_agreement(cfg: StudyConfig, judge: Judge, tidy: Tidy) -> tuple[dict[str, float], dict[str, Any]]:
     """The configured judge's accuracy and Cohen's kappa on held-out human labels (cached per judge
-    config), logged with every cell so each number says how far its judge can be trusted."""
+    config), so each number says how far its judge can be trusted."""
+    info: dict[str, Any] = {"name": judge.name, "version": judge.version}
     if not cfg.judge.agreement:
-        return {}
-    from pipelines.judge_agreement import cached_agreement
-
+        return {}, info
     ag = cached_agreement(judge, cfg.judge.options, cfg.judge.agreement_limit)
-    mlflow.log_params({"judge/heldout_n": int(ag["n"]), "judge/name": judge.name})
+    info["heldout_n"] = int(ag["n"])
     tidy.add("en", "judge/kappa", ag["kappa"], n=int(ag["n"]))
     tidy.add("en", "judge/accuracy", ag["accuracy"], n=int(ag["n"]))
     return {"judge/kappa": ag["kappa"], "judge/accuracy": ag["accuracy"],
-            "judge/heldout_unparseable": ag["unparseable"]}
+            "judge/heldout_unparseable": ag["unparseable"]}, info
 
 
-def capability_and_drift(cfg: StudyConfig, cell: Cell, base_dir: Path, eval_dir: Path, adapter: Path | None,
-                         unsafe: pl.DataFrame,
+def capability_and_drift(cfg: StudyConfig, cell: Cell, weights: Weights, unsafe: pl.DataFrame,
                          safe: pl.DataFrame, benign: pl.DataFrame, tidy: Tidy) -> dict[str, float]:
-    """WikiText-2 and held-out benign perplexity, an optional user MMLU-style file, and (fine-tuned cells)
-    hidden-state drift against the base model projected on the base model's refusal direction."""
-    from pipelines import capability, drift
-    from pipelines.generate import load_for_generation
-
+    """WikiText-2 and held-out benign perplexity, optional user MMLU/AlpacaEval-style files, and (fine-tuned
+    cells) hidden-state drift against the base model projected on the base model's refusal direction."""
     ev = cfg.evaluate
     metrics: dict[str, float] = {}
-    model, tok = load_for_generation(eval_dir, adapter, cfg.generate.threads)
+    model, tok = load_for_generation(weights.model, weights.adapter, cfg.generate.threads)
     if ev.ppl_tokens:
         ppl, n = capability.wikitext_ppl(model, tok, ev.ppl_tokens, ev.ppl_window, ev.ppl_stride)
         metrics["capability/ppl_wikitext2"] = ppl
@@ -183,7 +128,7 @@ def capability_and_drift(cfg: StudyConfig, cell: Cell, base_dir: Path, eval_dir:
         ppl, n = capability.answer_ppl(model, tok, list(zip(g["instruction"], g["output"], strict=True)))
         metrics[f"capability/ppl_benign/{lang}"] = ppl
         tidy.add(lang, "ppl_benign", ppl, n=n)
-    # User files were checked before the study started (user_evalsets.check_user_files).
+    # User files were checked before the study started (user_sets.check_user_files).
     if ev.mmlu_path:
         acc, n = capability.mmlu_accuracy(model, tok, Path(ev.mmlu_path), ev.user_set_limit)
         metrics["capability/mmlu_acc"] = acc
@@ -195,17 +140,23 @@ def capability_and_drift(cfg: StudyConfig, cell: Cell, base_dir: Path, eval_dir:
         for k in ("alpacaeval_ref_sim", "alpacaeval_ref_ppl", "alpacaeval_answer_tokens"):
             tidy.add("en", k, scores[f"capability/{k}"], n=n)
     if ev.drift and not cell.is_base:
-        base, btok = load_for_generation(base_dir, None, cfg.generate.threads)
-        prompts = [p for _, g in unsafe.group_by("lang", maintain_order=True) for p in g["prompt"].head(ev.n_drift)]
-        harmful = unsafe.filter(pl.col("lang") == cfg.eval_langs[0])["prompt"].head(ev.n_drift).to_list()
-        harmless = safe.filter(pl.col("lang") == cfg.eval_langs[0])["prompt"].head(ev.n_drift).to_list()
-        if harmful and harmless:
-            direction = drift.refusal_direction(base, btok, harmful, harmless)
-            d = drift.drift_metrics(drift.last_token_means(base, btok, prompts),
-                                    drift.last_token_means(model, tok, prompts), direction)
-            metrics |= d
-            for k, v in d.items():
-                tidy.add("all", k, v, n=len(prompts))
-        del base
+        metrics |= _drift(cfg, weights, model, tok, unsafe, safe, tidy)
     del model
     return metrics
+
+
+def _drift(cfg: StudyConfig, weights: Weights, model: Any, tok: Any, unsafe: pl.DataFrame, safe: pl.DataFrame,
+           tidy: Tidy) -> dict[str, float]:
+    ev = cfg.evaluate
+    base, btok = load_for_generation(weights.base, None, cfg.generate.threads)
+    prompts = [p for _, g in unsafe.group_by("lang", maintain_order=True) for p in g["prompt"].head(ev.n_drift)]
+    harmful = unsafe.filter(pl.col("lang") == cfg.eval_langs[0])["prompt"].head(ev.n_drift).to_list()
+    harmless = safe.filter(pl.col("lang") == cfg.eval_langs[0])["prompt"].head(ev.n_drift).to_list()
+    if not (harmful and harmless):
+        return {}
+    direction = drift.refusal_direction(base, btok, harmful, harmless)
+    d = drift.drift_metrics(drift.last_token_means(base, btok, prompts),
+                            drift.last_token_means(model, tok, prompts), direction)
+    for k, v in d.items():
+        tidy.add("all", k, v, n=len(prompts))
+    return d

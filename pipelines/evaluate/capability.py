@@ -9,6 +9,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pipelines.evaluate.backends.transformers import generate_answers
+from pipelines.evaluate.judges.trained import MiniLMEncoder
+from pipelines.evaluate.user_sets import LETTERS, alpaca_rows, mmlu_rows
+from pipelines.registries import datasets
+
 
 def sliding_ppl(model: Any, input_ids: Any, window: int, stride: int) -> tuple[float, int]:
     """(perplexity, tokens scored) of one long token sequence (shape [1, T]), the standard strided
@@ -39,7 +44,6 @@ def sliding_ppl(model: Any, input_ids: Any, window: int, stride: int) -> tuple[f
 
 
 def wikitext_ppl(model: Any, tok: Any, max_tokens: int, window: int, stride: int) -> tuple[float, int]:
-    from pipelines.registries import datasets
 
     # Joined as the usual evaluation does ("\n\n" between paragraphs), cut to the configured budget.
     text = "\n\n".join(r["text"] for r in datasets.load("wikitext2", limit=max(50, max_tokens // 20)))
@@ -76,7 +80,6 @@ def mmlu_accuracy(model: Any, tok: Any, path: Path, limit: int = 100) -> tuple[f
     likeliest next letter after the chat-formatted question."""
     import torch
 
-    from pipelines.user_evalsets import LETTERS, mmlu_rows
 
     rows = mmlu_rows(path, limit)
     hits = 0
@@ -101,9 +104,6 @@ def alpacaeval_scores(model: Any, tok: Any, path: Path, gcfg: Any, limit: int = 
     length is what such similarity scores are most biased by."""
     import numpy as np
 
-    from pipelines.generate import generate_answers
-    from pipelines.judges_trained import MiniLMEncoder
-    from pipelines.user_evalsets import alpaca_rows
 
     rows = alpaca_rows(path, limit)
     instructions = [r["instruction"] for r in rows]

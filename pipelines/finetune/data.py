@@ -7,9 +7,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipelines.config import FinetuneConfig
+from pipelines.errors import FinetuneError
 
 IGNORE = -100  # label value the loss skips (transformers' CrossEntropy ignore_index)
 
@@ -19,10 +21,6 @@ Example = dict[str, list[int]]
 # position ids into a per-example (block-diagonal) mask when no cache is passed: with the default cache
 # a packed example would attend to its neighbours.
 FORWARD_KWARGS: dict[str, Any] = {"use_cache": False}
-
-
-class FinetuneError(ValueError):
-    """A cell that cannot be trained as configured; raised before any Ray Train worker starts."""
 
 
 def format_example(tok: Any, row: dict[str, Any], max_length: int) -> Example | None:
@@ -134,3 +132,13 @@ def micro_batch(shard: list[Example], plan: StepPlan, batch_size: int, seed: int
     order = list(range(len(shard)))
     random.Random(seed * 1000 + epoch).shuffle(order)
     return [shard[i] for i in order[b * batch_size:(b + 1) * batch_size]]
+
+
+def load_tokenizer(model_dir: str | Path) -> Any:
+    """The model's tokenizer, with the EOS token as padding when it has no pad token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import ast
 import csv
-import hashlib
 import json
-import os
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,9 +14,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from pipelines.errors import DataError
+from pipelines.hashing import file_sha256
+from pipelines.layout import data_dir, downloads_cache
+from pipelines.registries.languages import MULTIJAIL_LANGUAGES
 from pipelines.registry import Registry
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 Row = dict[str, Any]
 
 # User-supplied files: "file:/path/x.jsonl" (benign, Alpaca or Dolly shape; JSON, JSONL or Parquet) and
@@ -34,10 +35,6 @@ class Rows(list):  # type: ignore[type-arg]
     def __init__(self, rows: list[Row] = (), malformed: list[dict[str, Any]] | None = None) -> None:  # type: ignore[assignment]
         super().__init__(rows)
         self.malformed: list[dict[str, Any]] = list(malformed or [])
-
-
-class DataError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -58,18 +55,6 @@ class DatasetSpec:
 DATASETS: Registry[DatasetSpec] = Registry("data set")
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("SAFEDRIFT_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @cache
 def resolve(name: str) -> Path:
     """Local path of a data set's file, checksum verified. Cached per process: files are immutable."""
@@ -77,7 +62,7 @@ def resolve(name: str) -> Path:
     local = data_dir() / spec.path
     if not local.exists():
         local = _download(spec)
-    digest = _sha256(local)
+    digest = file_sha256(local)
     if digest != spec.sha256:
         raise DataError(
             f"checksum mismatch for data set '{name}' at {local}: expected {spec.sha256}, got {digest}. "
@@ -87,8 +72,7 @@ def resolve(name: str) -> Path:
 
 
 def _download(spec: DatasetSpec) -> Path:
-    cache_dir = Path(os.environ.get("SAFEDRIFT_CACHE", Path.home() / ".cache" / "safedrift")) / "data"
-    target = cache_dir / spec.path
+    target = downloads_cache() / spec.path
     if target.exists():
         return target
     raw = spec.url.replace("/blob/", "/raw/")
@@ -127,7 +111,7 @@ def load(name: str, limit: int | None = None) -> Rows:
 
 def sha256_of(name: str) -> str:
     if name.startswith(USER_PREFIXES):
-        return _sha256(_user_path(name)[1])
+        return file_sha256(_user_path(name)[1])
     return DATASETS.get(name).sha256
 
 
@@ -270,7 +254,7 @@ def _multijail(path: Path, spec: DatasetSpec) -> list[Row]:
     with path.open(encoding="utf-8-sig", newline="") as fh:  # the file starts with a BOM
         for rec in csv.DictReader(fh):
             tags = ast.literal_eval(rec["tags"]) if rec["tags"].startswith("[") else [rec["tags"]]
-            refs = {lang: rec[lang] for lang in ("zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+            refs = {lang: rec[lang] for lang in MULTIJAIL_LANGUAGES
                     if rec.get(lang)}
             rows.append({"id": f"multijail/{rec['id']}", "source": "multijail", "category": tags[0] if tags else "",
                          "lang": "en", "prompt": rec["en"], "refs": refs})
@@ -345,7 +329,7 @@ def _hplt_oasst(path: Path, spec: DatasetSpec) -> Rows:
 
 
 def _verify(path: Path, sha: str) -> None:
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != sha:
         raise DataError(f"checksum mismatch for {path}: expected {sha}, got {digest}")
 

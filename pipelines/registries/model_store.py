@@ -5,19 +5,15 @@ PyPI packages converted once, tiny test models built from a seed. Cached by the 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from cluster.storage import atomic_dir, read_manifest, write_manifest
-from pipelines.config import stable_hash
+from pipelines.hashing import stable_hash
+from pipelines.layout import models_cache
 from pipelines.registries import datasets
 from pipelines.registries.models import CHATML_TEMPLATE, ModelSpec, hub_local_dir, model_spec, package_file
 
 log = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SAFEDRIFT_CACHE", Path.home() / ".cache" / "safedrift"))
 
 
 def model_dir(alias: str) -> Path:
@@ -28,7 +24,7 @@ def model_dir(alias: str) -> Path:
         if local is not None:
             return local
         return _from_hub(spec)
-    out = cache_root() / "models" / f"{alias}-{stable_hash(spec.__dict__, 8)}"
+    out = models_cache() / f"{alias}-{stable_hash(spec.__dict__, 8)}"
     if read_manifest(out) is not None:
         return out
     with atomic_dir(out) as tmp:

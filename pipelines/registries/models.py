@@ -4,11 +4,11 @@ or a tiny random-initialised config for tests) and the family facts fine-tuning 
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pipelines.layout import model_dir_root
 from pipelines.registry import Registry
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -73,10 +73,10 @@ def package_file(package: str, filename: str) -> Path:
 
 def hub_local_dir(spec: ModelSpec) -> Path | None:
     """A local copy of a hub model: SAFEDRIFT_MODEL_DIR/<alias> or SAFEDRIFT_MODEL_DIR/<org>/<name>."""
-    root = os.environ.get("SAFEDRIFT_MODEL_DIR")
-    if not root or not spec.hub_id:
+    root = model_dir_root()
+    if root is None or not spec.hub_id:
         return None
-    for candidate in (Path(root) / spec.alias, Path(root) / spec.hub_id):
+    for candidate in (root / spec.alias, root / spec.hub_id):
         if (candidate / "config.json").exists():
             return candidate
     return None

@@ -1,4 +1,4 @@
-"""Stage 6, report: from a sweep's tidy metrics table (pipelines.measure.write_sweep_tidy) to a
+"""Stage 6, report: from a sweep's tidy metrics table (pipelines.evaluate.measure.write_sweep_tidy) to a
 self-contained HTML report with its findings, the figures as PNG and SVG and every table as CSV and
 Parquet, written atomically to reports/<study hash>/ and logged to the sweep's parent MLflow run.
 
@@ -18,11 +18,17 @@ from typing import Any
 
 import polars as pl
 
-from cluster.storage import atomic_dir, read_json, read_manifest, write_manifest
-from pipelines import report_figures as figs
-from pipelines import report_findings as fnd
-from pipelines import report_tables as tb
-from pipelines.report_html import FigureOut, Skipped, page
+from cluster.storage import atomic_dir, read_json, read_manifest, workdir_lock, write_manifest
+from cluster.tracking import tracking_uri
+from pipelines.cells import cell_dir, study_cells, study_hashes
+from pipelines.errors import DataError
+from pipelines.evaluate.measure import write_sweep_tidy
+from pipelines.layout import Workdir
+from pipelines.report import figures as figs
+from pipelines.report import findings as fnd
+from pipelines.report import tables as tb
+from pipelines.report.html import FigureOut, Skipped, page
+from pipelines.report.provenance import minimal_context, redact_uri, study_context
 
 log = logging.getLogger(__name__)
 
@@ -195,35 +201,30 @@ class ReportOutcome:
 def report_for_config(cfg: Any, out: Path | None = None, log_mlflow: bool = True) -> ReportOutcome:
     """The report of the study `cfg` describes, from its workdir: the finished sweep's tidy table, or,
     for a sweep that has not finished, one built from the cells that have (the rest listed as missing)."""
-    from cluster.storage import workdir_path
-    from cluster.tracking import tracking_uri
-    from pipelines.cell_run import cell_dir
-    from pipelines.cells import study_cells
-    from pipelines.config import stable_hash
-    from pipelines.report_provenance import study_context
-    from pipelines.run import study_hashes
+    wd = Workdir.open(cfg.resolved_workdir())
+    with workdir_lock(wd.root):
+        return _report_for_config(cfg, wd, out, log_mlflow)
 
-    workdir = workdir_path(cfg.resolved_workdir())
+
+def _report_for_config(cfg: Any, wd: Workdir, out: Path | None, log_mlflow: bool) -> ReportOutcome:
     ds_hash, study_hash = study_hashes(cfg)
-    uri = tracking_uri(workdir, cfg.mlflow.tracking_uri)
-    sweep_dir = workdir / "sweeps" / study_hash / stable_hash(uri, 8)
+    uri = tracking_uri(wd.mlflow_db(), cfg.mlflow.tracking_uri)
+    sweep_dir = wd.sweep(study_hash, uri)
     sweep = read_manifest(sweep_dir)
     note = ""
     if sweep is not None and (sweep_dir / TIDY).exists():
         tidy = pl.read_parquet(sweep_dir / TIDY)
     else:
-        from pipelines.measure import write_sweep_tidy
-
-        results = [m for c in study_cells(cfg) if (m := read_manifest(cell_dir(workdir, cfg, c, ds_hash)))]
+        results = [m for c in study_cells(cfg) if (m := read_manifest(cell_dir(wd, cfg, c, ds_hash)))]
         if not results:
-            raise FileNotFoundError(f"no cell of study {study_hash} has finished in {workdir}: run `safedrift run` "
-                                    "(or `safedrift sweep`) with this config first")
+            raise DataError(f"no cell of study {study_hash} has finished in {wd.root}: run `safedrift run` "
+                            "(or `safedrift sweep`) with this config first")
         with tempfile.TemporaryDirectory() as scratch:
-            tidy = write_sweep_tidy(results, workdir, Path(scratch))
+            tidy = write_sweep_tidy(results, wd, Path(scratch))
         note = "the sweep has not finished: the report covers the cells that have"
-    ctx = study_context(cfg, study_hash, ds_hash, read_manifest(workdir / "datasets" / ds_hash),
+    ctx = study_context(cfg, study_hash, ds_hash, read_manifest(wd.datasets(ds_hash)),
                         (sweep or {}).get("parent_run_id"), uri)
-    out = out or workdir / "reports" / study_hash
+    out = out or wd.report(study_hash)
     manifest = write_report(tidy, ctx, out)
     return _log(out, manifest, sweep, log_mlflow, note)
 
@@ -239,9 +240,9 @@ def _log(out: Path, manifest: dict[str, Any], sweep: dict[str, Any] | None, log_
     return ReportOutcome(out, manifest, run_id, note)
 
 
-def _sweep_manifest_for(workdir: Path, study_hash: str, run_id: str | None) -> dict[str, Any] | None:
+def _sweep_manifest_for(wd: Workdir, study_hash: str, run_id: str | None) -> dict[str, Any] | None:
     """The sweep record (per tracking store) whose parent run is `run_id`, else the newest one."""
-    found = [m for p in sorted((workdir / "sweeps" / study_hash).glob("*/manifest.json"))
+    found = [m for p in sorted(wd.study_sweeps(study_hash).glob("*/manifest.json"))
              if (m := read_json(p))]
     match = [m for m in found if run_id and m.get("parent_run_id") == run_id]
     return (match or sorted(found, key=lambda m: m.get("created_at", "")))[-1] if found else None
@@ -252,30 +253,28 @@ def report_from_dir(directory: Path, out: Path | None = None, log_mlflow: bool =
     (workdir/sweeps/<study>/<store>/, report written to workdir/reports/<study>/) or a report directory
     (redrawn in place). The study context comes from the last report when there is one, else from the
     manifests the directory still has."""
-    from pipelines.report_provenance import minimal_context, redact_uri
-
     d = directory.expanduser().resolve()
     if not (d / TIDY).exists():
-        raise FileNotFoundError(f"{d} has no {TIDY}: give a sweep directory (workdir/sweeps/<study>/<store>) or a "
+        raise DataError(f"{d} has no {TIDY}: give a sweep directory (workdir/sweeps/<study>/<store>) or a "
                                 "report directory (workdir/reports/<study>)")
     tidy = pl.read_parquet(d / TIDY)  # read before anything is rewritten: `out` may be this directory
     own = read_manifest(d) or {}
     if (d / CONTEXT).exists():  # a report directory: workdir/reports/<study>
         ctx = read_json(d / CONTEXT)
         study_hash = ctx.get("study_hash") or d.name
-        sweep = _sweep_manifest_for(d.parents[1], study_hash, (ctx.get("mlflow") or {}).get("parent_run_id"))
+        sweep = _sweep_manifest_for(Workdir(d.parents[1]), study_hash, (ctx.get("mlflow") or {}).get("parent_run_id"))
         target = out or d
-    elif "parent_run_id" in own and d.parent.parent.name == "sweeps":  # workdir/sweeps/<study>/<store>
-        workdir, study_hash, sweep = d.parents[2], d.parent.name, own
-        prior = workdir / "reports" / study_hash / CONTEXT
+    elif "parent_run_id" in own and (at := Workdir.of_sweep_dir(d)):  # workdir/sweeps/<study>/<store>
+        (wd, study_hash), sweep = at, own
+        prior = wd.report(study_hash) / CONTEXT
         if prior.exists():
             ctx = read_json(prior)
             ctx["mlflow"] = {"tracking_uri": redact_uri(sweep.get("tracking_uri")),
                              "parent_run_id": sweep.get("parent_run_id")}
         else:
-            ds = read_manifest(workdir / "datasets" / str(sweep.get("datasets"))) if sweep.get("datasets") else None
+            ds = read_manifest(wd.datasets(str(sweep.get("datasets")))) if sweep.get("datasets") else None
             ctx = minimal_context(sweep, ds, study_hash)
-        target = out or workdir / "reports" / study_hash
+        target = out or wd.report(study_hash)
     else:
         ctx, sweep, target = minimal_context(own or None, None, None), own or None, out or d / "report"
     manifest = write_report(tidy, ctx, target)

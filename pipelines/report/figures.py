@@ -16,7 +16,7 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from pipelines.report_tables import ALPHA, BASE, Cells
+from pipelines.report.tables import ALPHA, BASE, Cells
 
 # Reproducible SVGs: no random ids, no timestamp, so a rerun writes the same bytes.
 _RC = {"svg.hashsalt": "safedrift"}

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines.report_tables import ALPHA, ID_COLS, Cells
+from pipelines.report.tables import ALPHA, ID_COLS, Cells
 
 ENGLISH = "en"
 N_BOOT = 2000

@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.report_findings import Finding
+from pipelines.report.findings import Finding
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem}td,th{border:1px solid #ccc;padding:.2rem .45rem}

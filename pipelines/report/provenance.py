@@ -13,6 +13,10 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from pipelines.cells import study_cells
+from pipelines.registries.datasets import DATASETS, JUDGE_LABEL_SETS
+from pipelines.registries.models import MODELS
+
 SOFTWARE = ("torch", "ray", "deepspeed", "transformers", "peft", "mlflow", "polars", "numpy", "matplotlib",
             "pyarrow", "vllm")
 _SECRET = re.compile(r"token|secret|password|passwd|api[_-]?key|credential|auth", re.I)
@@ -54,7 +58,6 @@ def redact(obj: Any) -> Any:
 
 
 def model_info(alias: str) -> dict[str, Any]:
-    from pipelines.registries.models import MODELS
 
     if alias not in MODELS:  # same keys either way: the report renders the list as one table
         return {"alias": alias, "source": "unknown", "family": None, "weights": None, "hub_id": None}
@@ -66,7 +69,6 @@ def model_info(alias: str) -> dict[str, Any]:
 def dataset_info(name: str, sha256: str | None = None) -> dict[str, Any]:
     """A data set with its checksum: the one recorded when it was used (the data-set manifest), else the
     registry's."""
-    from pipelines.registries.datasets import DATASETS
 
     if name in DATASETS:
         d = DATASETS.get(name)
@@ -97,7 +99,6 @@ def qa_pass_rates(ds_manifest: dict[str, Any]) -> list[dict[str, Any]]:
 def study_context(cfg: Any, study_hash: str, datasets_hash: str, ds_manifest: dict[str, Any] | None,
                   parent_run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
     """Everything the report needs besides the tidy table, as JSON-ready data."""
-    from pipelines.cells import study_cells
 
     ds_manifest = ds_manifest or {}
     sources = dict(ds_manifest.get("sources") or {})
@@ -106,7 +107,6 @@ def study_context(cfg: Any, study_hash: str, datasets_hash: str, ds_manifest: di
     # Data sets the cells read besides the translated ones: WikiText-2 and the judge's labels.
     extra = ["wikitext2"] if ev.ppl_tokens else []
     if cfg.judge.agreement:
-        from pipelines.registries.datasets import JUDGE_LABEL_SETS
 
         extra += list(JUDGE_LABEL_SETS)
     used += [x for x in extra if x not in used]

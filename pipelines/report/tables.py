@@ -1,5 +1,5 @@
 """The report's tables, derived from a sweep's tidy metrics table (one row per cell × eval language ×
-metric, see pipelines.measure): compliance, change against the base model, over-refusal, fidelity,
+metric, see pipelines.evaluate.measure): compliance, change against the base model, over-refusal, fidelity,
 capability change, drift per layer and per-category change. Pure polars, no plotting, so the findings
 and the figures read the same numbers and tests can feed synthetic tables."""
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.measure import TIDY_SCHEMA
+from pipelines.evaluate.measure import TIDY_SCHEMA
 
 ID_COLS = ["cell", "model", "ft_lang", "seed", "epochs"]
 BASE = "base"

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pipelines.config import FinetuneConfig, StudyConfig
+from pipelines.errors import ClusterTooSmallError
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +25,6 @@ TRIAL_CPU = 0.01
 # A node group without a maximum size (max_count -1 in the autoscaler's config).
 UNBOUNDED = 1_000_000
 _EPS = 1e-9
-
-
-class SweepError(RuntimeError):
-    pass
-
-
-class ClusterTooSmallError(SweepError, ValueError):
-    """Bad input, not a failure of the run: the CLI reports it as an error message (exit 2)."""
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from cluster.storage import write_text_atomic
-from pipelines.config import stable_hash
-
-
-def cache_root(workdir: Path | str) -> Path:
-    """SAFEDRIFT_CACHE/translation_cache when set (shared across workdirs), else <workdir>/translation_cache."""
-    env = os.environ.get("SAFEDRIFT_CACHE")
-    return (Path(env) if env else Path(workdir)) / "translation_cache"
+from pipelines.hashing import stable_hash
 
 
 def text_hash(text: str) -> str:

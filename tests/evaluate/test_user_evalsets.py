@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.user_evalsets import UserFileError, alpaca_rows, check_user_files, mmlu_rows
+from pipelines.evaluate.user_sets import UserFileError, alpaca_rows, check_user_files, mmlu_rows
+from pipelines.presets import load_config
 
 
 def _jsonl(path: Path, rows: list[object]) -> Path:
@@ -61,10 +61,10 @@ def test_user_file_contents_are_part_of_the_cell_hash(tmp_path) -> None:
 
 
 def test_alpacaeval_scores_on_the_tiny_model(tmp_path) -> None:
-    from pipelines.capability import alpacaeval_scores
     from pipelines.config import GenerateConfig
-    from pipelines.generate import load_for_generation
-    from pipelines.model_store import model_dir
+    from pipelines.evaluate.backends.transformers import load_for_generation
+    from pipelines.evaluate.capability import alpacaeval_scores
+    from pipelines.registries.model_store import model_dir
 
     model, tok = load_for_generation(model_dir("tiny-llama"), None, threads=1)
     f = _jsonl(tmp_path / "a.jsonl", [{"instruction": "Name a colour.", "output": "Blue is a colour."},

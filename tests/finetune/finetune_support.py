@@ -11,7 +11,8 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.config import FinetuneConfig, StudyConfig, load_config
+from pipelines.config import FinetuneConfig, StudyConfig
+from pipelines.presets import load_config
 
 
 def write_benign(ds_path: Path, lang: str, rows: list[dict[str, Any]], qa_policy: dict[str, Any] | None = None,
@@ -47,7 +48,7 @@ def run_local(ft: FinetuneConfig, model: str, ds_path: Path, storage: Path, *, s
     with DeepSpeed on a one-rank gloo group. Returns the Ray Train Result."""
     from pipelines.cells import Cell
     from pipelines.finetune import loop_config, make_trainer
-    from pipelines.model_store import model_dir
+    from pipelines.registries.model_store import model_dir
 
     cfg = load_config("smoke")
     cfg = cfg.model_copy(update={"finetune": ft})

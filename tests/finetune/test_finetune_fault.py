@@ -19,10 +19,10 @@ import torch
 from finetune_support import safetensors_dict
 
 from cluster.storage import read_manifest
-from pipelines import checkpoints as ck
 from pipelines.cells import Cell, train_hash
+from pipelines.finetune import checkpoints as ck
 from pipelines.finetune import finetune_cell
-from pipelines.model_store import model_dir
+from pipelines.registries.model_store import model_dir
 
 pytestmark = pytest.mark.e2e
 

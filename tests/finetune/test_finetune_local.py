@@ -12,9 +12,9 @@ import pytest
 import torch
 from finetune_support import alpaca_rows, run_local, safetensors_dict, write_benign
 
-from pipelines import checkpoints as ck
 from pipelines.config import FinetuneConfig, LoraConfig
-from pipelines.model_store import model_dir
+from pipelines.finetune import checkpoints as ck
+from pipelines.registries.model_store import model_dir
 
 # 16 examples, batch 4, grad_accum 2, 2 epochs: 4 optimizer steps; warm-up over the first 2.
 BASE = FinetuneConfig(method="lora", lora=LoraConfig(r=4, alpha=8, dropout=0.1), lr=1e-3, warmup_ratio=0.5,

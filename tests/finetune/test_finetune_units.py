@@ -12,9 +12,9 @@ from finetune_support import alpaca_rows, smoke_cfg, write_benign
 
 from pipelines.cells import Cell
 from pipelines.config import FinetuneConfig
-from pipelines.deepspeed_config import deepspeed_config
-from pipelines.finetune import FinetuneError, check_data, check_trainable
-from pipelines.finetune_data import (
+from pipelines.errors import FinetuneError
+from pipelines.finetune import check_data, check_trainable
+from pipelines.finetune.data import (
     FORWARD_KWARGS,
     IGNORE,
     collate,
@@ -23,8 +23,9 @@ from pipelines.finetune_data import (
     pack_examples,
     plan_steps,
 )
-from pipelines.model_store import model_dir
-from pipelines.train_metrics import StepStats, mfu, peak_flops
+from pipelines.finetune.deepspeed_config import deepspeed_config
+from pipelines.finetune.metrics import StepStats, mfu, peak_flops
+from pipelines.registries.model_store import model_dir
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.registries.judges import JUDGES, JudgeItem, make_judge
+from pipelines.errors import UnknownNameError
+from pipelines.evaluate.judges import JUDGES, JudgeItem, make_judge
 from pipelines.registries.languages import LANGUAGES, STUDY_LANGUAGES
 from pipelines.registries.models import MODELS
-from pipelines.registries.translators import REFERENCE, NoRouteError, plan_route, route_name
-from pipelines.registry import Registry, UnknownNameError
+from pipelines.registry import Registry
+from pipelines.translate.translators import REFERENCE, NoRouteError, plan_route, route_name
 
 
 def test_generic_registry_lists_known_names() -> None:

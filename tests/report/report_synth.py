@@ -1,4 +1,4 @@
-"""Synthetic sweep-level tidy tables (the shape pipelines.measure.write_sweep_tidy writes), with every
+"""Synthetic sweep-level tidy tables (the shape pipelines.evaluate.measure.write_sweep_tidy writes), with every
 number chosen by the test, so the report's findings can be checked against known answers."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.measure import TIDY_SCHEMA
+from pipelines.evaluate.measure import TIDY_SCHEMA
 
 
 def cell_id(model: str, ft: str, seed: int = 0, epochs: int = 1) -> str:

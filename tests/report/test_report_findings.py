@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 from report_synth import Sweep, cell_id
 
-from pipelines import report_tables as tb
 from pipelines.report import build_tables, findings
-from pipelines.report_findings import correlation, decoupling
-from pipelines.report_provenance import redact, redact_uri
+from pipelines.report import tables as tb
+from pipelines.report.findings import correlation, decoupling
+from pipelines.report.provenance import redact, redact_uri
 
 
 def _findings(s: Sweep, drop: list[str] | None = None, ctx: dict | None = None):

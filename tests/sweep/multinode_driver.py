@@ -21,7 +21,7 @@ def main(workdir: Path, out: Path) -> None:
     try:
         cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
-        from pipelines.config import load_config
+        from pipelines.presets import load_config
         from pipelines.run import run_study
 
         cfg = load_config("smoke", [f"workdir={workdir}", f"ray.address={cluster.address}",

@@ -89,8 +89,7 @@ def seed_workdir(src: Path, dest: Path, cfg, *, checkpoints: list, cells: list) 
     """Copies what the session's smoke study already computed into a new workdir: the data sets (eval
     suite included) and translation cache (content-addressed, so identical for the same smoke config), the fine-tuned
     weights of `checkpoints` and the finished outputs of `cells`. Returns the data sets' hash."""
-    from pipelines.cell_run import cell_dir
-    from pipelines.cells import train_hash
+    from pipelines.cells import cell_dir, train_hash
     from pipelines.run import study_hashes
 
     ds_hash, _ = study_hashes(cfg)

@@ -23,7 +23,7 @@ EN = "tiny-llama__en__s0__e1"
 def test_sweep_trains_across_two_nodes_on_shared_storage(smoke_study, tmp_path, require_tool) -> None:
     require_tool("apertium")
     from pipelines.cells import study_cells, train_hash
-    from pipelines.config import load_config
+    from pipelines.presets import load_config
 
     workdir = tmp_path / "work"
     cfg = load_config("smoke", [f"workdir={workdir}"])

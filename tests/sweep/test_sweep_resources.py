@@ -11,8 +11,8 @@ import time
 import pytest
 from sweep_support import REPO
 
-from pipelines.config import load_config
-from pipelines.sweep_resources import (
+from pipelines.presets import load_config
+from pipelines.sweep.resources import (
     Capacity,
     CellNeeds,
     ClusterTooSmallError,

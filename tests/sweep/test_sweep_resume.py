@@ -42,9 +42,8 @@ def _wait_for_manifests(proc: subprocess.Popen, dirs: dict[str, Path], log: Path
 @pytest.fixture(scope="module")
 def resumed(smoke_study, tmp_path_factory, require_tool) -> dict[str, Any]:
     require_tool("apertium")  # back-translation of the es answers
-    from pipelines.cell_run import cell_dir
-    from pipelines.cells import study_cells
-    from pipelines.config import load_config
+    from pipelines.cells import cell_dir, study_cells
+    from pipelines.presets import load_config
 
     root = tmp_path_factory.mktemp("resume")
     workdir = root / "work"

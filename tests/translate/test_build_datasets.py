@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.registries.datasets import data_dir
-from pipelines.registries.translators import TRANSLATORS, NoRouteError, Translator
-from pipelines.translate import _ALL_COLUMNS, TranslateBatch, _job_rows, build_datasets, plan, read_split
-from pipelines.translation_cache import cache_root
+from pipelines.layout import Workdir, data_dir
+from pipelines.presets import load_config
+from pipelines.translate import build_datasets, plan, read_split
+from pipelines.translate.batch import ALL_COLUMNS, TranslateBatch, job_rows
+from pipelines.translate.translators import TRANSLATORS, NoRouteError, Translator
 
 
 class CountingUpper(Translator):
@@ -56,9 +56,9 @@ def _warm(cfg, workdir: Path) -> int:
     """Run the actor's batch code in-process over every row (all splits mixed in one batch);
     returns how many segments the translator was asked for."""
     CountingUpper.asked.clear()
-    rows = [r for j in plan(cfg) for r in _job_rows(j)]
-    cols = {c: [r[c] for r in rows] for c in _ALL_COLUMNS}
-    TranslateBatch(str(cache_root(workdir)), {}, cfg.translate.qa.model_dump(), 0).process(cols)
+    rows = [r for j in plan(cfg) for r in job_rows(j)]
+    cols = {c: [r[c] for r in rows] for c in ALL_COLUMNS}
+    TranslateBatch(str(Workdir.open(workdir).translation_cache()), {}, cfg.translate.qa.model_dump(), 0).process(cols)
     return sum(CountingUpper.asked)
 
 

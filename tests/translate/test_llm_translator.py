@@ -6,7 +6,8 @@ import importlib.util
 
 import pytest
 
-from pipelines.registries.translators import TRANSLATORS, make_translator
+from pipelines.errors import BackendMissingError
+from pipelines.translate.translators import TRANSLATORS, make_translator
 
 
 def test_prompt_names_languages_and_forbids_answering() -> None:
@@ -26,6 +27,6 @@ def test_prompt_names_languages_and_forbids_answering() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_missing_vllm_is_a_clear_error() -> None:
     tr = make_translator("llm", model="some/instruct-model")
-    with pytest.raises(RuntimeError, match=r"needs vLLM.*safedrift\[gpu\]"):
+    with pytest.raises(BackendMissingError, match=r"needs vLLM.*safedrift\[gpu\]"):
         tr.translate(["hello"], "en", "es")
     assert tr.translate([], "en", "es") == []  # nothing to do: vLLM is not even imported

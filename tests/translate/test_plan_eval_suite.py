@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.registries.translators import NoRouteError
+from pipelines.presets import load_config
 from pipelines.translate import plan
+from pipelines.translate.translators import NoRouteError
 
 
 def _jobs(kind: str, jobs) -> dict[tuple[str, str], object]:

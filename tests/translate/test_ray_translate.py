@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, load_config
+from pipelines.errors import ConfigError
+from pipelines.presets import load_config
 from pipelines.translate import actor_resources, build_datasets, read_split
 
 

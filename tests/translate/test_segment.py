@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pipelines.segment import join, split
+from pipelines.translate.segment import join, split
 
 
 def test_identity_round_trip_is_exact() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from tiny_seq2seq import build_tiny_m2m100
 
-from pipelines.registries.translators import make_translator
+from pipelines.translate.translators import make_translator
 
 TEXTS = ["The cat sits on the table.", "Write a poem.", "El mar", "x",
          "The cat sits on the table. Write a short poem about the sea."]

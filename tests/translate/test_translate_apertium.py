@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.registries.translators import NoRouteError, make_translator
+from pipelines.translate.translators import NoRouteError, make_translator
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
-from pipelines.translation_cache import TranslationCache, cache_root, text_hash
+from pipelines.layout import Workdir
+from pipelines.translate.cache import TranslationCache, text_hash
 
 
 def _writer(root: str, worker: int, n: int) -> None:
@@ -55,9 +56,9 @@ def test_killed_write_and_corrupt_entry_are_misses(tmp_path: Path) -> None:
 
 def test_cache_root_env(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("SAFEDRIFT_CACHE", raising=False)
-    assert cache_root(tmp_path / "wd") == tmp_path / "wd" / "translation_cache"
+    assert Workdir.open(tmp_path / "wd").translation_cache() == tmp_path / "wd" / "translation_cache"
     monkeypatch.setenv("SAFEDRIFT_CACHE", str(tmp_path / "shared"))
-    assert cache_root(tmp_path / "wd") == tmp_path / "shared" / "translation_cache"
+    assert Workdir.open(tmp_path / "wd").translation_cache() == tmp_path / "shared" / "translation_cache"
 
 
 def _endless_writer(root: str) -> None:

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipelines.translation_qa import check, detect_lang, policy_mask, qa_table
+from pipelines.registries.langid import detect_lang
+from pipelines.translate.qa import check, policy_mask, qa_table
 
 EN = "I would like to write a long letter to my old friend about the weather."
 ES = "Me gustaría escribir una carta larga a mi viejo amigo sobre el tiempo."

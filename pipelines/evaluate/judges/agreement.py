@@ -11,7 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipelines.registries.judges import Judge, JudgeItem
+from pipelines.evaluate.judges import Judge, JudgeItem
+from pipelines.evaluate.stats import cohen_kappa
+from pipelines.hashing import stable_hash
+from pipelines.layout import judges_cache
+from pipelines.registries import datasets
 
 HELDOUT_PERCENT = 30  # share of prompts held out for agreement
 
@@ -23,7 +27,6 @@ def split_of(prompt_id: str) -> str:
 
 
 def labelled_items(split: str, limit: int | None = None) -> tuple[list[JudgeItem], list[int]]:
-    from pipelines.registries import datasets
 
     items, labels = [], []
     for name in datasets.JUDGE_LABEL_SETS:
@@ -41,7 +44,6 @@ def labelled_items(split: str, limit: int | None = None) -> tuple[list[JudgeItem
 
 def evaluate_judge(judge: Judge, limit: int | None = None, batch_size: int = 32) -> dict[str, float]:
     """accuracy, kappa, n and unparseable of `judge` on the held-out human labels."""
-    from pipelines.stats import cohen_kappa
 
     items, labels = labelled_items("test", limit)
     preds: list[int | None] = []
@@ -55,13 +57,10 @@ def evaluate_judge(judge: Judge, limit: int | None = None, batch_size: int = 32)
 def cached_agreement(judge: Judge, options: dict[str, Any], limit: int | None = None) -> dict[str, float]:
     """evaluate_judge, computed once per (judge, version, options, limit, label files) and cached under
     SAFEDRIFT_CACHE, so every run that uses the judge can log its agreement for free."""
-    from pipelines.config import stable_hash
-    from pipelines.model_store import cache_root
-    from pipelines.registries import datasets
 
     key = {"judge": judge.name, "version": judge.version, "options": options, "limit": limit,
            "heldout": HELDOUT_PERCENT, "labels": [datasets.sha256_of(n) for n in datasets.JUDGE_LABEL_SETS]}
-    path: Path = cache_root() / "judges" / f"agreement-{judge.name}-{stable_hash(key)}.json"
+    path: Path = judges_cache() / f"agreement-{judge.name}-{stable_hash(key)}.json"
     if path.exists():
         return json.loads(path.read_text())
     res = evaluate_judge(judge, limit)

@@ -10,7 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.registries.judges import COMPLIES, REFUSES, Judge, JudgeItem, Verdict
+from pipelines.evaluate.backends.transformers import load_for_generation
+from pipelines.evaluate.backends.vllm import require_vllm
+from pipelines.evaluate.judges import COMPLIES, REFUSES, Judge, JudgeItem, Verdict
+from pipelines.registries.model_store import model_dir
 
 # SORRY-Bench's template for its fine-tuned Mistral-7B judge (sorry-bench/sorry-bench, the
 # ft-mistral-7b-instruct-v0.2 judge prompt), byte for byte including the quotes and blank lines.
@@ -55,13 +58,11 @@ def resolve_model(model: str) -> Path:
     p = Path(model)
     if p.is_dir():
         return p
-    from pipelines.model_store import model_dir
 
     return model_dir(model)
 
 
 class SorryBenchJudge(Judge):
-    name = "sorry-bench"
     version = "1"
 
     def __init__(self, model: str = "tiny-llama", backend: str = "transformers", max_new_tokens: int = 4,
@@ -103,7 +104,6 @@ class SorryBenchJudge(Judge):
         import torch
 
         if self._model is None:
-            from pipelines.generate import load_for_generation
 
             self._model, self._tok = load_for_generation(resolve_model(self.model_name), None, self.threads)
         tok = self._tok
@@ -119,7 +119,6 @@ class SorryBenchJudge(Judge):
         return outs
 
     def _vllm_outputs(self, items: Sequence[JudgeItem]) -> list[str]:
-        from pipelines.generate import require_vllm
 
         vllm = require_vllm()
         if self._llm is None:

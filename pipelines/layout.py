@@ -1,0 +1,139 @@
+"""Where everything lives: the one place that spells out the workdir's paths and every cache root, and
+the one module that reads safedrift's environment variables.
+
+<workdir>/
+  datasets/<datasets hash>/            translated splits + qa.csv + manifest.json   (translate)
+  translation_cache/                   one file per translated segment (unless SAFEDRIFT_CACHE is set)
+  checkpoints/<train hash>/            adapter/ (export/) + manifest.json           (finetune)
+  ray_train/                           Ray Train's resumable run state
+  cells/<cell hash>/                   generations, judged answers, tidy metrics    (evaluate)
+  tune/sweep-<study hash>/             Ray Tune's experiment state                  (sweep)
+  sweeps/<study hash>/<store hash>/    the sweep's tidy table + manifest, per MLflow store
+  reports/<study hash>/                report.html, figures, tables                 (report)
+  mlflow.db, mlartifacts/              the default MLflow store
+<cache>/ (SAFEDRIFT_CACHE, default ~/.cache/safedrift): models/, judges/, data/ (downloads)"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.errors import ConfigError
+from pipelines.hashing import stable_hash
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- environment ---------------------------------------------------------------------------------------
+
+def env(name: str) -> str | None:
+    """SAFEDRIFT_<name>, or None when unset or empty."""
+    value = os.environ.get(f"SAFEDRIFT_{name}")
+    return value or None
+
+
+def workdir_override() -> str | None:
+    return env("WORKDIR")
+
+
+def cache_root() -> Path:
+    """Models, fitted judges and downloads, shared by every workdir of this user."""
+    return Path(env("CACHE") or Path.home() / ".cache" / "safedrift")
+
+
+def data_dir() -> Path:
+    """The local mirror of the public data sets (default ../shared/data beside the repo)."""
+    return Path(env("DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
+
+
+def model_dir_root() -> Path | None:
+    """Local copies of hub models: SAFEDRIFT_MODEL_DIR/<alias> or SAFEDRIFT_MODEL_DIR/<org>/<name>."""
+    root = env("MODEL_DIR")
+    return Path(root) if root else None
+
+
+def model_override(component: str) -> str | None:
+    """A model path or hub id for a component (SAFEDRIFT_NLLB_MODEL, SAFEDRIFT_LLM_TRANSLATOR_MODEL, ...)."""
+    return env(f"{component.upper()}_MODEL")
+
+
+# ---- the workdir ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Workdir:
+    root: Path
+
+    @classmethod
+    def open(cls, workdir: str | Path) -> Workdir:
+        """The workdir at `workdir`, created if missing. It must be a mounted path: stages read models and
+        write Parquet with local tools, and Ray's storage sits inside it."""
+        text = str(workdir)
+        if "://" in text:
+            raise ConfigError(
+                f"workdir '{text}' is a URI; safedrift needs a mounted path for its workdir "
+                "(an RWX volume or a FUSE mount on every node; Ray's own storage then lives inside it)")
+        root = Path(text).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    @classmethod
+    def of(cls, workdir: Workdir | str | Path) -> Workdir:
+        """A Workdir as is, or one opened at a path (stage entry points take either)."""
+        return workdir if isinstance(workdir, Workdir) else cls.open(workdir)
+
+    def datasets(self, datasets_hash: str) -> Path:
+        return self.root / "datasets" / datasets_hash
+
+    def translation_cache(self) -> Path:
+        """SAFEDRIFT_CACHE/translation_cache when set (shared across workdirs), else <workdir>/translation_cache."""
+        shared = env("CACHE")
+        return (Path(shared) if shared else self.root) / "translation_cache"
+
+    def checkpoint(self, train_hash: str) -> Path:
+        return self.root / "checkpoints" / train_hash
+
+    def ray_train(self) -> Path:
+        return self.root / "ray_train"
+
+    def cell(self, cell_hash: str) -> Path:
+        return self.root / "cells" / cell_hash
+
+    def tune(self) -> Path:
+        return self.root / "tune"
+
+    def study_sweeps(self, study_hash: str) -> Path:
+        return self.root / "sweeps" / study_hash
+
+    def sweep(self, study_hash: str, tracking_uri: str) -> Path:
+        """One sweep record per tracking store: pointed at a new MLflow server, a finished study is logged
+        there again (from its cached cells) rather than silently skipped."""
+        return self.study_sweeps(study_hash) / stable_hash(tracking_uri, 8)
+
+    def report(self, study_hash: str) -> Path:
+        return self.root / "reports" / study_hash
+
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @staticmethod
+    def of_sweep_dir(sweep_dir: Path) -> tuple[Workdir, str] | None:
+        """(workdir, study hash) of a directory laid out as <workdir>/sweeps/<study>/<store>, else None."""
+        if sweep_dir.parent.parent.name == "sweeps":
+            return Workdir(sweep_dir.parent.parent.parent), sweep_dir.parent.name
+        return None
+
+
+def models_cache() -> Path:
+    return cache_root() / "models"
+
+
+def judges_cache() -> Path:
+    return cache_root() / "judges"
+
+
+def downloads_cache() -> Path:
+    return cache_root() / "data"
