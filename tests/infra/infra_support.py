@@ -118,3 +118,23 @@ def pod_specs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         for group in spec.get("workerGroupSpecs", []):
             out.append((f"{key}/{group['groupName']}", group["template"]["spec"]))
     return out
+
+
+def pod_templates(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+    """(label, pod labels, pod spec) for every pod the objects create, the RayJob's submitter included."""
+    out = []
+    for o in objs:
+        name = f"{o['kind']}/{o['metadata']['name']}"
+        if o["kind"] in {"Deployment", "StatefulSet", "Job", "DaemonSet"}:
+            t = o["spec"]["template"]
+            out.append((name, t["metadata"].get("labels", {}), t["spec"]))
+        if o["kind"] == "RayJob" and "submitterPodTemplate" in o["spec"]:
+            t = o["spec"]["submitterPodTemplate"]
+            out.append((f"{name}/submitter", t["metadata"].get("labels", {}), t["spec"]))
+    for key, spec in ray_cluster_specs(objs).items():
+        t = spec["headGroupSpec"]["template"]
+        out.append((f"{key}/head", t["metadata"].get("labels", {}), t["spec"]))
+        for group in spec.get("workerGroupSpecs", []):
+            t = group["template"]
+            out.append((f"{key}/{group['groupName']}", t["metadata"].get("labels", {}), t["spec"]))
+    return out

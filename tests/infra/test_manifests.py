@@ -232,6 +232,11 @@ def test_references_resolve(overlay):
         for vol in pod.get("volumes", []):
             if "configMap" in vol:
                 assert vol["configMap"]["name"] in configmaps, f"{name} {label}: {vol}"
+            if "secret" in vol:
+                secret = vol["secret"]["secretName"]
+                assert any(s == secret for s, _ in documented), (
+                    f"{name} {label}: secret volume {secret} is not created in infra/README.md"
+                )
             if "persistentVolumeClaim" in vol:
                 assert vol["persistentVolumeClaim"]["claimName"] in pvcs, f"{name} {label}: {vol}"
         for c in pod["containers"]:
@@ -266,7 +271,13 @@ def documented_secret_keys() -> frozenset[tuple[str, str]]:
 
 def test_readme_documents_the_secrets():
     pairs = documented_secret_keys()
-    for secret in ("safedrift-judge", "safedrift-postgres", "safedrift-s3"):
+    for secret in (
+        "safedrift-judge-tokens",
+        "safedrift-postgres",
+        "safedrift-s3",
+        "safedrift-mlflow-admin",
+        "safedrift-mlflow-client",
+    ):
         assert any(s == secret for s, _ in pairs), f"infra/README.md does not create {secret}"
 
 
@@ -276,8 +287,9 @@ def test_secrets_are_only_referenced_never_defined(overlay):
     for label, pod in pod_specs(objs):
         for c in pod["containers"]:
             for e in c.get("env", []):
+                # *_FILE and *_DIR name paths (a mounted Secret), not the secret itself.
                 if re.search(r"PASSWORD|TOKEN|SECRET|ACCESS_KEY", e["name"]) and not e["name"].endswith(
-                    "_FILE"
+                    ("_FILE", "_DIR")
                 ):
                     assert "value" not in e and "secretKeyRef" in e.get("valueFrom", {}), (
                         f"{name} {label}: {e['name']} must come from a Secret"
@@ -287,13 +299,22 @@ def test_secrets_are_only_referenced_never_defined(overlay):
 def test_mlflow_uses_postgres_and_s3_artifacts(overlay):
     name, objs = overlay
     c = one(objs, "Deployment", "safedrift-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    # `mlflow server` reads both from its environment (click envvars): no password on a command line.
+    uri = env["MLFLOW_BACKEND_STORE_URI"]["value"]
+    assert uri.startswith("postgresql+psycopg2://")
+    assert "$(MLFLOW_DB_PASSWORD)" in uri, "the DB password must come from env (a Secret), not the manifest"
+    assert "MLFLOW_DB_PASSWORD" in env and env["MLFLOW_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert (
+        env["MLFLOW_ARTIFACTS_DESTINATION"]["valueFrom"]["configMapKeyRef"]["key"]
+        == "MLFLOW_ARTIFACTS_DESTINATION"
+    )
     args = " ".join(c["command"] + c["args"])
-    assert "--backend-store-uri=postgresql+psycopg2://" in args
-    assert "$(MLFLOW_DB_PASSWORD)" in args, "the DB password must come from env (a Secret), not the manifest"
-    assert "--artifacts-destination=$(MLFLOW_ARTIFACTS_DESTINATION)" in args
-    env = one(objs, "ConfigMap", "safedrift-env")["data"]
-    assert env["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
-    assert env["MLFLOW_TRACKING_URI"] == "http://safedrift-mlflow:5000"
+    assert "--serve-artifacts" in args
+    assert "postgresql" not in args and "PASSWORD" not in args
+    data = one(objs, "ConfigMap", "safedrift-env")["data"]
+    assert data["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+    assert data["MLFLOW_TRACKING_URI"] == "http://safedrift-mlflow:5000"
     svc = one(objs, "Service", "safedrift-mlflow")
     assert svc["spec"]["ports"][0]["port"] == 5000
     pg = one(objs, "StatefulSet", "safedrift-postgres")

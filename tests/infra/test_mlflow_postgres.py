@@ -177,7 +177,7 @@ def test_postgres_backed_server_tracks_nested_runs(tracking_uri: str, database_u
 @pytest.mark.e2e
 def test_smoke_sweep_logs_to_postgres_backed_server(tracking_uri: str, smoke_study, monkeypatch):
     try:
-        from pipelines.config import load_config
+        from pipelines.presets import load_config
         from pipelines.run import run_study
     except ImportError as exc:  # the runner is written in parallel with this test
         pytest.fail(f"the project's runner is not importable: {exc}")

@@ -3,6 +3,7 @@ Secrets (secretKeyRef) or files, created by hand (infra/README.md), never from t
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -84,8 +85,26 @@ def test_no_literal_secrets_in_files(path):
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_no_literal_secrets_in_rendered_manifests(name):
-    text = yaml.safe_dump_all(render(INFRA / "overlays" / name))
-    assert not find_secrets(text)
+    objs = copy.deepcopy(render(INFRA / "overlays" / name))
+    for obj in objs:
+        # The embedded Serve config is a YAML string: scan its values, not its comments (which the
+        # file scan above skips in serving/judge.yaml too).
+        if obj["kind"] == "RayService":
+            obj["spec"]["serveConfigV2"] = yaml.safe_load(obj["spec"]["serveConfigV2"])
+    assert not find_secrets(yaml.dump_all(objs, Dumper=_BlockDumper))
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (a script in a ConfigMap) as literal blocks: one line of output per line of
+    the file, so the scan sees the same lines (and skips the same comments) as in the file itself."""
+
+
+_BlockDumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+    ),
+)
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,7 @@ def test_rayjob_preset_and_overrides_load(tmp_path):
     # names, with the RayJob's overrides (pydantic validation, no Ray needed).
     if importlib.util.find_spec("pipelines.config") is None:
         pytest.fail("pipelines.config is not importable")
-    from pipelines.config import load_config
+    from pipelines.presets import load_config
 
     for overlay_name in ("cpu-test", "gpu"):
         objs = render(INFRA / "overlays" / overlay_name)
