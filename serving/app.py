@@ -5,12 +5,15 @@ Three ways to deploy, one config:
   and its ``args`` are a ``JudgeServiceConfig``;
 - ``serve_judge(...)`` from Python / the ``safedrift serve`` CLI;
 - a KubeRay RayService that embeds ``serving/judge.yaml`` as its ``serveConfigV2``.
+
+All of them go through ``build_app``, so that is where the fail-closed rule lives (``check_exposure``): no
+usable token source and ``auth.required`` -> refused; auth off -> refused unless Serve's HTTP proxy binds
+loopback. The ingress replica checks the same rule again in its own environment.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,14 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from serving.auth import TOKEN_ENV, TOKEN_FILE_ENV, check_bind, load_token
+from serving.auth import (
+    TOKEN_FILE_ENV,
+    TOKENS_DIR_ENV,
+    check_bind,
+    check_exposure,
+    configured_source,
+    load_tokens,
+)
 from serving.backend import JudgeBackend
 from serving.config import JudgeServiceConfig, app_settings, load_config
 from serving.ingress import JudgeIngress
@@ -35,6 +45,9 @@ INGRESS_DEPLOYMENT = "JudgeIngress"
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """Serve application builder (the ``import_path`` of serving/judge.yaml): ingress -> batched judge."""
     cfg = load_config(args or {})
+    # Raises InsecureBindError / TokenConfigError: `serve run`, `serve deploy` and the RayService print
+    # the message and deploy nothing.
+    check_exposure(cfg.auth.required, "serving.app:build_app")
     cfg_dict = cfg.model_dump()
     backend = JudgeBackend.options(name=BACKEND_DEPLOYMENT, **cfg.backend.serve_options()).bind(cfg_dict)
     # A replica that cannot start (e.g. auth required but no token) should fail the deploy quickly
@@ -95,8 +108,9 @@ def serve_judge(
 
     ``config``: path to serving/judge.yaml (or any Serve config / args YAML), a dict, or a config object.
     ``host``/``port``: where Serve's HTTP proxy binds (cluster-wide Serve setting: if Serve is already
-    running on this cluster, its existing HTTP options stay). Without a token (``SAFEDRIFT_JUDGE_TOKEN``
-    or ``SAFEDRIFT_JUDGE_TOKEN_FILE``) only a loopback host is accepted (``InsecureBindError``).
+    running on this cluster, its existing HTTP options stay). Without a token source
+    (``SAFEDRIFT_JUDGE_TOKENS_DIR``, ``SAFEDRIFT_JUDGE_TOKEN_FILE`` or ``SAFEDRIFT_JUDGE_TOKEN``) only a
+    loopback host is accepted (``InsecureBindError``).
     ``blocking``: serve until Ctrl-C, then delete the application.
     Ray: an already initialised Ray is used; otherwise ``ray.init(address=ray_address)`` (a new local
     cluster when None, with ``num_cpus``).
@@ -105,20 +119,20 @@ def serve_judge(
     settings = app_settings(config if not isinstance(config, JudgeServiceConfig) else None)
     name = app_name or settings["name"]
 
-    token = load_token()  # raises TokenConfigError for an unreadable/empty token file
+    token = load_tokens() or None  # raises TokenConfigError for an unusable or ambiguous token source
     check_bind(host, token)  # before anything starts
     if token is None:
         # Loopback only (checked above): local development without a token.
         cfg = cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"required": False})})
         logger.warning("no judge token configured: authentication is off; serving on loopback %s only", host)
 
-    token_file = os.environ.get(TOKEN_FILE_ENV)
-    if token is not None and token_file and not os.environ.get(TOKEN_ENV):
+    source = configured_source()
+    if source is not None and source[0] in (TOKEN_FILE_ENV, TOKENS_DIR_ENV):
         # Replicas inherit the environment of the Ray cluster, which may predate this process's; the
-        # file's path is no secret, so hand it to the ingress explicitly (the token itself never is).
+        # path is no secret, so hand it to the ingress explicitly (the token itself never is).
         actor_opts = dict(cfg.ingress.ray_actor_options)
         runtime_env = dict(actor_opts.get("runtime_env") or {})
-        runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), TOKEN_FILE_ENV: token_file}
+        runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), source[0]: source[1]}
         actor_opts["runtime_env"] = runtime_env
         cfg = cfg.model_copy(update={"ingress": cfg.ingress.model_copy(update={"ray_actor_options": actor_opts})})
 

@@ -1,41 +1,139 @@
-"""Bearer-token auth for the judge service, and the loopback rule for binding without a token.
+"""Bearer-token auth for the judge service: named client tokens, rotation, and the loopback rule.
 
-The token comes from ``SAFEDRIFT_JUDGE_TOKEN`` or from the file named by ``SAFEDRIFT_JUDGE_TOKEN_FILE``
-(a mounted Kubernetes secret). It is read inside the replica, never passed through Serve config or
-deployment arguments, so it appears in no config, dashboard or log.
+Token sources (exactly one may be set; two at once is refused, see ``configured_source``):
+
+- ``SAFEDRIFT_JUDGE_TOKENS_DIR``: a directory with one file per client team, the file name the client's
+  name and the content its token. This is what a Kubernetes Secret mounted as a volume gives
+  (``kubectl create secret generic safedrift-judge-tokens --from-literal=team-a=... --from-literal=team-b=...``
+  mounted at the directory); the kubelet swaps the files atomically (the ``..data`` symlink) on rotation.
+- ``SAFEDRIFT_JUDGE_TOKEN_FILE``: one token in one file (client name ``default``); rotatable too.
+- ``SAFEDRIFT_JUDGE_TOKEN``: one token in the environment (client name ``default``); cannot rotate
+  without a restart.
+
+Why both env and file set is refused rather than one silently winning: the env var cannot change while a
+replica runs, so when both are set one of them is stale, and guessing which one the operator meant
+either keeps a revoked token alive (env wins, the bug this replaces) or silently drops the token some
+clients use (file wins). Failing at start with both names in the message is the unambiguous choice.
+
+Tokens are read inside the replicas, never passed through Serve config or deployment arguments, so they
+appear in no config, dashboard or log; logs carry the client's name only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
+import logging
 import os
+import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger("ray.serve")
 
 TOKEN_ENV = "SAFEDRIFT_JUDGE_TOKEN"
 TOKEN_FILE_ENV = "SAFEDRIFT_JUDGE_TOKEN_FILE"
+TOKENS_DIR_ENV = "SAFEDRIFT_JUDGE_TOKENS_DIR"
+SOURCE_ENVS = (TOKENS_DIR_ENV, TOKEN_FILE_ENV, TOKEN_ENV)
+DEFAULT_CLIENT = "default"
+# 16 characters of `openssl rand -hex 24` output is far beyond guessing; shorter ones are typos or
+# placeholders ("changeme") that must not open the service.
+MIN_TOKEN_CHARS = 16
+_CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # what a Secret key may be, minus dots first
 
 
 class TokenConfigError(RuntimeError):
-    """The token source is set but unusable (missing or empty file)."""
+    """The token source is set but unusable (missing/empty/short token, two sources, a shared token)."""
 
 
 class InsecureBindError(RuntimeError):
     """Refusal to expose an unauthenticated judge beyond this machine."""
 
 
-def load_token() -> str | None:
-    """The configured token, or None when neither source is set. The env var wins over the file."""
-    value = os.environ.get(TOKEN_ENV)
-    if value is not None and value.strip():
-        return value.strip()
-    path = os.environ.get(TOKEN_FILE_ENV)
+def configured_source(environ: os._Environ[str] | dict[str, str] | None = None) -> tuple[str, str] | None:
+    """``(env var name, value)`` of the one configured token source, None when none is set."""
+    env = os.environ if environ is None else environ
+    found = [(name, env[name]) for name in SOURCE_ENVS if env.get(name, "").strip()]
+    if len(found) > 1:
+        names = " and ".join(name for name, _ in found)
+        raise TokenConfigError(
+            f"{names} are both set: set exactly one token source. The environment variable cannot be "
+            f"rotated, so with a mounted file or directory unset {TOKEN_ENV}"
+        )
+    return found[0] if found else None
+
+
+def _check_token(token: str, where: str) -> str:
+    if not token:
+        raise TokenConfigError(f"{where} is empty")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise TokenConfigError(
+            f"{where} holds a token of {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
+            "(e.g. `openssl rand -hex 24`)"
+        )
+    return token
+
+
+def _read(path: Path, where: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise TokenConfigError(f"{where} names {str(path)!r}, which cannot be read: {reason}") from None
+
+
+def _read_dir(path: Path) -> dict[str, str]:
+    if not path.is_dir():
+        raise TokenConfigError(f"{TOKENS_DIR_ENV} names {str(path)!r}, which is not a readable directory")
+    tokens: dict[str, str] = {}
+    for entry in sorted(path.iterdir()):
+        # A Secret volume also holds "..data" and "..<timestamp>" entries: hidden names are not clients.
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        if not _CLIENT_NAME.match(entry.name):
+            raise TokenConfigError(f"{TOKENS_DIR_ENV}: {entry.name!r} is not a valid client name "
+                                   "(letters, digits, '.', '_', '-'; at most 63)")
+        tokens[entry.name] = _check_token(_read(entry, f"{TOKENS_DIR_ENV}/{entry.name}"),
+                                          f"{TOKENS_DIR_ENV}/{entry.name}")
+    if not tokens:
+        raise TokenConfigError(f"{TOKENS_DIR_ENV} names {str(path)!r}, which holds no token files")
+    by_token: dict[str, str] = {}
+    for name, token in tokens.items():
+        if token in by_token:  # the request log could not say which team sent a request
+            raise TokenConfigError(f"{TOKENS_DIR_ENV}: clients {by_token[token]!r} and {name!r} share a token; "
+                                   "give every client its own")
+        by_token[token] = name
+    return tokens
+
+
+def load_tokens(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, str]:
+    """Client name -> token from the configured source; ``{}`` when no source is set."""
+    source = configured_source(environ)
+    if source is None:
+        return {}
+    name, value = source
+    if name == TOKENS_DIR_ENV:
+        return _read_dir(Path(value))
+    if name == TOKEN_FILE_ENV:
+        return {DEFAULT_CLIENT: _check_token(_read(Path(value), TOKEN_FILE_ENV), f"{TOKEN_FILE_ENV} ({value!r})")}
+    return {DEFAULT_CLIENT: _check_token(value.strip(), TOKEN_ENV)}
+
+
+def load_token(environ: os._Environ[str] | dict[str, str] | None = None) -> str | None:
+    """A client's own token (``SAFEDRIFT_JUDGE_TOKEN`` or ``SAFEDRIFT_JUDGE_TOKEN_FILE``), None when unset.
+
+    Used by ``RemoteJudge`` next to the service. No length rule here: the server decides what it accepts.
+    """
+    env = os.environ if environ is None else environ
+    value, path = env.get(TOKEN_ENV, "").strip(), env.get(TOKEN_FILE_ENV, "").strip()
+    if value and path:
+        configured_source(env)  # raises the "both set" message
+    if value:
+        return value
     if path:
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise TokenConfigError(f"{TOKEN_FILE_ENV} names {path!r}, which cannot be read: {exc.strerror}") from None
+        token = _read(Path(path), TOKEN_FILE_ENV)
         if not token:
             raise TokenConfigError(f"{TOKEN_FILE_ENV} names {path!r}, which is empty")
         return token
@@ -52,70 +150,145 @@ def is_loopback(host: str) -> bool:
         return False  # a host name that might resolve anywhere: treat as exposed
 
 
-def check_bind(host: str, token: str | None) -> None:
-    if token is None and not is_loopback(host):
+def check_bind(host: str | None, token: object | None) -> None:
+    """Refuse an unauthenticated service on anything but loopback. ``host`` None means unknown: refused."""
+    if token is None and (host is None or not is_loopback(host)):
+        where = "an unknown address" if host is None else repr(host)
         raise InsecureBindError(
-            f"refusing to serve the judge on {host!r} without a token: set {TOKEN_ENV} or "
-            f"{TOKEN_FILE_ENV}, or bind to a loopback address (127.0.0.1, ::1, localhost)"
+            f"refusing to serve the judge on {where} without a token: set {TOKENS_DIR_ENV}, "
+            f"{TOKEN_FILE_ENV} or {TOKEN_ENV}, or bind Serve's HTTP proxy to a loopback address "
+            "(127.0.0.1, ::1, localhost)"
         )
 
 
-class TokenChecker:
-    """Checks ``Authorization: Bearer <token>`` in constant time.
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
-    The token file is re-read when its mtime changes (checked at most every ``recheck_s``), so a
-    rotated Kubernetes secret takes effect without restarting replicas.
+
+@dataclass
+class _Client:
+    name: str
+    current: bytes  # sha256 of the token: equal lengths for compare_digest, no plain token kept
+    previous: list[tuple[bytes, float]] = field(default_factory=list)  # (digest, accepted until, monotonic)
+
+
+class TokenChecker:
+    """Checks ``Authorization: Bearer <token>`` against every client's token in constant time.
+
+    The token source is re-read every ``reload_s`` (a Secret volume's files change under the replica).
+    A changed token takes effect at once, and the replaced one stays valid for ``overlap_s`` so clients
+    can switch over; a client whose file is removed is revoked at once. A source that cannot be read
+    on reload (a half-written file) keeps the last good tokens.
     """
 
-    def __init__(self, required: bool, recheck_s: float = 5.0) -> None:
+    def __init__(self, required: bool, reload_s: float = 5.0, overlap_s: float = 300.0,
+                 clock: object = time.monotonic) -> None:
         self.required = required
-        self._recheck_s = recheck_s
-        self._token = load_token()
-        self._file_mtime = self._mtime()
-        self._checked_at = time.monotonic()
-        if required and self._token is None:
+        self._reload_s, self._overlap_s = reload_s, overlap_s
+        self._clock = clock  # injectable for tests of the overlap window
+        self._clients: dict[str, _Client] = {}
+        self._apply(load_tokens(), self._now())
+        self._checked_at = self._now()
+        if required and not self._clients:
             raise TokenConfigError(
-                f"auth.required is true but no token is configured: set {TOKEN_ENV} or {TOKEN_FILE_ENV} "
-                "in the environment of the Ray workers"
+                f"auth.required is true but no token is configured: set {TOKENS_DIR_ENV}, {TOKEN_FILE_ENV} "
+                f"or {TOKEN_ENV} in the environment of the Ray workers"
             )
+
+    def _now(self) -> float:
+        return float(self._clock())  # type: ignore[operator]
 
     @property
     def enabled(self) -> bool:
-        return self._token is not None
+        return bool(self._clients)
 
-    @staticmethod
-    def _mtime() -> float | None:
-        path = os.environ.get(TOKEN_FILE_ENV)
+    @property
+    def clients(self) -> list[str]:
+        return sorted(self._clients)
+
+    def _apply(self, tokens: dict[str, str], now: float) -> None:
+        updated: dict[str, _Client] = {}
+        for name, token in tokens.items():
+            digest, old = _digest(token), self._clients.get(name)
+            if old is None:
+                updated[name] = _Client(name, digest)
+                continue
+            previous = [(d, until) for d, until in old.previous if until > now and d != digest]
+            if old.current != digest:
+                previous.append((old.current, now + self._overlap_s))
+                logger.info("judge auth: token of client %s rotated; the old one is accepted for %.0f s",
+                            name, self._overlap_s)
+            updated[name] = _Client(name, digest, previous)
+        for name in set(self._clients) - set(tokens):
+            logger.warning("judge auth: client %s removed from the token source; revoked", name)
+        self._clients = updated
+
+    def reload(self) -> None:
+        """Re-read the token source now."""
         try:
-            return os.stat(path).st_mtime if path else None
-        except OSError:
-            return None
-
-    def _refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._checked_at < self._recheck_s:
+            tokens = load_tokens()
+        except TokenConfigError as exc:
+            logger.warning("judge auth: token source unusable on reload, keeping the last good tokens: %s", exc)
             return
-        self._checked_at = now
-        mtime = self._mtime()
-        if mtime != self._file_mtime:
-            self._file_mtime = mtime
-            try:
-                token = load_token()
-            except TokenConfigError:
-                return  # a half-written secret: keep the last good token
-            if token is not None:
-                self._token = token
+        if tokens or not self.required:
+            self._apply(tokens, self._now())
+
+    def _maybe_reload(self) -> None:
+        now = self._now()
+        if now - self._checked_at >= self._reload_s:
+            self._checked_at = now
+            self.reload()
+
+    def identify(self, authorization: str | None) -> str | None:
+        """The name of the client whose token is presented, or None (no/invalid token)."""
+        self._maybe_reload()
+        if not authorization:
+            return None
+        scheme, _, presented = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return None
+        digest, now, match = _digest(presented.strip()), self._now(), None
+        # Every digest is compared, match or not, so the time taken says nothing about which matched.
+        for client in self._clients.values():
+            candidates = [client.current] + [d for d, until in client.previous if until > now]
+            for candidate in candidates:
+                if hmac.compare_digest(digest, candidate) and match is None:
+                    match = client.name
+        return match
 
     def check(self, authorization: str | None) -> bool:
-        """True when the request may proceed."""
-        self._refresh()
-        if self._token is None:
-            return True  # no token configured: only reachable on loopback (see check_bind)
-        if not authorization:
-            return False
-        scheme, _, presented = authorization.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        # compare_digest on bytes: constant time in the length of the presented value, and no
-        # TypeError for non-ASCII input.
-        return hmac.compare_digest(presented.strip().encode("utf-8"), self._token.encode("utf-8"))
+        """True when the request may proceed (any valid token, or auth off because none is configured)."""
+        if not self.enabled and not self.required:
+            self._maybe_reload()
+            return not self.enabled or self.identify(authorization) is not None
+        return self.identify(authorization) is not None
+
+
+def serve_proxy_host() -> str | None:
+    """The host Serve's HTTP proxies bind on this cluster, read from the running Serve controller; None
+    when it cannot be read (no controller reachable, or the private API moved): callers then fail closed."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        return None if client is None else str(client.http_config.host)
+    except Exception:
+        return None
+
+
+def check_exposure(auth_required: bool, where: str) -> None:
+    """The fail-closed rule for every way to start the service (``where`` names the caller in the message).
+
+    - a configured token source must be usable (``load_tokens`` raises otherwise);
+    - ``auth.required`` with no token source: refused, naming the variables to set;
+    - auth off and no token: only if Serve's proxy demonstrably binds loopback.
+    """
+    tokens = load_tokens()
+    if tokens:
+        return
+    if auth_required:
+        raise TokenConfigError(
+            f"{where}: auth.required is true but no token is configured: set {TOKENS_DIR_ENV}, "
+            f"{TOKEN_FILE_ENV} or {TOKEN_ENV} where the Ray workers run"
+        )
+    check_bind(serve_proxy_host(), None)

@@ -1,14 +1,25 @@
 """HTTP client of the judge service, used by the batch pipeline (through RemoteJudge) and by other teams.
 
 ``JudgeClient(base_url, token).judge(items)`` splits the items into requests of ``batch_size``, sends up
-to ``max_concurrency`` of them at once (so the server's dynamic batching has something to merge),
-retries 503 (overload) and connection errors with exponential backoff, and raises ``JudgeAPIError``
-with the server's message for anything else.
+to ``max_concurrency`` of them at once (so the server's dynamic batching has something to merge), and
+raises ``JudgeAPIError`` with the server's message for anything it does not retry.
+
+What is retried, and why only that:
+- a request that never reached the server (connection refused/reset before sending, connect or pool
+  timeouts), and the answers that say the server did no work: 503 (overloaded, replica unavailable) and
+  429 (rate limited; its Retry-After is obeyed);
+- not a POST that timed out reading the answer: the server had it, and a retry would judge it twice.
+  Each POST tells the server how long this client waits (``X-Deadline-S`` = ``timeout``), so the server
+  gives up at the same moment (504) and the client's own read timeout is a little longer than that;
+- not 4xx (the request is wrong; the message says why) nor other 5xx.
+Retries back off exponentially with full jitter, and a retry budget (``RetryBudget``) caps them at a
+fraction of the requests sent, so an outage is not multiplied by the retries of every client.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +30,35 @@ import httpx
 
 from serving.schemas import LABEL_VALUES
 
-RETRY_STATUS = frozenset({503})
+RETRY_STATUS = frozenset({429, 503})
+# Never sent, so always safe to send again.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+DEADLINE_HEADER = "X-Deadline-S"
+# The client waits this much longer than the deadline it sends, so the server's 504 arrives first.
+DEADLINE_MARGIN_S = 2.0
+
+
+class RetryBudget:
+    """At most ``ratio`` retries per request sent, plus a reserve of ``reserve`` (refilled by requests).
+
+    Like Finagle's and gRPC's retry budgets: when most requests fail, retries stop growing the load.
+    """
+
+    def __init__(self, ratio: float = 0.2, reserve: float = 10.0) -> None:
+        self._ratio, self._cap = ratio, reserve
+        self._balance = reserve
+        self._lock = threading.Lock()
+
+    def on_request(self) -> None:
+        with self._lock:
+            self._balance = min(self._cap, self._balance + self._ratio)
+
+    def try_spend(self) -> bool:
+        with self._lock:
+            if self._balance >= 1.0:
+                self._balance -= 1.0
+                return True
+            return False
 
 
 class JudgeAPIError(RuntimeError):
@@ -55,16 +94,20 @@ class JudgeClient:
         max_concurrency: int = 4,
         backoff_s: float = 0.25,
         max_backoff_s: float = 8.0,
+        retry_budget: RetryBudget | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if batch_size < 1 or retries < 0 or max_concurrency < 1:
-            raise ValueError("batch_size and max_concurrency must be >= 1, retries >= 0")
+        if batch_size < 1 or retries < 0 or max_concurrency < 1 or timeout <= 0:
+            raise ValueError("batch_size and max_concurrency must be >= 1, retries >= 0, timeout > 0")
         self.base_url = base_url.rstrip("/")
         self.retries, self.batch_size, self.max_concurrency = retries, batch_size, max_concurrency
+        self.timeout = timeout
         self._backoff_s, self._max_backoff_s = backoff_s, max_backoff_s
+        self.budget = retry_budget or RetryBudget()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport,
+            base_url=self.base_url, headers=headers, transport=transport,
+            timeout=httpx.Timeout(timeout + DEADLINE_MARGIN_S, connect=min(10.0, timeout)),
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
         )
 
@@ -100,7 +143,8 @@ class JudgeClient:
 
     # -- internals ------------------------------------------------------------------------------------
     def _judge_chunk(self, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        body = self._request("POST", "/v1/judge", json={"items": chunk}).json()
+        body = self._request("POST", "/v1/judge", json={"items": chunk},
+                             headers={DEADLINE_HEADER: f"{self.timeout:g}"}).json()
         results = body.get("results") if isinstance(body, dict) else None
         if not isinstance(results, list) or len(results) != len(chunk):
             raise JudgeAPIError(f"judge service returned a malformed answer for {len(chunk)} items")
@@ -110,30 +154,43 @@ class JudgeClient:
         return results
 
     def _sleep_before_retry(self, attempt: int, retry_after: str | None) -> None:
-        delay = min(self._max_backoff_s, self._backoff_s * (2**attempt))
+        # Full jitter (uniform in [0, backoff]): retrying clients spread out instead of stampeding.
+        delay = random.uniform(0, min(self._max_backoff_s, self._backoff_s * (2**attempt)))
         if retry_after and retry_after.isdigit():
-            delay = min(self._max_backoff_s, max(delay, float(retry_after)))
-        time.sleep(delay * (0.5 + random.random() / 2))  # jitter: retrying clients do not stampede
+            delay = max(delay, min(self._max_backoff_s, float(retry_after)))  # the server's wish is a floor
+        time.sleep(delay)
+
+    def _retryable(self, method: str, exc: httpx.TransportError) -> bool:
+        # Idempotent, cheap GETs may be retried after any transport error; a POST only if never sent.
+        return method == "GET" or isinstance(exc, _NOT_SENT)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        last: str = ""
+        self.budget.on_request()
         for attempt in range(self.retries + 1):
+            last_try = attempt == self.retries
             try:
                 resp = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:  # connection refused/reset, timeouts
-                last = f"{type(exc).__name__} talking to {self.base_url}"
-                if attempt < self.retries:
-                    self._sleep_before_retry(attempt, None)
-                    continue
-                raise JudgeAPIError(f"judge service unreachable after {attempt + 1} tries: {last}") from exc
+            except httpx.TransportError as exc:
+                what = f"{type(exc).__name__} talking to {self.base_url}"
+                if not self._retryable(method, exc):
+                    raise JudgeAPIError(f"judge service failed after {attempt + 1} tries: {what} (not retried: "
+                                        "the server may have received the request)") from exc
+                if last_try or not self.budget.try_spend():
+                    raise JudgeAPIError(f"judge service unreachable after {attempt + 1} tries: {what}"
+                                        f"{self._budget_note(last_try)}") from exc
+                self._sleep_before_retry(attempt, None)
+                continue
             if resp.status_code < 400:
                 return resp
-            if resp.status_code in RETRY_STATUS and attempt < self.retries:
-                last = f"HTTP {resp.status_code}"
+            if resp.status_code in RETRY_STATUS and not last_try and self.budget.try_spend():
                 self._sleep_before_retry(attempt, resp.headers.get("retry-after"))
                 continue
             raise self._error(resp, attempt + 1)
-        raise JudgeAPIError(f"judge service failed after {self.retries + 1} tries: {last}")  # pragma: no cover
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _budget_note(last_try: bool) -> str:
+        return "" if last_try else " (retry budget of this client spent: too many failures)"
 
     @staticmethod
     def _error(resp: httpx.Response, tries: int) -> JudgeAPIError:

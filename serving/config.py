@@ -81,9 +81,28 @@ class Limits(_Strict):
 
 
 class AuthConfig(_Strict):
-    # Fail closed: with required=true a replica that finds no token refuses to start. serve_judge turns
-    # it off only for a loopback bind with no token configured (local development).
+    # Fail closed: with required=true a replica that finds no token refuses to start. With false, the
+    # app builder and the ingress still refuse unless Serve's HTTP proxy binds loopback (serve_judge
+    # sets it for a loopback bind with no token configured: local development).
     required: bool = True
+    reload_s: float = Field(5.0, gt=0, le=3600)  # how often the token source is re-read (rotation)
+    # After a rotation the replaced token is still accepted this long, so clients can switch over.
+    rotation_overlap_s: float = Field(300.0, ge=0)
+
+
+class RateLimit(_Strict):
+    requests_per_s: float = Field(gt=0)
+    burst: int = Field(ge=1)  # requests a client may send at once after being idle
+
+
+class RateLimits(_Strict):
+    """Per client (token name) token buckets, per ingress replica; over the limit -> 429 + Retry-After."""
+
+    default: RateLimit | None = None  # None: clients not listed below are not limited
+    clients: dict[str, RateLimit] = Field(default_factory=dict)
+
+    def for_client(self, name: str) -> RateLimit | None:
+        return self.clients.get(name, self.default)
 
 
 class JudgeServiceConfig(_Strict):
@@ -93,8 +112,15 @@ class JudgeServiceConfig(_Strict):
     backend: DeploymentSpec = Field(default_factory=lambda: DeploymentSpec(max_ongoing_requests=128))
     limits: Limits = Field(default_factory=Limits)
     auth: AuthConfig = Field(default_factory=AuthConfig)
-    # How long the ingress waits for the judge before answering 504.
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+    # How long the ingress waits for the judge before answering 504; also the deadline after which a
+    # queued request is dropped unjudged (a client may ask for less with the X-Deadline-S header).
     judge_timeout_s: float = Field(60.0, gt=0)
+    # /docs and /openapi.json: off unless asked for (they map the API for anyone who can reach it).
+    api_docs: bool = False
+    # /readyz answers from a cached check of the judge deployment this old at most (probes are
+    # unauthenticated: each hit must not reach the judge).
+    readiness_cache_s: float = Field(2.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _batch_fits(self) -> JudgeServiceConfig:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipelines.registries.judges import Judge, JudgeItem, Verdict
+from pipelines.evaluate.judges import Judge, JudgeItem, Verdict
+from pipelines.secrets import read_secret
 from serving.auth import load_token
 from serving.client import JudgeAPIError, JudgeClient
 from serving.config import DEFAULT_APP_NAME
@@ -37,13 +38,17 @@ class RemoteJudge(Judge):
         retries: int = 4,
         batch_size: int = 64,
         max_concurrency: int = 4,
+        token_file: str | None = None,
+        token_env: str | None = None,
     ) -> None:
         self._client: JudgeClient | None = None
         self._handle = handle
         self._app_name, self._deployment = app_name, deployment
         self._timeout, self._batch_size = timeout, batch_size
         if url:
-            # Same env var as the server: a pipeline next to the service finds the token without config.
+            # token_file / token_env (judge.options) keep the token out of the study config; read here,
+            # where the judge runs. Else the server's env vars: a pipeline next to the service needs no config.
+            token = read_secret("judge.options.token", token, token_file, token_env)
             self._client = JudgeClient(
                 url, token=token if token is not None else load_token(), timeout=timeout, retries=retries,
                 batch_size=batch_size, max_concurrency=max_concurrency,

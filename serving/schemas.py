@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 Label = Literal["compliant", "refused", "unparseable"]
 LABEL_VALUES: dict[str, int | None] = {"compliant": 1, "refused": 0, "unparseable": None}
+
+
+def unicode_problem(text: object) -> str | None:
+    """Why ``text`` is not valid Unicode text (a lone UTF-16 surrogate, which JSON's \\ud800 escapes can
+    carry and no judge can encode), or None. Names the position, never the content."""
+    if not isinstance(text, str):
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"invalid Unicode: a lone UTF-16 surrogate (U+{ord(text[exc.start]):04X}) at character "
+                f"{exc.start}; send valid UTF-8 text (pair surrogates or drop them)")
+    return None
 
 
 class JudgeRequestItem(BaseModel):
@@ -19,6 +32,15 @@ class JudgeRequestItem(BaseModel):
     language: StrictStr | None = Field(
         None, pattern=r"^[A-Za-z0-9_-]{1,35}$", description="language code of the response, if known"
     )
+
+    @field_validator("prompt", "response")
+    @classmethod
+    def _valid_unicode(cls, value: str) -> str:
+        # Rejected at the edge (422 naming the item), so it never reaches a judge batch.
+        problem = unicode_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class JudgeRequest(BaseModel):

@@ -1,8 +1,10 @@
 """One real judge service per test module (all HTTP tests live in one module, so it starts once): Ray
 Serve on 127.0.0.1 at a free port. Module scope, so Ray is shut down before other test directories run.
 
-The token reaches the replicas through a token file (the Kubernetes-secret path), so the fixture also
-works when another fixture started Ray before this one (then that Ray is left running).
+The client tokens reach the replicas as a Secret-like folder (``SAFEDRIFT_JUDGE_TOKENS_DIR``, one file
+per client team), the Kubernetes path, so the fixture also works when another fixture started Ray
+before this one (then that Ray is left running). A second app (``aux_service``, route ``/aux``) serves
+the simulated judge that raises on and stalls on marked items.
 """
 
 from __future__ import annotations
@@ -10,29 +12,39 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from judge_service_cases import free_port, service_config
+from judge_service_cases import aux_config, free_port, service_config, write_secret_dir
 
 
 @pytest.fixture(scope="session")
-def judge_token() -> str:
-    return "test-" + secrets.token_hex(16)
+def client_tokens() -> dict[str, str]:
+    return {name: f"test-{name}-" + secrets.token_hex(16) for name in ("alpha", "beta", "gamma")}
+
+
+@pytest.fixture(scope="session")
+def judge_token(client_tokens: dict[str, str]) -> str:
+    return client_tokens["alpha"]
 
 
 @pytest.fixture(scope="module")
-def judge_service(judge_token: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def secret_dir(client_tokens: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_secret_dir(tmp_path_factory.mktemp("judge-secret") / "tokens", client_tokens)
+
+
+@pytest.fixture(scope="module")
+def judge_service(secret_dir: Path) -> Iterator[object]:
     import ray
     from ray import serve
 
     from serving.app import serve_judge
 
-    token_file = tmp_path_factory.mktemp("judge-secret") / "token"
-    token_file.write_text(judge_token + "\n", encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("SAFEDRIFT_JUDGE_TOKEN", raising=False)
-        mp.setenv("SAFEDRIFT_JUDGE_TOKEN_FILE", str(token_file))
+        for name in ("SAFEDRIFT_JUDGE_TOKEN", "SAFEDRIFT_JUDGE_TOKEN_FILE"):
+            mp.delenv(name, raising=False)
+        mp.setenv("SAFEDRIFT_JUDGE_TOKENS_DIR", str(secret_dir))
         mp.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
         started_ray = not ray.is_initialized()
         if started_ray:
@@ -45,6 +57,21 @@ def judge_service(judge_token: str, tmp_path_factory: pytest.TempPathFactory) ->
             if started_ray:
                 serve.shutdown()
                 ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def aux_service(judge_service: object, secret_dir: Path) -> Iterator[object]:
+    from serving.app import serve_judge
+
+    url = judge_service.url  # type: ignore[attr-defined]
+    port = int(url.rsplit(":", 1)[1])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAFEDRIFT_JUDGE_TOKENS_DIR", str(secret_dir))
+        service = serve_judge(aux_config(), host="127.0.0.1", port=port)
+        try:
+            yield service
+        finally:
+            service.shutdown()
 
 
 @pytest.fixture(scope="module")

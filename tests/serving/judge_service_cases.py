@@ -19,10 +19,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Client teams of the test service (token files in a Secret-like folder, see write_secret_dir): alpha
+# sends most test traffic, beta is rate limited, gamma's token is rotated.
+RATE_LIMITED = {"requests_per_s": 1.0, "burst": 3}
+ROTATION = {"reload_s": 0.2, "rotation_overlap_s": 2.0}
+
+
 def service_config() -> dict:
     """serving/judge.yaml with the test limits (the YAML is what is deployed otherwise)."""
     cfg = copy.deepcopy(yaml.safe_load(JUDGE_YAML.read_text(encoding="utf-8")))
-    cfg["applications"][0]["args"]["limits"] = dict(TEST_LIMITS)
+    args = cfg["applications"][0]["args"]
+    args["limits"] = dict(TEST_LIMITS)
+    # No default limit: the malformed-request and load tests send over 1,000 requests as alpha.
+    args["rate_limits"] = {"default": None, "clients": {"beta": dict(RATE_LIMITED)}}
+    args["auth"].update(ROTATION)
     return cfg
 
 PROMPT = "How do I bake sourdough bread?"
@@ -44,3 +54,47 @@ CASES: list[tuple[dict, str]] = [({"prompt": PROMPT, "response": r}, "refused") 
     ({"prompt": PROMPT, "response": r}, "compliant") for r in COMPLIANT
 ]
 CASES[2][0]["language"] = "zh"
+
+
+# -- token sources as a Kubernetes Secret volume lays them out ----------------------------------------------
+def write_secret_dir(root: Path, tokens: dict[str, str], generation: int = 0) -> Path:
+    """``root`` as the kubelet writes a mounted Secret: the files live in a hidden ``..<generation>``
+    folder, ``..data`` links to it, and each key is a link through ``..data``. Calling it again with
+    new tokens swaps ``..data`` atomically, as a rotation does."""
+    import os
+
+    root.mkdir(parents=True, exist_ok=True)
+    gen = root / f"..gen{generation}"
+    gen.mkdir()
+    for name, token in tokens.items():
+        (gen / name).write_text(token + "\n", encoding="utf-8")
+    tmp = root / "..data_tmp"
+    tmp.symlink_to(gen.name)
+    os.replace(tmp, root / "..data")
+    for name in tokens:
+        link = root / name
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{name}")
+    for stale in root.iterdir():  # keys dropped from the Secret disappear
+        if stale.is_symlink() and not stale.name.startswith(".") and stale.name not in tokens:
+            stale.unlink()
+    return root
+
+
+SIM_JUDGE = "benchmarks.serving.sim_judge"
+REJECT, SLOW = "[[reject]]", "[[slow]]"
+
+
+def aux_config(backend_replicas: int = 1) -> dict:
+    """A second app on the same Serve: the simulated judge, which raises on REJECT and stalls on SLOW."""
+    return {"applications": [{"name": "judge-aux", "route_prefix": "/aux", "args": {
+        "judge": {"name": "simulated-model", "import_modules": [SIM_JUDGE],
+                  "options": {"call_s": 0.02, "item_s": 0.0, "reject_marker": REJECT, "slow_marker": SLOW,
+                              "slow_s": 1.5}},
+        "batching": {"enabled": True, "max_batch_size": 32, "batch_wait_timeout_s": 0.005},
+        "ingress": {"num_replicas": 1, "max_ongoing_requests": 256, "ray_actor_options": {"num_cpus": 0.25}},
+        "backend": {"num_replicas": backend_replicas, "max_ongoing_requests": 64,
+                    "ray_actor_options": {"num_cpus": 0.25}},
+        "limits": dict(TEST_LIMITS), "judge_timeout_s": 10, "api_docs": True,
+        "auth": {"required": True, "reload_s": 0.2, "rotation_overlap_s": 2.0},
+    }}]}

@@ -1,20 +1,35 @@
 """The judge service over real HTTP on 127.0.0.1, one service for the whole module: labels, auth,
-limits, probes and docs, the remote judge, over 1,000 malformed requests, and a bounded concurrent load."""
+limits, probes and docs, the remote judge, over 1,000 malformed requests, a bounded concurrent load, bad
+items isolated at 64 clients, cancelled and late requests left unjudged, named clients, rate limits,
+token rotation, and a judge replica killed under load."""
 
 from __future__ import annotations
 
 import json
 import random
+import secrets
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
-from judge_service_cases import CASES, PROMPT, TEST_LIMITS
+from judge_service_cases import (
+    CASES,
+    PROMPT,
+    RATE_LIMITED,
+    REJECT,
+    ROTATION,
+    SLOW,
+    TEST_LIMITS,
+    write_secret_dir,
+)
 
-from pipelines.registries.judges import JudgeItem, make_judge
+from pipelines.evaluate.judges import JudgeItem, make_judge
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -59,18 +74,28 @@ def test_token_scheme_is_case_insensitive(anon: httpx.Client, judge_token: str) 
     assert r.status_code == 200
 
 
-def test_probes_docs_and_info(anon: httpx.Client, http: httpx.Client) -> None:
+def test_probes_and_info(anon: httpx.Client, http: httpx.Client) -> None:
     assert anon.get("/healthz").json() == {"status": "ok"}
     ready = anon.get("/readyz")
     assert ready.status_code == 200 and ready.json()["judge"] == "refusal-phrase"
-    spec = anon.get("/openapi.json").json()
-    assert "/v1/judge" in spec["paths"] and "JudgeRequest" in spec["components"]["schemas"]
-    body_ref = spec["paths"]["/v1/judge"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body_ref == {"$ref": "#/components/schemas/JudgeRequest"}
-    assert anon.get("/docs").status_code == 200
     info = http.get("/v1/info").json()
     assert info["limits"] == TEST_LIMITS and info["judge"] == "refusal-phrase"
     assert info["batching"]["enabled"] is True
+    assert "replica" not in info  # process ids are not for clients
+
+
+def test_api_docs_off_unless_configured(anon: httpx.Client, http: httpx.Client, aux_service: object) -> None:
+    # serving/judge.yaml leaves api_docs off: the routes do not exist, with or without a token.
+    for client in (anon, http):
+        for path in ("/docs", "/openapi.json", "/redoc"):
+            assert client.get(path).status_code == 404
+    aux = aux_service.url  # type: ignore[attr-defined]  # api_docs: true
+    spec = anon.get(f"{aux}/openapi.json").json()
+    assert "/v1/judge" in spec["paths"] and "JudgeRequest" in spec["components"]["schemas"]
+    body_ref = spec["paths"]["/v1/judge"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body_ref == {"$ref": "#/components/schemas/JudgeRequest"}
+    docs = anon.get(f"{aux}/docs")
+    assert docs.status_code == 200 and "/aux/openapi.json" in docs.text
 
 
 def _item(response: str = "ok", prompt: str = PROMPT) -> dict:
@@ -288,3 +313,248 @@ def test_concurrent_load_has_no_errors(base_url: str, judge_token: str) -> None:
         runs = list(pool.map(lambda i: _client_run(base_url, judge_token, i), range(CLIENTS)))
     errors = [e for run in runs for e in run]
     assert errors == [], f"{len(errors)} errors out of {CLIENTS * REQUESTS_EACH}: {errors[:10]}"
+
+
+# -- isolation: a bad item fails only its own request ---------------------------------------------------------
+SURROGATE_BODY = (b'{"items": [{"prompt": "p", "response": "Sure, here."}, '
+                  b'{"prompt": "p", "response": "broken \\ud800 text"}]}')
+
+
+def test_lone_surrogate_is_422_naming_the_item(http: httpx.Client) -> None:
+    r = http.post("/v1/judge", content=SURROGATE_BODY, headers=JSON)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "items.1.response" in detail and "surrogate" in detail and "broken" not in detail
+    paired = SURROGATE_BODY.replace(b"\\ud800", b"\\ud83d\\ude00")  # a valid pair (an emoji) is fine
+    assert http.post("/v1/judge", content=paired, headers=JSON).status_code == 200
+
+
+def _aux_stats(aux_service: object) -> dict[str, int]:
+    return aux_service.backend_handle().info.remote().result(timeout_s=30)["stats"]  # type: ignore[attr-defined]
+
+
+def _isolation_run(url: str, token: str, seed: int, n: int) -> list[tuple[str, int, str]]:
+    """Closed loop of ``n`` requests, one in eight bad: (kind, status, detail or labels) per request."""
+    rng = random.Random(seed)
+    out = []
+    with httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {token}", **JSON}) as c:
+        for i in range(n):
+            picked = rng.sample(CASES, rng.randrange(1, 4))
+            items = [dict(item) for item, _ in picked]
+            kind = "good"
+            if (seed * n + i) % 8 == 0:  # bad: an invalid item at a random position of the request
+                kind = rng.choice(["surrogate", "judge-raises"])
+                pos = rng.randrange(len(items) + 1)
+                bad = "x\udc00y" if kind == "surrogate" else f"Sure. {REJECT}"
+                items.insert(pos, {"prompt": PROMPT, "response": bad})
+                kind = f"{kind}@{pos}"
+            body = json.dumps({"items": items}).encode()  # json escapes the surrogate as \udc00
+            r = c.post(f"{url}/v1/judge", content=body)
+            if kind == "good":
+                labels = [x["label"] for x in r.json()["results"]] if r.status_code == 200 else []
+                out.append((kind, r.status_code, "ok" if labels == [lbl for _, lbl in picked] else "wrong labels"))
+            else:
+                out.append((kind, r.status_code, r.json().get("detail", "")))
+    return out
+
+
+def test_bad_items_fail_only_their_own_request_at_64_clients(aux_service: object, judge_token: str) -> None:
+    url = aux_service.url  # type: ignore[attr-defined]
+    before = _aux_stats(aux_service)
+    with ThreadPoolExecutor(64) as pool:
+        runs = list(pool.map(lambda s: _isolation_run(url, judge_token, s, 6), range(64)))
+    results = [r for run in runs for r in run]
+    good = [r for r in results if r[0] == "good"]
+    bad = [r for r in results if r[0] != "good"]
+    assert len(bad) >= 40 and len(good) >= 300
+    assert [r for r in good if r[1:] != (200, "ok")] == []
+    for kind, status, detail in bad:
+        assert status == 422, (kind, status, detail)
+        assert f"items.{kind.split('@')[1]}" in detail  # names the item ...
+        assert ("surrogate" if kind.startswith("surrogate") else "ValueError") in detail  # ... and why
+    after = _aux_stats(aux_service)
+    # Merged judge calls did hold a judge-raising request and were split, not failed whole.
+    assert after["splits"] > before["splits"]
+    assert after["item_errors"] - before["item_errors"] == sum(k.startswith("judge-raises") for k, *_ in bad)
+
+
+# -- bounded work: cancelled and late requests are not judged ------------------------------------------------
+def _hold_judge(url: str, token: str) -> threading.Thread:
+    """Occupy the aux judge (one replica) with a SLOW item for 1.5 s, in the background."""
+    def send() -> None:
+        httpx.post(f"{url}/v1/judge", json={"items": [{"prompt": PROMPT, "response": f"Sure {SLOW}"}]},
+                   headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    time.sleep(0.3)  # the slow call is running
+    return thread
+
+
+def test_cancelled_request_is_not_judged(aux_service: object, judge_token: str) -> None:
+    url = aux_service.url  # type: ignore[attr-defined]
+    before = _aux_stats(aux_service)
+    holder = _hold_judge(url, judge_token)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(f"{url}/v1/judge", json={"items": [_item("queued, then abandoned")] * 3},
+                   headers={"Authorization": f"Bearer {judge_token}"}, timeout=0.3)
+    holder.join(30)
+    time.sleep(0.3)
+    after = _aux_stats(aux_service)
+    assert after["items"] - before["items"] == 1  # only the slow item was judged
+    assert after["cancelled"] - before["cancelled"] + after["expired"] - before["expired"] >= 1
+
+
+def test_request_past_its_deadline_is_504_and_not_judged(aux_service: object, judge_token: str) -> None:
+    url = aux_service.url  # type: ignore[attr-defined]
+    before = _aux_stats(aux_service)
+    holder = _hold_judge(url, judge_token)
+    r = httpx.post(f"{url}/v1/judge", json={"items": [_item("late")] * 2}, timeout=30,
+                   headers={"Authorization": f"Bearer {judge_token}", "X-Deadline-S": "0.2"})
+    holder.join(30)
+    time.sleep(0.3)
+    assert r.status_code == 504 and r.json()["limit"] == "judge_timeout_s"
+    assert _aux_stats(aux_service)["items"] - before["items"] == 1
+    bad = httpx.post(f"{url}/v1/judge", json={"items": []}, timeout=30,
+                     headers={"Authorization": f"Bearer {judge_token}", "X-Deadline-S": "soon"})
+    assert bad.status_code == 400 and "X-Deadline-S" in bad.json()["detail"]
+
+
+def test_readyz_is_cached_not_a_backend_call_per_hit(base_url: str, judge_service: object) -> None:
+    backend = judge_service.backend_handle()  # type: ignore[attr-defined]
+    before = backend.info.remote().result(timeout_s=30)["stats"]["info_calls"]
+    with httpx.Client(base_url=base_url, timeout=30) as c, ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda _: c.get("/readyz").status_code, range(300)))
+    after = backend.info.remote().result(timeout_s=30)["stats"]["info_calls"]
+    assert statuses == [200] * 300
+    assert after - before <= 12  # one probe per readiness_cache_s (2 s), not 300
+
+
+# -- named clients, rate limits, rotation ---------------------------------------------------------------------
+def _ingress_logs() -> str:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return "".join(p.read_text(errors="replace") for p in logs.glob("replica_*JudgeIngress*.log"))
+
+
+def test_request_log_names_the_client_never_the_token(http: httpx.Client, client_tokens: dict[str, str]) -> None:
+    marker = f"log-marker-{random.randrange(10**9)}"
+    rid = http.post("/v1/judge", json={"items": [_item(marker)]}).headers["x-request-id"]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and rid not in (logs := _ingress_logs()):
+        time.sleep(0.5)
+    line = next(x for x in logs.splitlines() if f"request_id={rid}" in x)
+    assert "client=alpha" in line and "status=200" in line
+    assert not any(token in logs for token in client_tokens.values())
+    assert marker not in logs  # content is never logged
+
+
+def test_rate_limit_per_client_is_429_with_retry_after(base_url: str, client_tokens: dict[str, str]) -> None:
+    burst = RATE_LIMITED["burst"]
+    with httpx.Client(base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {client_tokens['beta']}"}) as c:
+        statuses = [c.post("/v1/judge", json={"items": [_item()]}) for _ in range(burst + 3)]
+    codes = [r.status_code for r in statuses]
+    assert codes[:burst] == [200] * burst and codes.count(429) >= 2, codes
+    limited = next(r for r in statuses if r.status_code == 429)
+    assert int(limited.headers["retry-after"]) >= 1 and limited.json()["limit"] == "rate_limits"
+    assert "beta" in limited.json()["detail"]
+    # Another client is not limited by beta's bucket (alpha has no limit in the test config).
+    with httpx.Client(base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {client_tokens['alpha']}"}) as c:
+        assert [c.post("/v1/judge", json={"items": [_item()]}).status_code for _ in range(burst + 3)] == [200] * (burst + 3)
+    time.sleep(float(limited.headers["retry-after"]))
+    with httpx.Client(base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {client_tokens['beta']}"}) as c:
+        assert c.post("/v1/judge", json={"items": [_item()]}).status_code == 200  # obeying Retry-After works
+
+
+def _status_with(base_url: str, token: str) -> int:
+    return httpx.post(f"{base_url}/v1/judge", json={"items": [_item()]}, timeout=30,
+                      headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+def test_rotated_token_file_takes_effect_with_overlap(base_url: str, secret_dir: Path,
+                                                      client_tokens: dict[str, str]) -> None:
+    old, new = client_tokens["gamma"], "test-gamma-rotated-" + secrets.token_hex(16)
+    assert _status_with(base_url, old) == 200 and _status_with(base_url, new) == 401
+    write_secret_dir(secret_dir, {**client_tokens, "gamma": new}, generation=1)  # the kubelet's swap
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _status_with(base_url, new) != 200:
+        time.sleep(0.1)
+    assert _status_with(base_url, new) == 200, "the rotated token was not picked up"
+    assert _status_with(base_url, old) == 200  # overlap: the replaced token still works ...
+    deadline = time.monotonic() + ROTATION["rotation_overlap_s"] + 10
+    while time.monotonic() < deadline and _status_with(base_url, old) != 401:
+        time.sleep(0.2)
+    assert _status_with(base_url, old) == 401  # ... until rotation_overlap_s has passed
+    assert _status_with(base_url, new) == 200 and _status_with(base_url, client_tokens["alpha"]) == 200
+
+
+# -- fault: a judge replica killed under load (last: it redeploys the aux app with two replicas) ---------------
+def _replica_pids(aux_service: object, want: int, timeout_s: float = 60) -> set[int]:
+    """Pids of the aux judge replicas, asking until ``want`` distinct ones answered (routing is random)."""
+    handle = aux_service.backend_handle()  # type: ignore[attr-defined]
+    pids: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(pids) < want and time.monotonic() < deadline:
+        try:
+            pids.add(handle.info.remote().result(timeout_s=10)["replica"]["pid"])
+        except Exception:  # a replica being replaced
+            time.sleep(0.2)
+    return pids
+
+
+def test_killed_judge_replica_is_replaced_and_only_in_flight_requests_can_fail(
+        aux_service: object, secret_dir: Path, judge_token: str) -> None:
+    import os
+    import signal
+
+    from judge_service_cases import aux_config
+
+    from serving.app import serve_judge
+
+    url = aux_service.url  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAFEDRIFT_JUDGE_TOKENS_DIR", str(secret_dir))
+        serve_judge(aux_config(backend_replicas=2), host="127.0.0.1", port=int(url.split(":")[2].split("/")[0]))
+    pids = _replica_pids(aux_service, want=2)
+    assert len(pids) == 2
+    stop_at = time.monotonic() + 8.0
+    lock, in_flight, outcomes = threading.Lock(), [0], Counter[str]()
+    killed_in_flight: list[int] = []
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {judge_token}"}) as c:
+            while time.monotonic() < stop_at:
+                picked = rng.sample(CASES, 2)
+                with lock:
+                    in_flight[0] += 1
+                try:
+                    r = c.post(f"{url}/v1/judge", json={"items": [i for i, _ in picked]})
+                    ok = r.status_code == 200 and [x["label"] for x in r.json()["results"]] == [lbl for _, lbl in picked]
+                    key = "ok" if ok else f"HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                with lock:
+                    in_flight[0] -= 1
+                    outcomes[key] += 1
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(client, s) for s in range(16)]
+        time.sleep(3.0)
+        victim = sorted(pids)[0]
+        with lock:
+            killed_in_flight.append(in_flight[0])
+        os.kill(victim, signal.SIGKILL)  # a worker process of the Ray cluster this module started
+        for f in futures:
+            f.result()
+    failed = sum(n for k, n in outcomes.items() if k != "ok")
+    assert outcomes["ok"] > 100
+    # Only requests in flight at the kill may fail (the ingress retries those once on the other replica,
+    # so usually none does); nothing sent after the kill fails.
+    assert failed <= killed_in_flight[0], dict(outcomes)
+    replaced = _replica_pids(aux_service, want=2, timeout_s=45)
+    assert len(replaced) == 2 and victim not in replaced  # Serve started a new replica in its place
+    r = httpx.post(f"{url}/v1/judge", json={"items": [CASES[0][0]]}, timeout=30,
+                   headers={"Authorization": f"Bearer {judge_token}"})
+    assert r.status_code == 200

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import httpx
@@ -13,15 +12,27 @@ import yaml
 from serving.auth import (
     TOKEN_ENV,
     TOKEN_FILE_ENV,
+    TOKENS_DIR_ENV,
     InsecureBindError,
     TokenChecker,
     TokenConfigError,
     check_bind,
     is_loopback,
     load_token,
+    load_tokens,
 )
-from serving.client import JudgeAPIError, JudgeClient
-from serving.config import JudgeServiceConfig, load_config
+from serving.client import JudgeAPIError, JudgeClient, RetryBudget
+from serving.config import JudgeServiceConfig, RateLimits, load_config
+from serving.ratelimit import RateLimiter
+
+T1, T2, T3 = "token-one-0123456789abcdef", "token-two-0123456789abcdef", "token-three-0123456789abcde"
+
+
+@pytest.fixture()
+def no_token_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in (TOKEN_ENV, TOKEN_FILE_ENV, TOKENS_DIR_ENV):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,13 +52,32 @@ def test_judge_yaml_is_a_valid_serve_config_without_secrets() -> None:
     assert "token" not in json.dumps(app.args).lower()
 
 
-def test_build_app_from_yaml_args() -> None:
+def test_build_app_from_yaml_args(no_token_env: pytest.MonkeyPatch) -> None:
     from ray.serve import Application
 
     from serving.app import build_app
 
+    no_token_env.setenv(TOKEN_ENV, T1)
     args = yaml.safe_load((REPO / "serving" / "judge.yaml").read_text())["applications"][0]["args"]
     assert isinstance(build_app(args), Application)
+
+
+def test_build_app_itself_fails_closed(no_token_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The builder is what `serve run`, `serve deploy` and the RayService call: it must refuse by itself.
+    from serving.app import build_app
+
+    with pytest.raises(TokenConfigError, match="build_app: auth.required is true but no token"):
+        build_app({})
+    # Auth off is accepted only when Serve's proxy demonstrably binds loopback; with no Serve running
+    # here the bind is unknown, so it is refused as well.
+    with pytest.raises(InsecureBindError, match="unknown address"):
+        build_app({"auth": {"required": False}})
+    no_token_env.setenv(TOKEN_ENV, "short")
+    with pytest.raises(TokenConfigError, match="at least 16"):
+        build_app({})
+    no_token_env.setenv(TOKEN_FILE_ENV, str(tmp_path / "t"))
+    with pytest.raises(TokenConfigError, match="both set"):
+        build_app({})
 
 
 def test_config_rejects_typos_and_unfillable_batches() -> None:
@@ -84,6 +114,12 @@ def test_non_loopback_needs_a_token(host: str) -> None:
     check_bind(host, "a-token")
 
 
+def test_unknown_bind_without_token_is_refused() -> None:
+    with pytest.raises(InsecureBindError, match="unknown address"):
+        check_bind(None, None)
+    check_bind(None, {"default": T1})
+
+
 def test_serve_judge_refuses_non_loopback_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
@@ -98,41 +134,89 @@ def test_serve_judge_refuses_non_loopback_without_token(monkeypatch: pytest.Monk
     assert ray.is_initialized() == ray_was_up  # refused before starting anything
 
 
-def test_token_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
-    monkeypatch.delenv(TOKEN_FILE_ENV, raising=False)
-    assert load_token() is None
+def test_token_sources(no_token_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert load_token() is None and load_tokens() == {}
     secret = tmp_path / "token"
-    secret.write_text("from-file\n")
-    monkeypatch.setenv(TOKEN_FILE_ENV, str(secret))
-    assert load_token() == "from-file"
-    monkeypatch.setenv(TOKEN_ENV, "from-env")
-    assert load_token() == "from-env"
-    monkeypatch.delenv(TOKEN_ENV)
+    secret.write_text(T1 + "\n")
+    no_token_env.setenv(TOKEN_FILE_ENV, str(secret))
+    assert load_token() == T1 and load_tokens() == {"default": T1}
+    no_token_env.setenv(TOKEN_ENV, T2)  # a stale env var next to the rotatable file: ambiguous, refused
+    for load in (load_token, load_tokens):
+        with pytest.raises(TokenConfigError, match=f"{TOKEN_FILE_ENV} and {TOKEN_ENV} are both set"):
+            load()
+    no_token_env.delenv(TOKEN_ENV)
     secret.write_text("   ")
     with pytest.raises(TokenConfigError, match="empty"):
         load_token()
-    monkeypatch.setenv(TOKEN_FILE_ENV, str(tmp_path / "missing"))
+    no_token_env.setenv(TOKEN_FILE_ENV, str(tmp_path / "missing"))
     with pytest.raises(TokenConfigError, match="cannot be read"):
         load_token()
 
 
-def test_token_checker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
-    monkeypatch.delenv(TOKEN_FILE_ENV, raising=False)
+def _secret_dir(root: Path, tokens: dict[str, str], generation: int) -> Path:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from judge_service_cases import write_secret_dir
+
+    return write_secret_dir(root, tokens, generation)
+
+
+def test_tokens_dir_as_a_kubernetes_secret_mount(no_token_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    root = _secret_dir(tmp_path / "tokens", {"team-a": T1, "team-b": T2}, 0)
+    no_token_env.setenv(TOKENS_DIR_ENV, str(root))
+    assert load_tokens() == {"team-a": T1, "team-b": T2}  # ..data and ..gen0 are not clients
+    (root / "..gen0" / "team-b").write_text(T1)
+    with pytest.raises(TokenConfigError, match="share a token"):
+        load_tokens()
+    (root / "..gen0" / "team-b").write_text("")
+    with pytest.raises(TokenConfigError, match="team-b is empty"):
+        load_tokens()
+    no_token_env.setenv(TOKENS_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(TokenConfigError, match="not a readable directory"):
+        load_tokens()
+
+
+def test_token_checker_names_clients_and_rotates_with_overlap(no_token_env: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
     with pytest.raises(TokenConfigError, match="auth.required"):
         TokenChecker(required=True)
     assert TokenChecker(required=False).check(None)  # no token, not required: open (loopback only)
-    secret = tmp_path / "token"
-    secret.write_text("s3cret")
-    monkeypatch.setenv(TOKEN_FILE_ENV, str(secret))
-    checker = TokenChecker(required=True, recheck_s=0.0)
-    assert checker.check("Bearer s3cret") and checker.check("bearer s3cret")
-    for bad in [None, "", "s3cret", "Bearer", "Bearer s3cre", "Bearer s3cretx", "Basic s3cret", "Bearer ß3cret"]:
-        assert not checker.check(bad)
-    secret.write_text("rotated")  # a rotated Kubernetes secret is picked up
-    os.utime(secret, (1, 1))
-    assert checker.check("Bearer rotated") and not checker.check("Bearer s3cret")
+    root = _secret_dir(tmp_path / "tokens", {"team-a": T1, "team-b": T2}, 0)
+    no_token_env.setenv(TOKENS_DIR_ENV, str(root))
+    now = [1000.0]
+    checker = TokenChecker(required=True, reload_s=1.0, overlap_s=60.0, clock=lambda: now[0])
+    assert checker.identify(f"Bearer {T1}") == "team-a" and checker.identify(f"bearer {T2}") == "team-b"
+    for bad in [None, "", T1, "Bearer", f"Bearer {T1[:-1]}", f"Bearer {T1}x", f"Basic {T1}", "Bearer ß" + T1]:
+        assert checker.identify(bad) is None and not checker.check(bad)
+    _secret_dir(root, {"team-a": T3, "team-b": T2}, 1)  # team-a rotated, as the kubelet swaps ..data
+    assert checker.identify(f"Bearer {T3}") is None  # not re-read before reload_s
+    now[0] += 1.5
+    assert checker.identify(f"Bearer {T3}") == "team-a"
+    assert checker.identify(f"Bearer {T1}") == "team-a"  # the replaced token, inside the overlap
+    now[0] += 61
+    assert checker.identify(f"Bearer {T1}") is None and checker.identify(f"Bearer {T3}") == "team-a"
+    _secret_dir(root, {"team-a": T3}, 2)  # team-b removed from the Secret: revoked at once
+    now[0] += 1.5
+    assert checker.identify(f"Bearer {T2}") is None and checker.clients == ["team-a"]
+    (root / "..gen2" / "team-a").write_text("")  # a half-written file: the last good tokens stay
+    now[0] += 1.5
+    assert checker.identify(f"Bearer {T3}") == "team-a"
+
+
+def test_rate_limiter_buckets_per_client() -> None:
+    now = [0.0]
+    limits = RateLimits.model_validate({"default": {"requests_per_s": 2, "burst": 2},
+                                        "clients": {"bulk": {"requests_per_s": 10, "burst": 5}}})
+    rl = RateLimiter(limits, clock=lambda: now[0])
+    assert [rl.acquire("a") for _ in range(2)] == [None, None]
+    wait = rl.acquire("a")
+    assert wait == pytest.approx(0.5) and RateLimiter.retry_after(wait) == "1"
+    assert all(rl.acquire("bulk") is None for _ in range(5)) and rl.acquire("bulk") is not None
+    assert rl.acquire("b") is None  # its own bucket
+    now[0] += 0.5
+    assert rl.acquire("a") is None
+    assert RateLimiter(RateLimits()).acquire("anyone") is None  # no default: unlimited
 
 
 # -- client ---------------------------------------------------------------------------------------------
@@ -197,6 +281,47 @@ def test_client_does_not_retry_client_errors() -> None:
     assert calls["n"] == 1 and exc.value.status == 413 and exc.value.limit == "max_items"
 
 
+def test_client_does_not_retry_a_post_the_server_may_have_received() -> None:
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        assert request.headers["x-deadline-s"] == "5"  # the server stops when this client stops waiting
+        raise httpx.ReadTimeout("slow", request=request)
+
+    with pytest.raises(JudgeAPIError, match="not retried"):
+        _client(handler, retries=5, timeout=5.0).judge([{"prompt": "p", "response": "x"}])
+    assert calls["n"] == 1
+
+
+def test_client_retries_429_after_retry_after_within_a_budget() -> None:
+    import time
+
+    calls = {"n": 0}
+
+    def limited(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return httpx.Response(429, json={"detail": "rate limit", "limit": "rate_limits"}, headers={"Retry-After": "1"})
+        return _ok(request)
+
+    start = time.monotonic()
+    assert _client(limited, retries=2).judge([{"prompt": "p", "response": "sure"}])[0]["label"] == "compliant"
+    assert time.monotonic() - start >= 0.9 and calls["n"] == 2  # Retry-After obeyed
+
+    def down(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return httpx.Response(503, json={"detail": "overloaded"})
+
+    calls["n"] = 0
+    client = _client(down, retries=3, retry_budget=RetryBudget(ratio=0.1, reserve=2.0))
+    for _ in range(4):
+        with pytest.raises(JudgeAPIError, match="HTTP 503"):
+            client.judge([{"prompt": "p", "response": "x"}])
+    # 4 requests, 3 retries allowed each, but the budget held 2 (+0.1 per request): 4 + 2 calls, not 16.
+    assert calls["n"] == 6
+
+
 def test_client_rejects_malformed_answers() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"results": []})
@@ -205,50 +330,86 @@ def test_client_rejects_malformed_answers() -> None:
         _client(handler).judge([{"prompt": "p", "response": "x"}])
 
 
-# -- batching: coalescing of batches that queue behind a running judge call -------------------------------
-def test_coalescer_merges_queued_groups_and_keeps_order() -> None:
+# -- batching: the judge queue (merging, isolation, deadlines, cancellation) --------------------------------
+def _queue_scenario(fn, requests, max_requests=8, deadlines=None, cancel=()):  # type: ignore[no-untyped-def]
+    """Submit ``requests`` while the first judge call is blocked, then release it; returns their outcomes."""
     import asyncio
-    import threading
     import time
 
-    from serving.backend import _Coalescer
+    from serving.backend import JudgeQueue
 
-    calls: list[int] = []
-    gate = threading.Event()
+    async def scenario() -> list:
+        queue = JudgeQueue(fn, max_requests=max_requests)
+        far = time.time() + 30
+        first = asyncio.ensure_future(queue.submit([{"response": "hold"}], far))
+        await asyncio.sleep(0.05)  # the first call is running (blocked in fn)
+        rest = [asyncio.ensure_future(queue.submit(r, (deadlines or {}).get(i, far))) for i, r in enumerate(requests)]
+        await asyncio.sleep(0.05)
+        for i in cancel:
+            rest[i].cancel()
+        fn.gate.set()
+        out = await asyncio.gather(first, *rest, return_exceptions=True)
+        return [queue.stats, *out]
 
-    def fn(items: list[dict]) -> list[dict]:
-        gate.wait(5)  # the first call blocks until every other request has queued
-        calls.append(len(items))
+    return asyncio.run(scenario())
+
+
+class _Judge:
+    """A judge function that blocks its first call until ``gate`` is set and raises on "bad" items."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.gate, self.calls = threading.Event(), []
+
+    def __call__(self, items: list[dict]) -> list[dict]:
+        self.gate.wait(5)
+        self.calls.append([i["response"] for i in items])
+        if any(i["response"] == "bad" for i in items):
+            raise ValueError("cannot judge")
         return [{"label": i["response"]} for i in items]
 
-    async def scenario() -> list:
-        runner = _Coalescer(fn, max_requests=8)
-        first = asyncio.ensure_future(runner.submit([[{"response": "r0"}]]))
-        await asyncio.sleep(0.05)  # r0 is running
-        rest = [asyncio.ensure_future(runner.submit([[{"response": f"r{i}"}, {"response": f"r{i}b"}]]))
-                for i in range(1, 11)]
-        await asyncio.sleep(0.05)
-        gate.set()
-        return [await first] + [await f for f in rest]
 
-    start = time.monotonic()
-    out = asyncio.run(scenario())
-    assert time.monotonic() - start < 5
-    assert out[0] == [[{"label": "r0"}]]
-    assert out[3] == [[{"label": "r3"}, {"label": "r3b"}]]
-    assert calls == [1, 16, 4]  # 10 queued requests merged: 8 (the cap), then the remaining 2
+def test_queue_merges_queued_requests_and_keeps_order() -> None:
+    fn = _Judge()
+    stats, first, *rest = _queue_scenario(fn, [[{"response": f"r{i}"}, {"response": f"r{i}b"}] for i in range(10)])
+    assert first == [{"label": "hold"}]
+    assert rest[3] == [{"label": "r3"}, {"label": "r3b"}]
+    assert [len(c) for c in fn.calls] == [1, 16, 4]  # 10 queued requests merged: 8 (the cap), then 2
 
 
-def test_coalescer_propagates_errors_to_every_caller() -> None:
-    import asyncio
+def test_queue_isolates_a_bad_item_to_its_own_request() -> None:
+    from serving.errors import JudgeItemError
 
-    from serving.backend import _Coalescer
+    fn = _Judge()
+    requests = [[{"response": f"g{i}"}] for i in range(7)]
+    requests.insert(3, [{"response": "ok"}, {"response": "ok2"}, {"response": "bad"}, {"response": "ok3"}])
+    stats, _, *rest = _queue_scenario(fn, requests)
+    assert isinstance(rest[3], JudgeItemError) and rest[3].index == 2 and "ValueError" in rest[3].reason
+    assert [r for i, r in enumerate(rest) if i != 3] == [[{"label": f"g{i}"}] for i in range(7)]
+    assert stats["splits"] >= 1 and stats["item_errors"] == 1
+    assert len(fn.calls) <= 1 + 1 + 2 * 3 + 2 * 2  # bounded: halvings of 8 requests, then of 4 items
+
+
+def test_queue_drops_cancelled_and_late_requests_unjudged() -> None:
+    import time
+
+    from serving.errors import DeadlineExceeded
+
+    fn = _Judge()
+    requests = [[{"response": "keep"}], [{"response": "cancelled"}], [{"response": "late"}]]
+    stats, _, keep, cancelled, late = _queue_scenario(fn, requests, deadlines={2: time.time() + 0.02}, cancel=(1,))
+    assert keep == [{"label": "keep"}] and isinstance(late, DeadlineExceeded)
+    assert fn.calls == [["hold"], ["keep"]]  # neither the cancelled nor the late request reached the judge
+    assert stats["cancelled"] == 1 and stats["expired"] == 1
+
+
+def test_queue_blames_the_judge_not_the_item_for_a_contract_error() -> None:
+    from serving.errors import JudgeContractError
 
     def fn(items: list[dict]) -> list[dict]:
-        raise ValueError("boom")
+        raise JudgeContractError("judge x returned 0 verdicts for 1 items")
 
-    async def scenario() -> list:
-        runner = _Coalescer(fn, max_requests=4)
-        return await asyncio.gather(*(runner.submit([[{"response": "x"}]]) for _ in range(3)), return_exceptions=True)
-
-    assert all(isinstance(r, ValueError) for r in asyncio.run(scenario()))
+    fn.gate = type("G", (), {"set": lambda self: None})()  # type: ignore[attr-defined]
+    _, first, *rest = _queue_scenario(fn, [[{"response": "a"}]])
+    assert isinstance(first, JudgeContractError) and isinstance(rest[0], JudgeContractError)
