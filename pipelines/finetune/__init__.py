@@ -19,6 +19,7 @@ from pipelines.finetune import checkpoints as ck
 from pipelines.finetune.data import StepPlan, build_sequences, load_tokenizer, plan_steps
 from pipelines.finetune.deepspeed_config import dist_backend
 from pipelines.finetune.recipe import benign_rows, train_loop_per_worker
+from pipelines.layout import Workdir
 from pipelines.registries.models import model_spec
 from pipelines.translate import read_split
 
@@ -115,7 +116,7 @@ def finetune_cell(cfg: StudyConfig, cell: Cell, model_dir: Path, datasets_path: 
 
         callbacks.append(TuneReportCallback())
     lc = loop_config(cfg, cell, model_dir, datasets_path, tracking_uri, mlflow_run_id) | (loop_extras or {})
-    storage = out.parent.parent / "ray_train"
+    storage = Workdir(out.parent.parent).ray_train()  # out is <workdir>/checkpoints/<hash>
     name = f"train-{out.name}"  # deterministic: a rerun after a crash resumes this run's checkpoints
     t0 = time.time()
     result = make_trainer(ft, lc, name, storage, callbacks).fit()

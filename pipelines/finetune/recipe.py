@@ -187,9 +187,10 @@ def _train(lc: dict[str, Any], set_env: list[bool]) -> None:
     restore = _restore_point(lc)
     if restore is not None and _finished(restore):
         return  # restarted after the final report: the run's result is already that checkpoint
+    _prepare_process(ft, lc, set_env)  # before zero.Init, which reads the rank environment
     ds_config = deepspeed_config(ft, _world())
     with _zero3_model_init(ds_config):
-        run = setup(ft, lc, ds_config, restore, set_env)
+        run = setup(ft, lc, ds_config, restore)
         fault = lc.get("fault_injection")
         for step in range(int(run.state["step"]), run.plan.optimizer_steps):
             train_step(run, step)
@@ -224,22 +225,28 @@ def _finished(restore: Any) -> bool:
         return bool(ck.read_state(Path(d)).get("final"))
 
 
-def setup(ft: FinetuneConfig, lc: dict[str, Any], ds_config: dict[str, Any], restore: Any,
-          set_env: list[bool]) -> Run:
-    """Seeds, the process group, this rank's data shard, the model (partitioned under ZeRO-3) with its
-    LoRA adapter, the optimizer and schedule inside DeepSpeed, and the resume state when restarting."""
+def _prepare_process(ft: FinetuneConfig, lc: dict[str, Any], set_env: list[bool]) -> None:
+    """Seeds, threads and the process group, before any model is built."""
+    import torch
+    from transformers import set_seed
+
+    set_seed(int(lc["seed"]))  # python, numpy, torch: LoRA initialisation and dropout are part of the cell
+    if not ft.use_gpu:
+        torch.set_num_threads(max(1, int(ft.cpus_per_worker)))
+    set_env.append(_init_distributed(ft))
+
+
+def setup(ft: FinetuneConfig, lc: dict[str, Any], ds_config: dict[str, Any], restore: Any) -> Run:
+    """This rank's data shard, the model (partitioned under ZeRO-3) with its LoRA adapter, the optimizer
+    and schedule inside DeepSpeed, and the resume state when restarting."""
     import deepspeed
     import ray.train
     import torch
-    from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup, set_seed
+    from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed, epochs = int(lc["seed"]), int(lc["epochs"])
-    set_seed(seed)  # python, numpy, torch: LoRA initialisation and dropout are part of the cell
-    if not ft.use_gpu:
-        torch.set_num_threads(max(1, int(ft.cpus_per_worker)))
-    set_env.append(_init_distributed(ft))
 
     tok = load_tokenizer(lc["model_dir"])
     seqs = build_sequences(tok, benign_rows(Path(lc["datasets_path"]), lc["ft_lang"]), ft)

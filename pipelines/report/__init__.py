@@ -1,4 +1,4 @@
-"""Stage 6, report: from a sweep's tidy metrics table (pipelines.evaluate.measure.write_sweep_tidy) to a
+"""Report: from a sweep's tidy metrics table (pipelines.evaluate.measure.write_sweep_tidy) to a
 self-contained HTML report with its findings, the figures as PNG and SVG and every table as CSV and
 Parquet, written atomically to reports/<study hash>/ and logged to the sweep's parent MLflow run.
 

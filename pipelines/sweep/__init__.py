@@ -1,5 +1,6 @@
-"""Stage 2+3+4+5 over the grid: Ray Tune runs one trial per cell (the base model is a cell too). Each
-trial is a driver function that fine-tunes with a TorchTrainer (Train V2 inside Tune) and evaluates.
+"""The grid: Ray Tune runs one trial per cell (the base model is a cell too). Each trial (trial.py) is a
+driver function that fine-tunes with a TorchTrainer (Train V2 inside Tune) and evaluates; grid.py holds
+the Tune plumbing and resources.py what the cluster can hold.
 
 Resuming has two layers. A cell's manifest (cells/<hash>/manifest.json, written last) is the ground
 truth: a cell that has one is never scheduled again. Tune's own experiment state, when a killed driver

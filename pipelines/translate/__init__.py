@@ -1,4 +1,4 @@
-"""Stage 1, translate: the benign fine-tuning set and the eval suite in every configured language.
+"""Translate: the benign fine-tuning set and the eval suite in every configured language.
 
 Planning happens first, without Ray or any model: every (split, language) gets a route (a chain of
 translator hops, a human "reference" translation the data set carries, "native" data already in the
@@ -16,6 +16,7 @@ Splits: benign (the fine-tuning rows, per fine-tune language), eval (unsafe prom
 prompts for over-refusal) and benign_heldout (benign rows never trained on, for perplexity), the last three
 per eval language.
 
+Modules: plan (routes), batch (the per-batch work), splits (on disk), segment, cache, qa, translators/.
 Output: datasets/<hash>/<split>/lang=<xx>/*.parquet, qa.csv, and manifest.json last (sources + sha256,
 routes, translator versions, row counts, QA counts, malformed input lines, pairs left out for want of a
 route)."""

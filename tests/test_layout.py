@@ -1,0 +1,114 @@
+"""The layout a newcomer can live in: one Workdir owns every path, one module reads the environment, and
+the project's modules import each other without cycles (imports inside functions counted)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from pipelines.layout import Workdir
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("pipelines", "serving", "cluster")
+
+
+def _modules() -> dict[str, Path]:
+    files = [p for r in PACKAGES for p in (REPO / r).rglob("*.py")]
+    return {".".join(p.relative_to(REPO).with_suffix("").parts[:-1] if p.name == "__init__.py"
+                     else p.relative_to(REPO).with_suffix("").parts): p for p in files}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    mods = _modules()
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for n in names:
+                t = resolve(n)
+                if t and t != m and not (p.name == "__init__.py" and t.startswith(m + ".")):
+                    graph[m].add(t)
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph = _import_graph()
+    seen: dict[str, int] = {}  # 1 on the stack, 2 done
+    cycles: list[list[str]] = []
+
+    def visit(v: str, stack: list[str]) -> None:
+        seen[v] = 1
+        for w in sorted(graph[v]):
+            if seen.get(w) == 1:
+                cycles.append(stack[stack.index(w):] + [w])
+            elif w not in seen:
+                visit(w, [*stack, w])
+        seen[v] = 2
+
+    for v in sorted(graph):
+        if v not in seen:
+            visit(v, [v])
+    assert cycles == []
+
+
+def test_safedrift_environment_is_read_in_one_module() -> None:
+    readers = []
+    for m, p in _modules().items():
+        if m.startswith("pipelines") and re.search(r"environ(?:\.get)?\(?\[?[\"']SAFEDRIFT_|getenv\([\"']SAFEDRIFT_",
+                                                   p.read_text()):
+            readers.append(m)
+    assert readers == [], f"SAFEDRIFT_* read outside pipelines/layout.py: {readers}"
+
+
+def test_workdir_paths_are_spelled_in_one_place() -> None:
+    # The workdir's folder names appear as path parts only in layout.py.
+    pattern = re.compile(r"""/\s*["'](?:cells|checkpoints|sweeps|reports|datasets|tune|ray_train|mlflow\.db|mlartifacts)["']""")
+    spelled = [m for m, p in _modules().items() if m != "pipelines.layout" and pattern.search(p.read_text())]
+    assert spelled == []
+
+
+def test_workdir_owns_every_path(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("SAFEDRIFT_CACHE", raising=False)
+    wd = Workdir.open(tmp_path / "w")
+    assert wd.cell("abc") == tmp_path / "w" / "cells" / "abc"
+    assert wd.sweep("s1", "sqlite:///x").parent == wd.study_sweeps("s1")
+    assert wd.sweep("s1", "sqlite:///x") != wd.sweep("s1", "http://mlflow:5000")  # one record per store
+    assert Workdir.of_sweep_dir(wd.sweep("s1", "u")) == (wd, "s1")
+    assert wd.translation_cache() == wd.root / "translation_cache"
+    monkeypatch.setenv("SAFEDRIFT_CACHE", str(tmp_path / "shared"))
+    assert wd.translation_cache() == tmp_path / "shared" / "translation_cache"
+
+
+def test_a_uri_workdir_is_refused_with_the_fix() -> None:
+    import pytest
+
+    from pipelines.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mounted path"):
+        Workdir.open("s3://bucket/work")
+
+
+def test_stage_packages_have_their_entry_point_in_init() -> None:
+    import pipelines.evaluate as evaluate
+    import pipelines.finetune as finetune
+    import pipelines.report as report
+    import pipelines.sweep as sweep
+    import pipelines.translate as translate
+
+    for pkg, entry in ((translate, "build_datasets"), (finetune, "finetune_cell"), (evaluate, "evaluate_cell"),
+                       (sweep, "run_sweep"), (report, "write_report")):
+        assert callable(getattr(pkg, entry)), (pkg.__name__, entry)
+    top = [p for p in (REPO / "pipelines").glob("*.py") if p.name != "__init__.py"]
+    assert len(top) <= 12, sorted(p.name for p in top)
