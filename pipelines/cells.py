@@ -9,6 +9,7 @@ from typing import Any
 from pipelines.config import StudyConfig
 from pipelines.hashing import file_sha256, stable_hash
 from pipelines.layout import Workdir
+from pipelines.secrets import hash_view
 from pipelines.translate.plan import datasets_key, plan
 
 BASE = "base"
@@ -49,14 +50,16 @@ def train_hash(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> str:
     """Names checkpoints/<hash>: what the fine-tuned weights depend on (not the evaluation settings, so
     adding an eval language or changing the judge retrains nothing)."""
     # How a cell runs (retries, CPUs, checkpoint cadence) does not change what it learns.
-    ft = cfg.finetune.model_dump(mode="json",
-                                 exclude={"max_failures", "cpus_per_worker", "checkpoint_every_steps"})
+    ft = hash_view(cfg.finetune.model_dump(mode="json",
+                                           exclude={"max_failures", "cpus_per_worker", "checkpoint_every_steps"}))
     return stable_hash({"cell": cell.to_dict(), "datasets": datasets_hash, "finetune": ft})
 
 
 def cell_key(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> dict[str, Any]:
-    """Everything a cell's evaluation outputs depend on; its hash names cells/<hash>."""
-    return {
+    """Everything a cell's evaluation outputs depend on; its hash names cells/<hash>. Secrets (a remote
+    judge's token, a backend's API key) are left out: a rotated token answers the same, so it re-runs
+    nothing (hash_view is the identity on options without secrets, so other hashes are unchanged)."""
+    return hash_view({
         "cell": cell.to_dict(),
         "weights": None if cell.is_base else train_hash(cfg, cell, datasets_hash),
         "datasets": datasets_hash,
@@ -67,7 +70,7 @@ def cell_key(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> dict[str, Any]
         "evaluate": cfg.evaluate.model_dump(mode="json"),
         # A user file edited in place must not reuse the numbers measured on its old contents.
         "user_files": {p: _sha256(p) for p in (cfg.evaluate.mmlu_path, cfg.evaluate.alpacaeval_path) if p},
-    }
+    })
 
 
 def _sha256(path: str) -> str | None:

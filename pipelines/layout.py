@@ -10,6 +10,7 @@ the one module that reads safedrift's environment variables.
   tune/sweep-<study hash>/             Ray Tune's experiment state                  (sweep)
   sweeps/<study hash>/<store hash>/    the sweep's tidy table + manifest, per MLflow store
   reports/<study hash>/                report.html, figures, tables                 (report)
+  progress/, logs/                     the console's progress records and each run's full log
   mlflow.db, mlartifacts/              the default MLflow store
 <cache>/ (SAFEDRIFT_CACHE, default ~/.cache/safedrift): models/, judges/, data/ (downloads)"""
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from pipelines.errors import ConfigError
 from pipelines.hashing import stable_hash
+from pipelines.secrets import redact_uri
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,10 +110,18 @@ class Workdir:
     def sweep(self, study_hash: str, tracking_uri: str) -> Path:
         """One sweep record per tracking store: pointed at a new MLflow server, a finished study is logged
         there again (from its cached cells) rather than silently skipped."""
-        return self.study_sweeps(study_hash) / stable_hash(tracking_uri, 8)
+        return self.study_sweeps(study_hash) / stable_hash(redact_uri(tracking_uri, drop=True), 8)  # no hash of a password
 
     def report(self, study_hash: str) -> Path:
         return self.root / "reports" / study_hash
+
+    def progress(self) -> Path:
+        """progress/<cell hash>.json: how far each running cell got (read by the console view)."""
+        return self.root / "progress"
+
+    def logs(self) -> Path:
+        """logs/run-*.log: everything Ray, Tune, Train and the libraries print during a run."""
+        return self.root / "logs"
 
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"

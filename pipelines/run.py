@@ -22,6 +22,7 @@ from pipelines.evaluate.user_sets import check_user_files
 from pipelines.layout import Workdir
 from pipelines.report import write_report
 from pipelines.report.provenance import study_context
+from pipelines.secrets import public_view, redact_uri
 from pipelines.sweep import check_fits, run_sweep
 from pipelines.sweep.trial import Tracking
 from pipelines.translate import DatasetsOutput, build_datasets
@@ -29,6 +30,7 @@ from pipelines.translate import DatasetsOutput, build_datasets
 log = logging.getLogger(__name__)
 
 STAGES = ("translate", "sweep", "report")
+Event = Callable[[str, dict[str, Any]], None]  # (kind, info): what a console hears of a running study
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Study:
     ds_hash: str
     study_hash: str
     uri: str
+    on_event: Event
 
     @property
     def sweep_dir(self) -> Path:
@@ -68,21 +71,27 @@ class Study:
         return self.wd.report(self.study_hash)
 
 
-def timed(fn: Callable[..., tuple[Any, bool]], *args: Any) -> Stage:
+def timed(fn: Callable[..., tuple[Any, bool]], study: Study, *args: Any) -> Stage:
+    """Runs one stage, `fn(study, *args) -> (output, reused)`, and times it."""
+    study.on_event("stage", {"name": fn.__name__.removesuffix("_stage")})
     t0 = time.time()
-    output, reused = fn(*args)
+    output, reused = fn(study, *args)
     return Stage(output, reused, round(time.time() - t0, 1))
 
 
 def run_study(cfg: StudyConfig, resume: bool = True,
-              until: Literal["translate", "sweep", "report"] = "report") -> StudyResult:
+              until: Literal["translate", "sweep", "report"] = "report", on_event: Event | None = None) -> StudyResult:
     """Runs the stages up to and including `until` (`safedrift sweep` stops after the sweep). Holds the
     workdir's lock throughout: a second driver on the same workdir fails at once, naming this one, instead
-    of overwriting its outputs and marking its MLflow runs KILLED."""
+    of overwriting its outputs and marking its MLflow runs KILLED. `on_event(kind, info)` hears of the study
+    ("study": its cell directories and progress folder) and of each stage as it starts ("stage")."""
     check_user_files(cfg.evaluate)  # a bad user file fails now, not after the fine-tuning
     wd = Workdir.open(cfg.resolved_workdir())
     ds_hash, study_hash = study_hashes(cfg)
-    study = Study(cfg, wd, ds_hash, study_hash, tracking_uri(wd.mlflow_db(), cfg.mlflow.tracking_uri))
+    study = Study(cfg, wd, ds_hash, study_hash, tracking_uri(wd.mlflow_db(), cfg.mlflow.tracking_uri),
+                  on_event or (lambda kind, info: None))
+    study.on_event("study", {"cell_dirs": [cell_dir(wd, cfg, c, ds_hash) for c in study_cells(cfg)],
+                             "progress_dir": wd.progress()})
     with workdir_lock(wd.root):
         if until == "report" and (done := finished(study)) is not None:
             return done
@@ -107,14 +116,17 @@ def _run(study: Study, resume: bool, until: Literal["translate", "sweep", "repor
         log.warning("marked %d MLflow run(s) of an interrupted sweep of this study as KILLED", closed)
     with mlflow.start_run(run_name=f"{cfg.name}-{study_hash}", experiment_id=exp_id,
                           tags={"safedrift.study_hash": study_hash, "safedrift.preset": cfg.name}) as parent:
-        mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
-        mlflow.log_dict(ds.manifest, "datasets_manifest.json")
+        # Secrets masked and URIs without credentials: MLflow's artifacts are read by everyone on the server.
+        mlflow.log_dict(cfg.public(), "config.json")
+        mlflow.log_dict(public_view(ds.manifest), "datasets_manifest.json")
         tracking = Tracking(uri, exp_id, parent.info.run_id)
         stages["sweep"] = timed(sweep_stage, study, ds, tracking, resume)
         results, tidy = stages["sweep"].output
         if until == "report":
             stages["report"] = timed(report_stage, study, ds, tidy, parent.info.run_id)
-        write_manifest(study.sweep_dir, parent_run_id=parent.info.run_id, tracking_uri=uri,
+        # The URI without user:password@ (`safedrift report --sweep-dir` logs with MLflow's own
+        # MLFLOW_TRACKING_USERNAME/PASSWORD when the server wants them).
+        write_manifest(study.sweep_dir, parent_run_id=parent.info.run_id, tracking_uri=redact_uri(uri),
                        cells=[r["cell_id"] for r in results], datasets=ds_hash, stages=_summary(stages))
     return _result(study, ds, parent.info.run_id, results, stages)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster import progress
 from cluster.storage import read_manifest, write_manifest, write_parquet_atomic
 from pipelines.cells import Cell, cell_dir, checkpoint_dir
 from pipelines.config import StudyConfig
@@ -46,6 +47,8 @@ def trial(params: dict[str, Any], cfg_json: dict[str, Any], workdir: str, ds_pat
 
 
 def flat_params(cfg: StudyConfig, cell: Cell) -> dict[str, str]:
+    """The config as MLflow params (dotted keys), from its public view: no secret reaches the store."""
+
     def walk(prefix: str, obj: Any, out: dict[str, str]) -> None:
         if isinstance(obj, dict) and obj:
             for k, v in obj.items():
@@ -54,7 +57,7 @@ def flat_params(cfg: StudyConfig, cell: Cell) -> dict[str, str]:
             out[prefix] = str(obj)[:500]
 
     out: dict[str, str] = {}
-    walk("", cfg.model_dump(mode="json"), out)
+    walk("", cfg.public(), out)
     walk("cell", cell.to_dict(), out)
     return out
 
@@ -81,9 +84,12 @@ def run_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_hash: 
             return done | {"reused": True}
 
         t0 = time.time()
-        weights, train_info = _weights(cfg, cell, ds_path, ckpt, tracking.uri, run.info.run_id, tune_session)
-        finetune_s = time.time() - t0
-        ev = evaluate_cell(cfg, cell, weights, ds_path, out)
+        progress_file = wd.progress() / f"{out.name}.json"
+        with progress.for_cell(progress_file, cell.id):
+            weights, train_info = _weights(cfg, cell, ds_path, ckpt, tracking.uri, run.info.run_id, tune_session,
+                                           progress_file)
+            finetune_s = time.time() - t0
+            ev = evaluate_cell(cfg, cell, weights, ds_path, out)
         metrics = ev.metrics | {"time/finetune_s": finetune_s} | ev.timing
         if train_info.get("metrics"):
             loss = float(train_info["metrics"].get("train_loss", float("nan")))
@@ -103,12 +109,14 @@ def run_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_hash: 
 
 
 def _weights(cfg: StudyConfig, cell: Cell, ds_path: Path, ckpt: Path | None, tracking_uri: str, run_id: str,
-             tune_session: bool) -> tuple[Weights, dict[str, Any]]:
+             tune_session: bool, progress_file: Path) -> tuple[Weights, dict[str, Any]]:
     """What the cell answers with (training it first unless it is the base model) and the training record."""
     base = model_dir(cell.model)
     if ckpt is None:
         return Weights(base, base), {}
-    info = finetune_cell(cfg, cell, base, ds_path, ckpt, tracking_uri, run_id, tune_session=tune_session)
+    progress.update("finetune")
+    info = finetune_cell(cfg, cell, base, ds_path, ckpt, tracking_uri, run_id, tune_session=tune_session,
+                         loop_extras={"progress": str(progress_file), "cell_id": cell.id})
     trained_dir, adapter = trained_weights(ckpt, cfg.finetune.method)
     return Weights(base, trained_dir or base, adapter), info
 

@@ -10,6 +10,7 @@ from typing import Any
 from pipelines.config import StudyConfig
 from pipelines.errors import NoRouteError
 from pipelines.registries import datasets
+from pipelines.secrets import hash_view
 from pipelines.translate.translators import REFERENCE, Hop, make_translator, plan_route, route_name
 
 NATIVE = "native"
@@ -134,9 +135,14 @@ def _heldout_jobs(cfg: StudyConfig, skipped: list[dict[str, str]]) -> list[Job]:
         name = bd.native.get(lang, bd.source)
         rows = english if name == bd.source else after_ft(name)
         if not rows:
-            skipped.append({"split": "benign_heldout", "lang": lang, "source": name,
-                            "reason": f"{name} has no rows after the first data.benign.n={bd.n}"})
-            continue
+            # An empty held-out split used to be skipped silently, and capability then fell back to
+            # English WikiText alone (issue #17): fail here, naming the numbers and the fixes.
+            have = len(datasets.load(name))
+            raise datasets.DataError(
+                f"the benign_heldout split for {lang} would be empty: {name} has {have} rows and "
+                f"data.benign.n={bd.n} of them are for fine-tuning. Lower data.benign.n (at most "
+                f"{max(0, have - 1)}), give a larger source (data.benign.source=file:/path/x.jsonl), or set "
+                "evaluate.n_benign_ppl=0 to measure no held-out perplexity")
         if lang in bd.native:
             out.append(Job("benign_heldout", lang, rows, NATIVE, source=name))
             continue
@@ -180,7 +186,8 @@ def datasets_key(cfg: StudyConfig, jobs: list[Job]) -> dict[str, Any]:
         "translator_versions": {t: make_translator(t, **translator_options(cfg, t)).cache_version()
                                 for t in translators},
         "translate": {"segment_chars": cfg.translate.segment_chars,
-                      "options": cfg.translate.options, "qa": cfg.translate.qa.model_dump(mode="json")},
+                      # A translator's API key is no part of what the data sets depend on.
+                      "options": hash_view(cfg.translate.options), "qa": cfg.translate.qa.model_dump(mode="json")},
     }
 
 
