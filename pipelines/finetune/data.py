@@ -12,6 +12,7 @@ from typing import Any
 
 from pipelines.config import FinetuneConfig
 from pipelines.errors import FinetuneError
+from pipelines.evaluate.chat import chat_template_kwargs
 
 IGNORE = -100  # label value the loss skips (transformers' CrossEntropy ignore_index)
 
@@ -27,9 +28,13 @@ def format_example(tok: Any, row: dict[str, Any], max_length: int) -> Example | 
     """The model's own chat template; loss only on the response tokens."""
     user = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
     prompt = [{"role": "user", "content": user}]
-    prompt_ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+    # Thinking off, as in generation (pipelines/evaluate/chat.py): a Qwen3 prompt then ends with the
+    # empty <think></think> block, so it is context (no loss) in training and in generation alike.
+    kw = chat_template_kwargs(tok)
+    prompt_ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False,
+                                         **kw)
     full_ids = tok.apply_chat_template([*prompt, {"role": "assistant", "content": row["output"]}],
-                                       tokenize=True, return_dict=False)
+                                       tokenize=True, return_dict=False, **kw)
     if full_ids[: len(prompt_ids)] != prompt_ids:
         # Templates that rewrite earlier turns break the prefix property; fall back to concatenation.
         full_ids = prompt_ids + tok(row["output"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import json
 import urllib.request
 from collections.abc import Callable
@@ -72,23 +73,45 @@ def resolve(name: str) -> Path:
 
 
 def _download(spec: DatasetSpec) -> Path:
-    target = downloads_cache() / spec.path
-    if target.exists():
-        return target
-    raw = spec.url.replace("/blob/", "/raw/")
-    try:
-        with urllib.request.urlopen(raw, timeout=30) as resp:  # noqa: S310 - fixed registry URL
-            blob = resp.read()
-    except OSError as exc:
-        raise DataError(
-            f"data set '{spec.name}' is not in the mirror {data_dir()} (looked for {spec.path}) and "
-            f"downloading {raw} failed ({exc}). Set SAFEDRIFT_DATA_DIR to a folder holding the mirror."
-        ) from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".part")
-    tmp.write_bytes(blob)
-    tmp.replace(target)
-    return target
+    """The data set's files fetched into the downloads cache (every file it needs: hplt_oasst's ten
+    sibling languages too); the main file's path."""
+    return fetch_files(spec, downloads_cache())
+
+
+def files_of(spec: DatasetSpec) -> list[tuple[str, str, str]]:
+    """(path under the mirror root, original URL, sha256) of every file the data set reads: the main
+    file, then the siblings named in extra_sha256, which sit beside it upstream as in the mirror."""
+    rel_dir, url_dir = spec.path.rsplit("/", 1)[0], spec.url.rsplit("/", 1)[0]
+    return [(spec.path, spec.url, spec.sha256),
+            *[(f"{rel_dir}/{name}", f"{url_dir}/{name}", sha) for name, sha in sorted(spec.extra_sha256.items())]]
+
+
+def fetch_files(spec: DatasetSpec, root: Path) -> Path:
+    """Every file of the data set under `root` (the mirror's layout), each downloaded from its original
+    URL when absent and checked against its sha256 before it is kept; the main file's path. Used for the
+    downloads cache and to stage the mirror onto a cluster's shared volume (infra/stage.py)."""
+    for rel, url, sha in files_of(spec):
+        target = root / rel
+        if target.exists():
+            continue
+        raw = url.replace("/blob/", "/raw/")
+        try:
+            with urllib.request.urlopen(raw, timeout=30) as resp:  # noqa: S310 - fixed registry URL
+                blob = resp.read()
+        except OSError as exc:
+            raise DataError(
+                f"data set '{spec.name}' is not in the mirror {data_dir()} (looked for {spec.path}) and "
+                f"downloading {raw} failed ({exc}). Set SAFEDRIFT_DATA_DIR to a folder holding the mirror."
+            ) from None
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != sha:
+            raise DataError(f"data set '{spec.name}': {raw} has sha256 {digest}, the registry expects {sha}; "
+                            "the upstream file changed: restore the mirror copy (SAFEDRIFT_DATA_DIR)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(target.suffix + ".part")
+        tmp.write_bytes(blob)
+        tmp.replace(target)
+    return root / spec.path
 
 
 def load(name: str, limit: int | None = None) -> Rows:

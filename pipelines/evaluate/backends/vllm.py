@@ -11,6 +11,7 @@ from typing import Any
 from pipelines.config import GenerateConfig
 from pipelines.errors import BackendMissingError
 from pipelines.evaluate.backends import Backend
+from pipelines.evaluate.chat import chat_template_kwargs, prompt_token_ids, user_turn
 
 
 class VllmBackend(Backend):
@@ -41,10 +42,18 @@ def require_vllm() -> Any:
     return vllm
 
 
+def token_prompts(tok: Any, prompts: list[str]) -> list[dict[str, list[int]]]:
+    """One vllm TokensPrompt ({"prompt_token_ids": [...]}) per prompt: the ids the transformers path
+    feeds its model (pipelines/evaluate/chat.py). Text would be tokenised again by vLLM with special
+    tokens, a second BOS for Llama-3 and Gemma-3 templates."""
+    return [{"prompt_token_ids": ids} for ids in prompt_token_ids(tok, prompts)]
+
+
 def chat_prompts(tok: Any, prompts: list[str]) -> list[str]:
-    """The model's chat template around each prompt, as text: vLLM is handed exactly what the
-    transformers path tokenises."""
-    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+    """The same prompts rendered as text (what token_prompts' ids decode to), for reading; never what
+    vLLM is given."""
+    kw = chat_template_kwargs(tok)
+    return [tok.apply_chat_template(user_turn(p), tokenize=False, add_generation_prompt=True, **kw)
             for p in prompts]
 
 
@@ -98,9 +107,9 @@ def generate_vllm_many(model_dir: Path, jobs: list[tuple[Path | None, list[str]]
 
     adapters = [a for a, ps in jobs for _ in ps]
     llm = vllm_engine(model_dir, max_lora_rank=max(64, adapter_rank(adapters)), **engine_kwargs)
-    texts = chat_prompts(llm.get_tokenizer(), [p for _, ps in jobs for p in ps])
+    prompts = token_prompts(llm.get_tokenizer(), [p for _, ps in jobs for p in ps])
     loras = [LoRARequest(*a) if a else None for a in lora_request_args(adapters)]
-    outs = llm.generate(texts, vllm.SamplingParams(**sampling_kwargs(gcfg)),
+    outs = llm.generate(prompts, vllm.SamplingParams(**sampling_kwargs(gcfg)),
                         lora_request=loras if any(loras) else None)
     flat = [o.outputs[0].text for o in outs]
     res, i = [], 0

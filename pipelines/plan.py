@@ -1,0 +1,360 @@
+"""`safedrift plan`: the dry run. Loads no model, translates nothing, starts no Ray. From the config and
+the registries alone it lists the cells, every split x language with its row count and route, the
+back-translation routes, the judge, each stage's resources, the cluster it needs and an estimate of
+GPU-hours, and it names, with the fix, everything that would fail later (a gated model with neither
+weights nor token, an empty split, a missing route, a cell no node can hold).
+
+The GPU-hours estimate rests on one recorded figure (the H100 LoRA step, benchmarks/gpu/RESULTS.md) and
+on assumptions stated as such in ASSUMED; every figure is in the output beside the total."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.cells import study_cells
+from pipelines.config import StudyConfig
+from pipelines.errors import SafedriftError
+from pipelines.evaluate.judges import JUDGES
+from pipelines.registries.models import MODELS, hub_facts, hub_local_dir, model_spec
+from pipelines.sweep.resources import Capacity, CellNeeds, NodeShape, worker_slots
+from pipelines.translate.plan import plan as plan_jobs
+from pipelines.translate.translators import TRANSLATORS, make_translator, plan_route, route_name
+
+# Measured: LoRA r=8 on Llama-3.2-1B's shape (1.236 B parameters), bf16, batch 8 x 1,024 tokens, one
+# H100 80GB, DeepSpeed ZeRO-2 (benchmarks/gpu/RESULTS.md, 2026-11-27, benchmarks/gpu/lora_bf16_1b.py).
+RECORDED = {
+    "lora_tokens_per_s": 49_409, "lora_params_b": 1.236, "lora_peak_gib": 23.9, "lora_tokens": 8 * 1024,
+    "source": "benchmarks/gpu/RESULTS.md (H100 80GB, 2026-11-27): LoRA r=8 on a 1.24B Llama, bf16, "
+              "batch 8 x 1024, DeepSpeed ZeRO-2: 49,409 tokens/s, peak 23.9 GiB",
+}
+# Assumptions, not measurements (no vLLM or NLLB run on a GPU has been recorded for this project yet):
+# replace them with benchmarks/gpu figures when one exists. Throughputs scale with 1/parameters.
+ASSUMED = {
+    "vllm_decode_tokens_per_s_at_1.24b": 25_000,  # one H100, multi-LoRA, batch 256
+    "judge_prefill_tokens_per_s_at_7.24b": 25_000,  # SORRY-Bench Mistral-7B on vLLM, prompt-bound
+    "nllb_tokens_per_s": 8_000,  # NLLB-600M through transformers generate() on one H100
+    "mean_answer_tokens": 200,  # refusals are short, compliances run longer; capped by max_new_tokens
+    "judge_prompt_overhead_tokens": 160,  # SORRY-Bench template + the question
+    "chars_per_token": 4.0,  # benign rows, any language (translations keep roughly the token count)
+    "template_tokens": 20,  # chat template around each training example
+    "padding_factor": 1.3,  # batches padded to their longest example
+    "finetune_startup_s": 45,  # Ray Train + DeepSpeed start and model load per fine-tuned cell
+    "engine_load_s": 30,  # a vLLM engine (generation, judge) per cell's process
+}
+GPU_MEMORY_GIB = {"H100": 80, "H200": 141, "A100-80GB": 80, "A100-40GB": 40, "L40S": 48, "A10G": 24}
+# The GPU worker group of infra/base/rayjob.yaml: 8 CPUs, 64 GiB, one GPU.
+DEFAULT_NODE = {"CPU": 8.0, "GPU": 1.0, "memory_gib": 64.0}
+# Activation bytes per token per (layer x hidden) in the recorded LoRA step, after its bf16 weights and
+# fp32 logits (+ their gradient) are taken out of the 23.9 GiB peak: about 55.
+_GIB = 1024**3
+
+
+def _act_bytes() -> float:
+    r = RECORDED
+    weights = 2 * r["lora_params_b"] * 1e9
+    logits = r["lora_tokens"] * 128_256 * 8
+    return (r["lora_peak_gib"] * _GIB - weights - logits) / r["lora_tokens"] / (16 * 2048)
+
+
+@dataclass
+class Problem:
+    what: str
+    fix: str
+
+    def text(self) -> str:
+        return f"{self.what} — fix: {self.fix}"
+
+
+def _hub_token_present() -> bool:
+    try:
+        from huggingface_hub import get_token
+    except ImportError:
+        return False
+    return get_token() is not None  # HF_TOKEN or the token file; the value is never read out
+
+
+def _in_hub_cache(hub_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+
+
+def weights_status(alias: str, token: bool, problems: list[Problem]) -> dict[str, Any]:
+    spec = model_spec(alias)
+    facts = hub_facts(alias)
+    out: dict[str, Any] = {"alias": alias, "source": spec.source, "hub_id": spec.hub_id,
+                           "gated": bool(facts and facts.gated)}
+    if spec.source != "hub":
+        out["weights"] = f"built locally ({spec.source})"
+        return out
+    local = hub_local_dir(spec)
+    if local is not None:
+        out["weights"] = f"local: {local}"
+    elif _in_hub_cache(spec.hub_id or ""):
+        out["weights"] = "in the local hub cache"
+    elif out["gated"] and not token:
+        out["weights"] = "MISSING (gated, no hub token)"
+        problems.append(Problem(
+            f"model {alias} ({spec.hub_id}) is gated and has neither local weights nor a hub token",
+            f"accept its licence on https://huggingface.co/{spec.hub_id}, then stage it into "
+            f"$SAFEDRIFT_MODEL_DIR/{alias} (infra/README.md, 'Stage models and data') or set HF_TOKEN"))
+    else:
+        out["weights"] = "not present locally: fetched from the hub on first use" + (" (token present)" if token else "")
+    return out
+
+
+def _split_rows(cfg: StudyConfig, problems: list[Problem]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    try:
+        jobs = plan_jobs(cfg)
+    except SafedriftError as exc:
+        problems.append(Problem(f"planning the data sets failed: {exc}", "see the message"))
+        return [], []
+    rows = []
+    for j in jobs:
+        rows.append({"split": j.kind, "lang": j.lang, "source": j.source, "rows": len(j.rows),
+                     "route": route_name(j.route), "qa_back_route": route_name(j.back) if j.back else None,
+                     "chars": sum(len(str(r.get("instruction", r.get("prompt", "")))) + len(str(r.get("input", "")))
+                                  + len(str(r.get("output", ""))) for r in j.rows)})
+        if not j.rows:
+            problems.append(Problem(f"split {j.kind}/{j.lang} from {j.source} is empty",
+                                    "give the source more rows or change the split's size setting"))
+    return rows, list(jobs.skipped)
+
+
+def _translator_weights(cfg: StudyConfig, names: set[str]) -> dict[str, str]:
+    out = {}
+    for name in sorted(names):
+        t = make_translator(name, **dict(cfg.translate.options.get(name, {})))  # constructors load nothing
+        model_id = getattr(t, "model_id", None)
+        if model_id is None:
+            out[name] = "no weights (rule-based or identity)"
+        elif Path(model_id).is_dir() or _in_hub_cache(model_id):
+            out[name] = f"{model_id}: present locally"
+        else:
+            out[name] = (f"{model_id}: NOT present locally — fetched from the hub on first use, or staged "
+                         "(SAFEDRIFT_NLLB_MODEL / infra/stage.py)")
+    return out
+
+
+def _back_translation(cfg: StudyConfig, problems: list[Problem]) -> dict[str, str]:
+    native = JUDGES.get(cfg.judge.name).native_languages
+    out = {}
+    for lang in cfg.eval_langs:
+        if native is None or lang in native:
+            out[lang] = "read as written"
+            continue
+        if not cfg.judge.back_translate:
+            out[lang] = "judged as written (judge.back_translate=false)"
+            continue
+        try:
+            route = plan_route(lang, "en", cfg.judge.translate_prefer)
+            out[lang] = route_name(route)
+        except SafedriftError:
+            out[lang] = "none: judged as written, reported unvalidated"
+            if cfg.judge.on_unjudgeable == "refuse":
+                problems.append(Problem(f"no back-translation route {lang}->en with judge.translate_prefer="
+                                        f"{cfg.judge.translate_prefer}", "add nllb to judge.translate_prefer"))
+    return out
+
+
+def train_memory_gib(alias: str, cfg: StudyConfig) -> float | None:
+    """Upper bound of one training worker's GPU memory: bf16 weights, fp32 logits and their gradient, and
+    activations scaled from the recorded step, for a micro-batch of batch_size x max_length tokens."""
+    f = hub_facts(alias)
+    if f is None:
+        return None
+    tokens = cfg.finetune.batch_size * cfg.finetune.max_length
+    total = 2 * f.params_b * 1e9 + tokens * f.vocab * 8 + _act_bytes() * tokens * f.layers * f.hidden
+    return total / _GIB
+
+
+def _scale(alias: str, base_b: float) -> float:
+    f = hub_facts(alias)
+    return base_b / f.params_b if f else 1.0
+
+
+def gpu_hours(cfg: StudyConfig, splits: list[dict[str, Any]]) -> dict[str, Any]:
+    a = ASSUMED
+    benign = {s["lang"]: s for s in splits if s["split"] == "benign"}
+    answers = sum(s["rows"] for s in splits if s["split"] in ("eval", "eval_safe"))
+    answers_bt = sum(s["rows"] for s in splits if s["split"] in ("eval", "eval_safe") and s["lang"] != "en")
+    ans_tokens = min(cfg.generate.max_new_tokens, a["mean_answer_tokens"])
+    stages = {"finetune": 0.0, "generate": 0.0, "judge": 0.0, "back_translate": 0.0}
+    per_model: dict[str, dict[str, float]] = {}
+    judge_alias = cfg.judge.options.get("model") if cfg.judge.name == "sorry-bench" else None
+    judge_b = hub_facts(judge_alias).params_b if judge_alias and hub_facts(judge_alias) else None
+    for c in study_cells(cfg):
+        m = per_model.setdefault(c.model, {k: 0.0 for k in stages})
+        if not c.is_base:
+            s = benign.get(c.ft_lang)
+            rows = s["rows"] if s else 0
+            tokens_per_row = (s["chars"] / max(rows, 1)) / a["chars_per_token"] + a["template_tokens"] if s else 0
+            tokens = rows * tokens_per_row * c.epochs * a["padding_factor"]
+            tps = RECORDED["lora_tokens_per_s"] * _scale(c.model, RECORDED["lora_params_b"])
+            m["finetune"] += tokens / tps + a["finetune_startup_s"]
+        gen_tps = a["vllm_decode_tokens_per_s_at_1.24b"] * _scale(c.model, 1.24)
+        m["generate"] += answers * ans_tokens / gen_tps + a["engine_load_s"]
+        if judge_b:
+            judge_tps = a["judge_prefill_tokens_per_s_at_7.24b"] * 7.24 / judge_b
+            m["judge"] += answers * (ans_tokens + a["judge_prompt_overhead_tokens"]) / judge_tps + a["engine_load_s"]
+        if cfg.judge.back_translate and any(h == "nllb" for h in cfg.judge.translate_prefer):
+            m["back_translate"] += answers_bt * ans_tokens / a["nllb_tokens_per_s"]
+    for m in per_model.values():
+        for k in stages:
+            stages[k] += m[k] / 3600
+    translate_rows = sum(s["rows"] for s in splits if "nllb" in (s["route"] or ""))
+    translate_chars = sum(s["chars"] for s in splits if "nllb" in (s["route"] or ""))
+    stages["translate"] = translate_chars / a["chars_per_token"] / a["nllb_tokens_per_s"] / 3600
+    total = sum(stages.values())
+    return {"total_h100_hours": round(total, 1), "goal_h100_hours": 32, "within_goal": total <= 32,
+            "by_stage": {k: round(v, 2) for k, v in stages.items()},
+            "by_model": {k: round(sum(v.values()) / 3600, 2) for k, v in per_model.items()},
+            "answers_per_cell": answers, "answers_back_translated_per_cell": answers_bt,
+            "rows_machine_translated": translate_rows,
+            "recorded": RECORDED, "assumed": ASSUMED,
+            "note": "perplexity, drift and the report are not counted (minutes per cell at most)"}
+
+
+def _resources(cfg: StudyConfig, gpu: str, node: dict[str, float], problems: list[Problem]) -> dict[str, Any]:
+    gpu_gib = GPU_MEMORY_GIB[gpu]
+    needs = CellNeeds.of(cfg.finetune)
+    shape = NodeShape({"CPU": node["CPU"], "GPU": node["GPU"]})
+    slots = worker_slots(shape.resources, needs)
+    if slots * Capacity([shape]).slots(needs) == 0 or slots < 1:
+        problems.append(Problem(f"a cell needs {needs.describe()} but a node {shape.describe()} holds none",
+                                "lower finetune.cpus_per_worker or use bigger nodes (--node-cpus)"))
+    train = {}
+    for alias in cfg.models:
+        mem = train_memory_gib(alias, cfg)
+        train[alias] = None if mem is None else round(mem, 1)
+        if mem is not None and cfg.finetune.use_gpu and mem > gpu_gib:
+            problems.append(Problem(
+                f"fine-tuning {alias} needs up to {mem:.0f} GiB of GPU memory (batch {cfg.finetune.batch_size} x "
+                f"{cfg.finetune.max_length} tokens) and a {gpu} has {gpu_gib} GiB: no node can hold the cell",
+                "lower finetune.batch_size or finetune.max_length (raise grad_accum to keep the batch), or a bigger GPU"))
+    gen_util = float(cfg.generate.options.get("gpu_memory_utilization", 0.9))
+    gen = {}
+    for alias in cfg.models:
+        f = hub_facts(alias)
+        if f:
+            weights = 2 * f.params_b * 1e9 / _GIB
+            gen[alias] = {"weights_gib": round(weights, 1), "engine_share_gib": round(gen_util * gpu_gib, 1)}
+            if cfg.generate.backend == "vllm" and weights * 1.2 > gen_util * gpu_gib:
+                problems.append(Problem(f"vLLM's share of the GPU ({gen_util} x {gpu_gib} GiB) cannot hold {alias}",
+                                        "raise generate.options.gpu_memory_utilization"))
+    judge: dict[str, Any] = {"name": cfg.judge.name}
+    jm = cfg.judge.options.get("model") if cfg.judge.name == "sorry-bench" else None
+    if jm and hub_facts(jm):
+        w = 2 * hub_facts(jm).params_b * 1e9 / _GIB
+        judge.update(weights_gib=round(w, 1), gpu_share_gib=round((1 - gen_util - 0.05) * gpu_gib, 1))
+        if cfg.generate.backend == "vllm" and w * 1.2 > (1 - gen_util - 0.05) * gpu_gib:
+            problems.append(Problem(f"the judge {jm} ({w:.0f} GiB) does not fit beside the generation engine",
+                                    "lower generate.options.gpu_memory_utilization"))
+    return {"gpu": gpu, "gpu_memory_gib": gpu_gib, "node": node,
+            "translate": {"actors": cfg.translate.concurrency, "cpus_per_actor": 0.5,
+                          "gpus_per_actor": 1 if any(TRANSLATORS.get(t).prefers_gpu for t in cfg.translate.prefer
+                                                     if t != "reference") else 0},
+            "finetune": {"per_cell": needs.describe(), "gpu_memory_upper_bound_gib": train,
+                         "cells_per_node": slots // max(1, needs.num_workers)},
+            "generate": {"backend": cfg.generate.backend, "gpu_memory_utilization": gen_util, "per_model": gen},
+            "judge": judge,
+            "cluster": (f"GPU nodes of {int(node['CPU'])} CPUs, {node['memory_gib']:g} GiB and "
+                        f"{int(node['GPU'])} x {gpu} each (one cell per GPU, sweep.max_concurrent="
+                        f"{cfg.sweep.max_concurrent}), plus CPU nodes for translation; shared RWX volume at the workdir")}
+
+
+def deviations(cfg: StudyConfig) -> list[str]:
+    """Where this config differs from the study, for the report's provenance to print as well."""
+    out = []
+    if not cfg.data.eval.harmful.startswith("sorrybench:"):
+        out.append(f"unsafe prompts: {cfg.data.eval.harmful}, not SORRY-Bench (give "
+                   "data.eval.harmful=sorrybench:/path/question.jsonl for your own copy)")
+    if cfg.data.benign.n != 1000:
+        out.append(f"fine-tuning rows: {cfg.data.benign.n} per language (the study: 1,000)")
+    for lang, src in cfg.data.benign.native.items():
+        out.append(f"fine-tuning data for {lang}: {src}, native content (not a translation of {cfg.data.benign.source})")
+    if cfg.judge.name != "sorry-bench":
+        out.append(f"judge: {cfg.judge.name}, not the study's SORRY-Bench LLM judge")
+    if cfg.data.eval.safe and cfg.data.eval.n_safe:
+        out.append(f"over-refusal prompts added: {cfg.data.eval.safe} x {cfg.data.eval.n_safe} (not in the study)")
+    return out
+
+
+def build_plan(cfg: StudyConfig, gpu: str = "H100", node: dict[str, float] | None = None) -> dict[str, Any]:
+    node = node or dict(DEFAULT_NODE)
+    problems: list[Problem] = []
+    token = _hub_token_present()
+    cells = study_cells(cfg)
+    splits, skipped = _split_rows(cfg, problems)
+    models = [weights_status(a, token, problems) for a in cfg.models]
+    jm = cfg.judge.options.get("model")
+    judge = {"name": cfg.judge.name, "options": cfg.public()["judge"]["options"],
+             "back_translation": _back_translation(cfg, problems),
+             "weights": weights_status(jm, token, problems) if isinstance(jm, str) and jm in MODELS.names() else None}
+    routes = {t for s in splits for r in (s["route"], s["qa_back_route"]) if r for t in
+              [h.split(":")[0] for h in r.split("+")] if t not in ("reference", "native")}
+    routes |= set(cfg.judge.translate_prefer) & set(TRANSLATORS.names())
+    return {
+        "config": {"name": cfg.name, "hash": cfg.digest(), "workdir": cfg.resolved_workdir()},
+        "cells": {"total": len(cells), "base": sum(c.is_base for c in cells),
+                  "fine_tuned": sum(not c.is_base for c in cells), "ids": [c.id for c in cells]},
+        "splits": splits, "left_out": skipped,
+        "translators": _translator_weights(cfg, routes - {"identity"}),
+        "models": models, "hub_token": "present" if token else "absent",
+        "judge": judge,
+        "resources": _resources(cfg, gpu, node, problems),
+        "gpu_hours": gpu_hours(cfg, splits),
+        "deviations_from_study": deviations(cfg),
+        "problems": [{"what": p.what, "fix": p.fix} for p in problems],
+    }
+
+
+def render_text(p: dict[str, Any]) -> str:
+    c, g, r = p["cells"], p["gpu_hours"], p["resources"]
+    lines = [f"plan for {p['config']['name']} (config {p['config']['hash']}, workdir {p['config']['workdir']})",
+             f"cells: {c['total']} ({c['fine_tuned']} fine-tuned, {c['base']} base)", "splits (rows, route):"]
+    for s in p["splits"]:
+        back = f"  qa back: {s['qa_back_route']}" if s["qa_back_route"] else ""
+        lines.append(f"  {s['split']:<15} {s['lang']:<3} {s['source']:<12} {s['rows']:>5}  {s['route']}{back}")
+    for s in p["left_out"]:
+        lines.append(f"  left out: {s['split']}/{s['lang']} from {s['source']} (no route)")
+    lines.append("translators: " + "; ".join(f"{k}: {v}" for k, v in p["translators"].items()))
+    lines.append(f"models (hub token {p['hub_token']}):")
+    lines += [f"  {m['alias']}: {m['weights']}{' [gated]' if m['gated'] else ''}" for m in p["models"]]
+    j = p["judge"]
+    lines.append(f"judge: {j['name']} {j['options']}" + (f"; weights: {j['weights']['weights']}" if j["weights"] else ""))
+    lines.append("back-translation for the judge: " + ", ".join(f"{k}: {v}" for k, v in j["back_translation"].items()))
+    lines.append(f"resources ({r['gpu']}, {r['gpu_memory_gib']} GiB):")
+    lines.append(f"  translate: {r['translate']}")
+    lines.append(f"  finetune: {r['finetune']['per_cell']} per cell; GPU memory upper bound (GiB): "
+                 f"{r['finetune']['gpu_memory_upper_bound_gib']}")
+    lines.append(f"  generate: {r['generate']['backend']}, gpu_memory_utilization {r['generate']['gpu_memory_utilization']}")
+    lines.append(f"  judge: {r['judge']}")
+    lines.append(f"  cluster: {r['cluster']}")
+    lines.append(f"GPU-hours (H100): {g['total_h100_hours']} (goal <= {g['goal_h100_hours']}: "
+                 f"{'met' if g['within_goal'] else 'NOT met'}); by stage {g['by_stage']}; by model {g['by_model']}")
+    lines.append(f"  answers per cell: {g['answers_per_cell']} ({g['answers_back_translated_per_cell']} back-translated)")
+    lines.append(f"  recorded: {g['recorded']['source']}")
+    lines.append("  assumed (not measured): " + ", ".join(f"{k}={v}" for k, v in g["assumed"].items()))
+    lines.append("differs from the study: " + ("; ".join(p["deviations_from_study"]) or "nothing"))
+    if p["problems"]:
+        lines.append(f"PROBLEMS ({len(p['problems'])}): these would fail later")
+        lines += [f"  - {q['what']} — fix: {q['fix']}" for q in p["problems"]]
+    else:
+        lines.append("no problems found")
+    return "\n".join(lines)
+
+
+def check_node_args(cpus: float, gpus: float, memory_gib: float) -> dict[str, float]:
+    if cpus <= 0 or gpus < 0 or memory_gib <= 0 or math.isnan(cpus):
+        raise SafedriftError("--node-cpus and --node-memory must be positive, --node-gpus at least 0")
+    return {"CPU": cpus, "GPU": gpus, "memory_gib": memory_gib}
+
+
+__all__ = ["ASSUMED", "GPU_MEMORY_GIB", "RECORDED", "build_plan", "check_node_args", "deviations",
+           "render_text", "train_memory_gib"]

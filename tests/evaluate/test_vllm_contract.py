@@ -1,0 +1,120 @@
+"""The calls safedrift's vLLM backend makes bind to vLLM's real signatures (issue #17, point 6).
+
+vLLM has no CPU wheel, so its signatures are recorded from its source into vllm_api.json (provenance and
+how to refresh it are in that file). A stand-in `vllm` module is built from those records: each class
+binds its arguments with inspect.Signature exactly as Python would, so a renamed or missing parameter,
+a wrong positional order or an unknown TokensPrompt key raises TypeError. Then the backend's real
+generate_vllm_many runs against it, for every recorded shape of the API."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chat_templates import tiny_tokenizer
+
+from pipelines.config import GenerateConfig
+from pipelines.evaluate.backends import vllm as backend
+from pipelines.evaluate.chat import prompt_token_ids
+
+API = json.loads((Path(__file__).with_name("vllm_api.json")).read_text())["signatures"]
+
+
+def signature(record: dict[str, Any]) -> inspect.Signature:
+    params = [inspect.Parameter(name, getattr(inspect.Parameter, kind),
+                                default=None if has_default else inspect.Parameter.empty)
+              for name, kind, has_default in record["params"]]
+    return inspect.Signature(params)
+
+
+def fake_vllm(shapes: dict[str, dict[str, Any]], tok: Any, calls: list[tuple[str, Any]]) -> types.ModuleType:
+    engine_fields = set(shapes["EngineArgs"]["fields"])
+    tp = shapes["TokensPrompt"]
+
+    class LLM:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            bound = signature(shapes["LLM.__init__"]).bind(self, *args, **kwargs)
+            extra = set(bound.arguments.get("kwargs", {})) - engine_fields
+            if extra:
+                raise TypeError(f"EngineArgs has no field(s) {sorted(extra)}")
+            calls.append(("LLM", kwargs))
+
+        def get_tokenizer(self) -> Any:
+            return tok
+
+        def generate(self, *args: Any, **kwargs: Any) -> list[Any]:
+            bound = signature(shapes["LLM.generate"]).bind(self, *args, **kwargs)
+            prompts = bound.arguments["prompts"]
+            for p in prompts:
+                if not isinstance(p, dict) or set(tp["required"]) - set(p) or set(p) - {*tp["required"], *tp["optional"]}:
+                    raise TypeError(f"not a TokensPrompt: {sorted(p) if isinstance(p, dict) else type(p)}")
+            loras = bound.arguments.get("lora_request")
+            if isinstance(loras, list) and len(loras) != len(prompts):
+                raise ValueError("lora_request must have one entry per prompt")
+            calls.append(("generate", bound.arguments))
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f"answer {i}")])
+                    for i in range(len(prompts))]
+
+    def SamplingParams(*args: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: N802 - vLLM's name
+        signature(shapes["SamplingParams"]).bind(*args, **kwargs)
+        return kwargs
+
+    class LoRARequest:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            b = signature(shapes["LoRARequest"]).bind(*args, **kwargs)
+            self.lora_name, self.lora_int_id, self.lora_path = (b.arguments[k] for k in
+                                                                 ("lora_name", "lora_int_id", "lora_path"))
+
+    mod = types.ModuleType("vllm")
+    mod.LLM, mod.SamplingParams = LLM, SamplingParams  # type: ignore[attr-defined]
+    lora = types.ModuleType("vllm.lora")
+    req = types.ModuleType("vllm.lora.request")
+    req.LoRARequest = LoRARequest  # type: ignore[attr-defined]
+    return mod, lora, req  # type: ignore[return-value]
+
+
+SHAPES = [dict(zip(API, combo, strict=True)) for combo in itertools.product(*API.values())]
+
+
+@pytest.mark.parametrize("shapes", SHAPES, ids=[f"shape{i}" for i in range(len(SHAPES))])
+def test_backend_calls_bind_to_the_recorded_vllm_api(shapes, tmp_path, monkeypatch) -> None:
+    tok = tiny_tokenizer("llama")
+    calls: list[tuple[str, Any]] = []
+    mod, lora, req = fake_vllm(shapes, tok, calls)
+    for name, m in (("vllm", mod), ("vllm.lora", lora), ("vllm.lora.request", req)):
+        monkeypatch.setitem(sys.modules, name, m)
+    monkeypatch.setattr(backend, "_ENGINES", {})
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    gcfg = GenerateConfig(max_new_tokens=7, temperature=0.7, top_p=0.9)
+    out = backend.generate_vllm_many(tmp_path / "base", [(None, ["Hi there."]), (adapter, ["Bake bread?", "Why?"])],
+                                     gcfg, max_loras=2, gpu_memory_utilization=0.5, max_model_len=2048)
+    assert out == [["answer 0"], ["answer 1", "answer 2"]]
+    (_, engine), (_, gen) = calls
+    assert engine["enable_lora"] is True and engine["max_loras"] == 2
+    # The prompts are the transformers path's token ids, one LoRA request per prompt (None = base).
+    assert [p["prompt_token_ids"] for p in gen["prompts"]] == prompt_token_ids(tok, ["Hi there.", "Bake bread?", "Why?"])
+    loras = gen["lora_request"]
+    assert loras[0] is None and loras[1].lora_int_id == loras[2].lora_int_id == 1
+    assert loras[1].lora_path == str(adapter.resolve())
+
+
+def test_the_stand_in_rejects_a_call_that_would_fail_in_vllm(tmp_path) -> None:
+    shapes = SHAPES[0]
+    mod, _, req = fake_vllm(shapes, tiny_tokenizer("qwen3"), [])
+    with pytest.raises(TypeError):
+        mod.SamplingParams(max_new_tokens=5)  # transformers' name, not vLLM's
+    with pytest.raises(TypeError):
+        req.LoRARequest("a", 1, "/x", "extra", "too many")
+    llm = mod.LLM(model="m", enable_lora=True)
+    with pytest.raises(TypeError):
+        llm.generate([{"prompt": "text"}])  # a TextPrompt where TokensPrompts are promised
+    with pytest.raises(TypeError):
+        mod.LLM(model="m", enable_loras=True)  # not an EngineArgs field

@@ -1,0 +1,100 @@
+"""The model-staging Job (issue #17 point 5): rendered from infra/staging, hardened like every other pod,
+the only pod with the hub token, out to public HTTPS only; its script stages what the paper preset
+loads; the README creates its Secret and runs it before resuming the (suspended) sweep."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from infra_support import INFRA, REPO, by_kind, one, pod_templates, render
+from netpol import Endpoint, can_connect, outside
+from test_manifests import documented_secret_keys
+from test_security import METADATA, PRIVATE, PUBLIC, _secret_refs, network_problems, pod_security_problems
+
+STAGING = INFRA / "staging"
+
+
+def staging_pod(objs):
+    (label, labels, spec), = [t for t in pod_templates(objs) if t[0].startswith("Job/safedrift-stage")]
+    return label, labels, spec
+
+
+def test_staging_job_is_hardened_and_mounts_the_volume():
+    objs = render(STAGING)
+    assert not pod_security_problems(objs)
+    _, labels, spec = staging_pod(objs)
+    assert labels["app.kubernetes.io/component"] == "model-staging"
+    mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert {"/mnt/safedrift", "/config", "/tmp"} <= mounts
+    # The script it runs is the ConfigMap generated from infra/staging/stage.py.
+    script = one(objs, "ConfigMap", "safedrift-stage-script")["data"]["stage.py"]
+    assert script == (STAGING / "stage.py").read_text()
+    broken = copy.deepcopy(objs)
+    staging_pod(broken)[2]["containers"][0]["securityContext"].pop("readOnlyRootFilesystem")
+    assert pod_security_problems(broken)
+
+
+def test_hub_token_only_on_the_staging_pod():
+    staging = render(STAGING)
+    _, _, spec = staging_pod(staging)
+    assert _secret_refs(spec) == {"safedrift-hub"}
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "safedrift-hub", "key": "token"}
+    for overlay in ("gpu", "cpu-test"):
+        for label, _, pod in pod_templates(render(INFRA / "overlays" / overlay)):
+            assert "safedrift-hub" not in _secret_refs(pod), f"{overlay} {label} reads the hub token"
+    assert ("safedrift-hub", "token") in documented_secret_keys()
+
+
+def test_staging_reaches_public_https_only_and_widens_nothing_else():
+    gpu = render(INFRA / "overlays" / "gpu")
+    staging = render(STAGING)
+    pols = by_kind(gpu, "NetworkPolicy") + by_kind(staging, "NetworkPolicy")
+    _, labels, _ = staging_pod(staging)
+    pod = Endpoint("model-staging", labels)
+    assert can_connect(pols, pod, PUBLIC, 443)
+    assert can_connect(pols, pod, Endpoint("kube-dns", {"k8s-app": "kube-dns"}, "kube-system"), 53, "UDP")
+    for dst, port in ((METADATA, 80), (METADATA, 443), (PRIVATE, 443), (outside("public http", "18.239.50.16"), 80)):
+        assert not can_connect(pols, pod, dst, port), f"staging -> {dst.name}:{port} should be closed"
+    ray_head = Endpoint("head", {"app.kubernetes.io/component": "ray-head",
+                                 "app.kubernetes.io/part-of": "safedrift-sweep"})
+    assert not can_connect(pols, pod, ray_head, 6379)
+    # Adding the staging policy to the overlay changes no other pod's flows.
+    assert not network_problems(gpu + by_kind(staging, "NetworkPolicy"))
+
+
+def test_gpu_sweep_waits_for_staging_and_pods_find_the_staged_copies():
+    gpu = render(INFRA / "overlays" / "gpu")
+    assert one(gpu, "RayJob")["spec"]["suspend"] is True
+    assert "suspend" not in one(render(INFRA / "overlays" / "cpu-test"), "RayJob")["spec"]
+    env = one(gpu, "ConfigMap", "safedrift-env")["data"]
+    assert env["SAFEDRIFT_MODEL_DIR"].startswith("/mnt/safedrift/")
+    assert env["SAFEDRIFT_CACHE"].startswith("/mnt/safedrift/")  # not ~/.cache on a read-only root
+    readme = (INFRA / "README.md").read_text()
+    order = [readme.index(s) for s in ("create secret generic safedrift-hub", "kubectl apply -k infra/overlays/gpu",
+                                       "kubectl apply -k infra/staging", "job/safedrift-stage",
+                                       '"suspend":false')]
+    assert order == sorted(order), "README: secret, overlay, staging, wait, resume — in that order"
+
+
+def test_stage_script_plans_every_model_and_data_file_of_the_paper_preset(tmp_path):
+    env = {**os.environ, "SAFEDRIFT_MODEL_DIR": str(tmp_path / "models"), "SAFEDRIFT_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, str(STAGING / "stage.py"), "--config", "configs/paper.yaml", "--dry-run"],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    for alias in [*cfg["models"], cfg["judge"]["options"]["model"], "nllb-200-distilled-600M"]:
+        assert f"model {alias}:" in proc.stdout
+    assert "data hplt_oasst: 11 file(s)" in proc.stdout  # the ten siblings too
+    assert importlib.util.find_spec("huggingface_hub") is not None
+
+
+@pytest.fixture(autouse=True)
+def _kustomize():
+    render(STAGING)  # skips (or fails under CI) without kustomize, like the other infra tests

@@ -1,0 +1,124 @@
+"""`safedrift plan` (issue #17 point 4): the dry run of the paper preset — its facts, its GPU-hours
+estimate with the figures it rests on, and a failure naming the fix for each thing that would fail later.
+Runs the real CLI in-process; nothing is mocked: the staged weights are real directories the model
+registry's lookup (SAFEDRIFT_MODEL_DIR/<alias>/config.json) finds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.registries.models import hub_facts
+
+GATED = ["llama-3.2-1b-instruct", "llama-3.2-3b-instruct", "gemma-3-1b-it", "gemma-3-4b-it"]
+
+
+@pytest.fixture
+def no_token(monkeypatch, tmp_path: Path) -> Path:
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no token file, an empty hub cache
+    return tmp_path
+
+
+@pytest.fixture
+def staged(no_token: Path, monkeypatch) -> Path:
+    root = no_token / "models"
+    for alias in GATED:
+        (root / alias).mkdir(parents=True)
+        (root / alias / "config.json").write_text("{}")
+    monkeypatch.setenv("SAFEDRIFT_MODEL_DIR", str(root))
+    return root
+
+
+def run_plan(capsys, *args: str) -> tuple[int, str]:
+    rc = main(["plan", *args])
+    return rc, capsys.readouterr().out
+
+
+def test_paper_plan_carries_every_fact_and_fits_the_budget(staged, capsys) -> None:
+    rc, out = run_plan(capsys, "-c", "paper", "--json")
+    plan = json.loads(out)
+    assert rc == 0, plan["problems"]
+    assert {"cells", "splits", "judge", "resources", "gpu_hours"} <= set(plan)
+    assert plan["cells"]["total"] == 6 * (9 * 2 * 3 + 1) == len(plan["cells"]["ids"])
+    kinds = {(s["split"], s["lang"]) for s in plan["splits"]}
+    assert {(k, lang) for k in ("benign", "eval", "eval_safe", "benign_heldout")
+            for lang in ("en", "zh", "ga", "tl")} <= kinds
+    assert all(s["rows"] > 0 for s in plan["splits"])  # the held-out split too (it was empty before)
+    heldout = {s["lang"]: s["rows"] for s in plan["splits"] if s["split"] == "benign_heldout"}
+    assert heldout["en"] == 99 and heldout["zh"] == 99
+    assert any(s["route"] == "nllb:en-ga" for s in plan["splits"])
+    assert plan["judge"]["name"] == "sorry-bench" and plan["judge"]["back_translation"]["zh"] == "nllb:zh-en"
+    assert "NOT present locally" in plan["translators"]["nllb"]  # planned, but said plainly
+    g = plan["gpu_hours"]
+    assert g["total_h100_hours"] <= 32 and g["within_goal"]
+    assert g["recorded"]["lora_tokens_per_s"] == 49_409 and "RESULTS.md" in g["recorded"]["source"]
+    assert g["assumed"]["vllm_decode_tokens_per_s_at_1.24b"] > 0
+    assert abs(sum(g["by_stage"].values()) - g["total_h100_hours"]) < 0.1
+    assert plan["resources"]["finetune"]["gpu_memory_upper_bound_gib"]["gemma-3-4b-it"] < 80
+    assert any("SORRY-Bench" in d for d in plan["deviations_from_study"])
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_text_plan_shows_the_figures(staged, capsys) -> None:
+    rc, out = run_plan(capsys, "-c", "paper")
+    assert rc == 0
+    assert "GPU-hours (H100)" in out and "assumed (not measured)" in out and "49,409 tokens/s" in out
+    assert "no problems found" in out
+
+
+def test_gated_model_without_weights_or_token_fails_naming_the_fix(no_token, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("SAFEDRIFT_MODEL_DIR", raising=False)
+    rc, out = run_plan(capsys, "-c", "paper", "--json")
+    problems = json.loads(out)["problems"]
+    assert rc == 2
+    named = {a for a in GATED if any(a in p["what"] for p in problems)}
+    assert named == set(GATED)  # qwen3 is not gated: fetched on first use, no problem
+    assert all("SAFEDRIFT_MODEL_DIR" in p["fix"] and "HF_TOKEN" in p["fix"] for p in problems)
+
+
+def test_a_token_is_enough_and_never_printed(no_token, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_plan_test_not_a_real_token")
+    rc, out = run_plan(capsys, "-c", "paper", "--json")
+    assert rc == 0 and "hf_plan_test_not_a_real_token" not in out
+    assert json.loads(out)["hub_token"] == "present"
+
+
+def test_empty_heldout_split_fails(staged, capsys) -> None:
+    rc, out = run_plan(capsys, "-c", "paper", "data.benign.n=999", "--json")
+    problems = json.loads(out)["problems"]
+    assert rc == 2
+    assert any("benign_heldout" in p["what"] and "data.benign.n" in p["what"] for p in problems)
+
+
+def test_missing_route_fails(staged, capsys) -> None:
+    rc, out = run_plan(capsys, "-c", "paper", "translate.prefer=[reference,apertium]", "--json")
+    assert rc == 2
+    assert any("no translation route" in p["what"] for p in json.loads(out)["problems"])
+
+
+def test_a_cell_no_node_can_hold_fails(staged, capsys) -> None:
+    rc, out = run_plan(capsys, "-c", "paper", "--gpu", "A10G", "--json")
+    problems = json.loads(out)["problems"]
+    assert rc == 2
+    assert any("no node can hold" in p["what"] and "max_length" in p["fix"] for p in problems)
+    rc, out = run_plan(capsys, "-c", "paper", "--node-cpus", "2", "--json")
+    assert rc == 2 and any("holds none" in p["what"] for p in json.loads(out)["problems"])
+
+
+def test_multimodal_lora_targets_stay_in_the_language_model() -> None:
+    import re
+
+    from pipelines.registries.models import peft_target_modules
+
+    target = peft_target_modules("gemma-3-4b-it")
+    assert isinstance(target, str)  # a str is a regex for peft (re.fullmatch), a list only suffixes
+    assert re.fullmatch(target, "model.language_model.layers.3.self_attn.q_proj")
+    assert not re.fullmatch(target, "model.vision_tower.vision_model.encoder.layers.3.self_attn.q_proj")
+    assert peft_target_modules("gemma-3-1b-it") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert hub_facts("qwen3-4b").thinking and not hub_facts("llama-3.2-1b-instruct").thinking
