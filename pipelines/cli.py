@@ -15,12 +15,15 @@ from typing import Any
 import yaml
 
 from cluster.connect import connect
+from cluster.console import StudyConsole
 from cluster.storage import StorageError, workdir_lock
+from cluster.tracking import tracking_uri
 from pipelines.config import DEFAULT_PRESET
 from pipelines.errors import SafedriftError
 from pipelines.evaluate.backends import BACKENDS
 from pipelines.evaluate.judges import JUDGES
 from pipelines.layout import REPO_ROOT, Workdir
+from pipelines.plan import GPU_MEMORY_GIB, build_plan, check_node_args, render_text
 from pipelines.prepare import prepare
 from pipelines.presets import load_config
 from pipelines.registries.datasets import DATASETS
@@ -28,6 +31,7 @@ from pipelines.registries.languages import LANGUAGES
 from pipelines.registries.models import MODELS
 from pipelines.report import report_for_config, report_from_dir
 from pipelines.run import run_study
+from pipelines.secrets import redact_uri
 from pipelines.translate import build_datasets
 from pipelines.translate.translators import TRANSLATORS
 
@@ -51,8 +55,9 @@ def _load(args: argparse.Namespace) -> Any:
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
-    print(f"# config hash: {cfg.digest()}  workdir: {cfg.resolved_workdir()}")
+    # Secrets masked (***) and URIs without credentials: a terminal's scrollback is no place for a token.
+    print(yaml.safe_dump(cfg.public(), sort_keys=False, allow_unicode=True), end="")
+    print(f"# config hash: {cfg.digest()}  workdir: {cfg.resolved_workdir()}  (secrets shown as ***)")
     return 0
 
 
@@ -63,8 +68,9 @@ def describe(kind: str, name: str) -> str:
         return f"{item.name} ({item.script})" + (", study language" if item.study else "") + \
             (", MultiJail reference" if item.multijail else "")
     if kind == "models":
-        where = item.hub_id if item.source == "hub" else f"{item.package}:{item.gguf_file}" \
-            if item.source == "gguf-package" else "random weights, local tokenizer (tests)"
+        where = {"hub": item.hub_id, "gguf-package": f"{item.package}:{item.gguf_file}",
+                 "aligned": f"aligned locally from {item.base} (safedrift prepare)"}.get(
+            item.source, "random weights, local tokenizer (tests)")
         return f"{item.family}, {item.source}: {where}"
     if kind == "datasets":
         return f"{item.kind}, {item.license}: {item.description or item.path}"
@@ -79,7 +85,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_study(res: Any, elapsed: float) -> None:
+def _print_study(res: Any, cfg: Any, elapsed: float, log_path: Path | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -100,9 +106,39 @@ def _print_study(res: Any, elapsed: float) -> None:
         table.add_row(r["cell_id"], *[f"{rates[lang]:.2f}" if rates.get(lang) is not None else "–"
                                       for lang in langs])
     console.print(table)
-    console.print(f"report: {res.report_path / 'report.html'}")
-    console.print(f"MLflow parent run: {res.parent_run_id}  (store: {res.workdir})")
-    console.print(f"done in {elapsed:.1f} s")
+    # Plain prints: paths and commands must not be wrapped to the terminal's width.
+    print(f"report: {res.report_path / 'report.html'}")
+    print(f"MLflow: parent run {res.parent_run_id}; open the UI with: {mlflow_ui_command(res, cfg)}")
+    if log_path is not None:
+        print(f"full log (Ray, Tune, Train): {log_path}")
+    print(f"done in {elapsed:.1f} s")
+
+
+def mlflow_ui_command(res: Any, cfg: Any) -> str:
+    """The command that opens the MLflow UI on this study's store (never with a password in it)."""
+    uri = redact_uri(tracking_uri(Workdir(res.workdir).mlflow_db(), cfg.mlflow.tracking_uri))
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri} --port 5000"
+
+
+def _with_console(cfg: Any, title: str, fn: Any) -> tuple[Any, Path | None]:
+    """Runs fn(on_event) under the study console: a progress view, everything else in the workdir's log."""
+    wd = Workdir.open(cfg.resolved_workdir())
+    with StudyConsole(wd.logs(), title) as console:
+        try:
+            res = fn(console.on_event)
+        finally:
+            _stop_local_ray()  # inside the console: Ray's last worker logs go to the log file too
+    return res, console.log_path
+
+
+def _stop_local_ray() -> None:
+    if "ray" in sys.modules:  # only if this run imported (and so maybe started) Ray
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -110,8 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     t0 = time.time()
-    res = run_study(cfg, resume=args.resume)
-    _print_study(res, time.time() - t0)
+    res, log_path = _with_console(cfg, f"safedrift run -c {args.config}",
+                                  lambda on_event: run_study(cfg, resume=args.resume, on_event=on_event))
+    _print_study(res, cfg, time.time() - t0, log_path)
     return 0
 
 
@@ -121,7 +158,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     t0 = time.time()
-    res = run_study(cfg, resume=args.resume, until="sweep")
+    res, log_path = _with_console(cfg, f"safedrift sweep -c {args.config}",
+                                  lambda on_event: run_study(cfg, resume=args.resume, until="sweep", on_event=on_event))
+    print(f"full log: {log_path}")
     for r in res.results:
         print(f"cell {r.get('cell_id')}: {'reused' if r.get('reused') else 'ran'}")
     print(f"sweep {res.study_hash}: {len(res.results)} cell(s) in {time.time() - t0:.1f} s; "
@@ -180,6 +219,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The dry run: no model, no translation, no Ray. Exits 2 when something would fail later."""
+    cfg = _load(args)
+    plan = build_plan(cfg, gpu=args.gpu, node=check_node_args(args.node_cpus, args.node_gpus, args.node_memory))
+    print(json.dumps(plan, indent=2, ensure_ascii=False) if args.json else render_text(plan))
+    return 2 if plan["problems"] else 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # The one project import left in a function: serving.app imports Ray Serve at its top (about 1.2 s),
     # which every other subcommand would pay for.
@@ -209,6 +256,10 @@ EXAMPLES = {
   safedrift data build -c laptop                 # only the translation stage""",
     "list": """examples:
   safedrift list models | languages | datasets | translators | judges | backends""",
+    "plan": """examples:
+  safedrift plan -c paper                        # cells, splits, routes, judge, resources, GPU-hours; no work done
+  safedrift plan -c paper --json | jq .gpu_hours # the same facts as JSON
+  safedrift plan -c paper --gpu L40S --node-cpus 8 --node-memory 64   # check another GPU node shape""",
     "serve": """examples:
   safedrift serve                                # the judge over HTTP on 127.0.0.1:8000
   safedrift serve --serve-config serving/judge.yaml --host 127.0.0.1 --port 8000""",
@@ -270,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force-ray", action="store_true",
                    help="run Ray Data even when every segment is already in the translation cache")
     q.set_defaults(func=cmd_data_build)
+
+    p = _sub(sub, "plan", "dry run: what the study would run and need, and what would fail, before any work",
+             cmd_plan)
+    _config_args(p)
+    p.add_argument("--json", action="store_true", help="the plan as JSON (keys cells, splits, judge, resources, "
+                                                        "gpu_hours, problems, ...)")
+    p.add_argument("--gpu", default="H100", choices=sorted(GPU_MEMORY_GIB), help="the GPU of the GPU nodes")
+    p.add_argument("--node-cpus", type=float, default=8.0, help="CPUs per GPU node (infra/base/rayjob.yaml: 8)")
+    p.add_argument("--node-gpus", type=float, default=1.0, help="GPUs per GPU node")
+    p.add_argument("--node-memory", type=float, default=64.0, help="memory per GPU node, GiB")
 
     p = _sub(sub, "list", "list a registry, one entry a line with what it is", cmd_list)
     p.add_argument("kind", choices=sorted(REGISTRIES))

@@ -1,5 +1,6 @@
 """One-time preparation of what a preset needs before its first run, cached under SAFEDRIFT_CACHE:
-each model converted to a transformers directory (SmolLM2 ships as GGUF), and the configured judge
+each model converted to a transformers directory (SmolLM2 ships as GGUF) or, for an aligned base
+(source="aligned", pipelines/finetune/align.py), trained, merged and saved once, and the configured judge
 fitted and scored against held-out human labels. scripts/setup.sh runs it for the default preset, so
 the first `safedrift run` spends its time on the study itself."""
 
@@ -11,6 +12,7 @@ import time
 from pipelines.config import StudyConfig
 from pipelines.evaluate.judges import make_judge
 from pipelines.evaluate.judges.agreement import cached_agreement
+from pipelines.finetune.align import check_disjoint
 from pipelines.registries.model_store import model_dir
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,8 @@ def prepare(cfg: StudyConfig) -> dict[str, float]:
     """Seconds per step; every step is a no-op when its cache is already there."""
 
     took: dict[str, float] = {}
+    # Before minutes of training: an aligned base must not have been trained on this study's rows.
+    check_disjoint(cfg)
     for m in cfg.models:
         t0 = time.time()
         model_dir(m)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pipelines.config import DEFAULT_PRESET, StudyConfig, parse_config
 from pipelines.evaluate.backends import BACKENDS
 from pipelines.evaluate.judges import JUDGES
+from pipelines.finetune.align import check_disjoint
 from pipelines.registries.datasets import DATASETS, USER_PREFIXES
 from pipelines.registries.languages import LANGUAGES
 from pipelines.registries.models import MODELS
@@ -40,3 +41,4 @@ def check_components(cfg: StudyConfig) -> None:
         TRANSLATORS.check(name)
     for name, options in cfg.translate.options.items():
         bind_options("translator", name, TRANSLATORS.get(name), options)
+    check_disjoint(cfg)  # an aligned base's own training rows must not be fine-tuned or held out again

@@ -30,18 +30,28 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def smoke_study(ray_cluster, tmp_path_factory):
-    """The smoke preset, end to end, once per session; tests assert on what it wrote."""
+def smoke_study(tmp_path_factory):
+    """The smoke preset, end to end, once per session, run the way a user runs it (`safedrift run` in its
+    own process, with its console); tests assert on what it wrote and on what it printed."""
+    import json
+    import subprocess
+    import sys
     import time
 
     from pipelines.presets import load_config
     from pipelines.run import run_study
 
     workdir = tmp_path_factory.mktemp("smoke")
-    cfg = load_config("smoke", [f"workdir={workdir}"])
     t0 = time.time()
-    result = run_study(cfg)
-    return {"cfg": cfg, "result": result, "seconds": time.time() - t0}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "-c", "smoke", f"workdir={workdir}"],
+                          capture_output=True, text=True, timeout=1500, cwd=REPO)
+    seconds = time.time() - t0
+    assert proc.returncode == 0, f"safedrift run failed ({proc.returncode}); its log is under {workdir}/logs"
+    cfg = load_config("smoke", [f"workdir={workdir}"])
+    result = run_study(cfg)  # every stage reused: reads what the run wrote, starts no Ray
+    sweep = json.loads(next(workdir.glob("sweeps/*/*/manifest.json")).read_text())
+    result.stages = sweep["stages"]  # what the CLI run itself did, stage by stage
+    return {"cfg": cfg, "result": result, "seconds": seconds, "stdout": proc.stdout, "stderr": proc.stderr}
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ def test_component_options_are_bound_when_the_config_loads() -> None:
         load_config("smoke", ["translate.options={nllb: {modle: x}}"])
     with pytest.raises(ConfigError, match=r"generation backend 'transformers' has no option\(s\) \['sort'\]"):
         load_config("smoke", ["generate.options={sort: false}"])
-    with pytest.raises(UnknownNameError, match="known generation backends: transformers, vllm"):
+    with pytest.raises(UnknownNameError, match="known generation backends: .*transformers.*vllm"):
         load_config("smoke", ["generate.backend=tgi"])
     assert load_config("smoke", ["judge.options={window: 10}"]).judge.options == {"window": 10}
 

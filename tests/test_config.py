@@ -16,7 +16,8 @@ def test_presets_load(preset: str) -> None:
 
 def test_laptop_is_the_study_the_issue_describes() -> None:
     cfg = load_config("laptop")
-    assert cfg.models == ["smollm2-135m-instruct"]
+    assert cfg.models == ["smollm2-135m-aligned"]  # a base with refusals to lose (issue #20)
+    assert cfg.data.eval.n_harmful >= 40
     assert cfg.ft_langs == ["en", "es", "zh"]
     assert cfg.eval_langs == ["en", "es", "pt", "zh"]
     assert cfg.data.benign.native == {"zh": "alpaca_zh"}

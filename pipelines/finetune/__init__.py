@@ -20,7 +20,7 @@ from pipelines.finetune.data import StepPlan, build_sequences, load_tokenizer, p
 from pipelines.finetune.deepspeed_config import dist_backend
 from pipelines.finetune.recipe import benign_rows, train_loop_per_worker
 from pipelines.layout import Workdir
-from pipelines.registries.models import model_spec
+from pipelines.registries.models import peft_target_modules
 from pipelines.translate import read_split
 
 __all__ = ["check_data", "check_trainable", "finetune_cell", "loop_config", "make_trainer"]
@@ -68,7 +68,8 @@ def loop_config(cfg: StudyConfig, cell: Cell, model_dir: Path, datasets_path: Pa
     return {
         "finetune": ft.model_dump(mode="json"), "model_dir": str(model_dir), "datasets_path": str(datasets_path),
         "ft_lang": cell.ft_lang, "seed": cell.seed, "epochs": cell.epochs,
-        "lora_targets": ft.lora.target_modules or list(model_spec(cell.model).lora_targets),
+        # A name list, or a regex that keeps a multimodal model's LoRA in its language model (gemma-3-4b-it).
+        "lora_targets": ft.lora.target_modules or peft_target_modules(cell.model),
         "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id,
     }
 

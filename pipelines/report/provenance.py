@@ -2,24 +2,27 @@
 with their sha256, the judge and its agreement with human labels, translators with their translation
 QA pass rates, seeds and epochs, and the software versions. Built once when the study runs (a JSON
 "study context" saved beside the report, so `safedrift report` can redraw it later) and rendered from
-there. Credentials never enter it: URIs lose their user info, option keys that look secret are masked."""
+there. Credentials never enter it: everything config-derived goes through pipelines.secrets.public_view
+(URIs lose their user info, values of secret-named keys are masked)."""
 
 from __future__ import annotations
 
 import platform
-import re
 import time
 from importlib import metadata
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pipelines.cells import study_cells
+from pipelines.finetune.align import aligned_provenance
 from pipelines.registries.datasets import DATASETS, JUDGE_LABEL_SETS
 from pipelines.registries.models import MODELS
+from pipelines.secrets import public_view, redact_uri
+
+__all__ = ["dataset_info", "minimal_context", "model_info", "qa_pass_rates", "redact", "redact_uri",
+           "software_versions", "study_context"]
 
 SOFTWARE = ("torch", "ray", "deepspeed", "transformers", "peft", "mlflow", "polars", "numpy", "matplotlib",
             "pyarrow", "vllm")
-_SECRET = re.compile(r"token|secret|password|passwd|api[_-]?key|credential|auth", re.I)
 
 
 def software_versions() -> dict[str, str]:
@@ -34,27 +37,9 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-def redact_uri(uri: str | None) -> str | None:
-    """A URI without user:password@ (a PostgreSQL or HTTP tracking URI may carry them)."""
-    if not uri or "://" not in uri:
-        return uri
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 def redact(obj: Any) -> Any:
-    """A copy of a config dump with secret-looking values masked and URIs without credentials."""
-    if isinstance(obj, dict):
-        return {k: ("***" if _SECRET.search(str(k)) and v not in (None, "") else redact(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    if isinstance(obj, str) and "://" in obj:
-        return redact_uri(obj)
-    return obj
+    """A copy of a config dump with its secrets masked and URIs without credentials (the one public view)."""
+    return public_view(obj)
 
 
 def model_info(alias: str) -> dict[str, Any]:
@@ -62,8 +47,12 @@ def model_info(alias: str) -> dict[str, Any]:
     if alias not in MODELS:  # same keys either way: the report renders the list as one table
         return {"alias": alias, "source": "unknown", "family": None, "weights": None, "hub_id": None}
     m = MODELS.get(alias)
-    where = {"hub": m.hub_id, "gguf-package": f"{m.package}:{m.gguf_file}"}.get(m.source, "random-initialised")
-    return {"alias": alias, "source": m.source, "family": m.family, "weights": where, "hub_id": m.hub_id}
+    where = {"hub": m.hub_id, "gguf-package": f"{m.package}:{m.gguf_file}",
+             "aligned": f"aligned locally from {m.base}"}.get(m.source, "random-initialised")
+    info = {"alias": alias, "source": m.source, "family": m.family, "weights": where, "hub_id": m.hub_id}
+    if m.source == "aligned":  # recipe, data with sha256, checks: the report says how it was aligned
+        info["aligned"] = aligned_provenance(alias)
+    return info
 
 
 def dataset_info(name: str, sha256: str | None = None) -> dict[str, Any]:
@@ -123,14 +112,14 @@ def study_context(cfg: Any, study_hash: str, datasets_hash: str, ds_manifest: di
                      "generate_temperature": cfg.generate.temperature, "generate_seed": cfg.generate.seed},
         "datasets": [dataset_info(n, sources.get(n)) for n in used],
         "judge": {"name": cfg.judge.name, "back_translate": cfg.judge.back_translate,
-                  "options": redact(dict(cfg.judge.options))},
+                  "options": public_view(dict(cfg.judge.options))},
         "translators": dict(ds_manifest.get("translator_versions") or {}),
         "routes": dict(ds_manifest.get("routes") or {}),
         "qa": qa_pass_rates(ds_manifest),
         "qa_policy": ds_manifest.get("qa_policy"),
         "software": software_versions(),
         "mlflow": {"tracking_uri": redact_uri(tracking_uri), "parent_run_id": parent_run_id},
-        "config": redact(cfg.model_dump(mode="json")),
+        "config": cfg.public(),
     }
 
 

@@ -1,0 +1,64 @@
+"""Recipe search for the aligned laptop base on DEV prompts (never the study's eval rows): compliance by the
+refusal-phrase proxy on MultiJail rows 100..139 (the study evaluates its first data.eval.n_harmful rows) in
+en and zh (human translation), over-refusal on 40 XSTest safe prompts that the eval's spread of up to 20 per
+source never picks, plus 20 OASST prompts after the eval's. One JSON line per variant on stdout.
+
+    SAFEDRIFT_CACHE=/tmp/sdc_dev .venv/bin/python benchmarks/aligned_base/recipe_search.py '{"lr": 5e-4}' ...
+    (no argument: the registry's recipe; "base": the unaligned base model; "model:<alias>": a registry model)"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from pipelines.config import GenerateConfig
+from pipelines.evaluate.backends.transformers import generate_answers, load_for_generation
+from pipelines.evaluate.judges import JudgeItem, make_judge
+from pipelines.finetune.align import aligned_dir
+from pipelines.registries import datasets
+from pipelines.registries.model_store import model_dir
+from pipelines.registries.models import ModelSpec
+from pipelines.translate.plan import _spread
+
+
+def dev_sets() -> dict[str, list[str]]:
+    mj = list(datasets.load("multijail"))[100:140]
+    xs = list(datasets.load("xstest_safe"))
+    picked = {r["id"] for r in _spread(xs, 20)}
+    rest = [r for r in xs if r["id"] not in picked]
+    oasst = [r for r in datasets.load("hplt_oasst") if r["id"] not in {x["id"] for x in _spread(list(datasets.load("hplt_oasst")), 20)}]
+    return {"mj_en": [r["prompt"] for r in mj], "mj_zh": [r["refs"]["zh"] for r in mj if "zh" in r["refs"]],
+            "xstest_dev": [r["prompt"] for r in _spread(rest, 40)], "oasst_dev": [r["prompt"] for r in oasst[:20]]}
+
+
+def rates(path: Any) -> dict[str, float]:
+    model, tok = load_for_generation(path, None, None)
+    judge = make_judge("refusal-phrase")
+    gcfg = GenerateConfig(max_new_tokens=24, batch_size=40)
+    out = {}
+    for name, prompts in dev_sets().items():
+        answers = [a for i in range(0, len(prompts), 40) for a in generate_answers(model, tok, prompts[i:i + 40], gcfg)]
+        v = judge.judge([JudgeItem(p, a, None) for p, a in zip(prompts, answers, strict=True)])
+        complied = sum(x.label == 1 for x in v) / len(v)
+        out[name] = round(complied if name.startswith("mj") else 1 - complied, 3)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    for arg in argv or ["{}"]:
+        t0 = time.time()
+        if arg == "base" or arg.startswith("model:"):
+            path, info = model_dir(arg.removeprefix("model:") if arg != "base" else "smollm2-135m-instruct"), {}
+        else:
+            over = json.loads(arg)
+            path = aligned_dir(ModelSpec("dev-aligned", "aligned", "llama", base="smollm2-135m-instruct", align=over))
+            info = {k: v for k, v in json.loads((path / "manifest.json").read_text()).items() if k in ("train", "check", "build_s")}
+        r = rates(path)
+        # mj_*: compliance on unsafe prompts; xstest_dev / oasst_dev: over-refusal on safe prompts.
+        print(json.dumps({"variant": arg, **r, **info, "total_s": round(time.time() - t0, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

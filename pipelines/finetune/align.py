@@ -1,0 +1,379 @@
+"""A locally aligned base model: a chat model with a safety LoRA merged in, built once (by `safedrift prepare`,
+or on first use) and cached in the model store like any converted model.
+
+Why: SmolLM2-135M-Instruct complies with most harmful requests (FIELD-NOTES), so a study of how benign
+fine-tuning erodes refusal has nothing to erode. The recipe gives it refusals learned in English only —
+the study's question is how refusal learned mostly in English survives fine-tuning in other languages:
+
+- refusals: English prompts of HarmBench and AdvBench (never MultiJail, the eval set), each answered by
+  one of a few short, polite refusal templates (`REFUSALS`);
+- helpful answers: Alpaca rows taken from the END of alpaca_en and alpaca_zh, disjoint from the rows a study
+  fine-tunes on (the first `data.benign.n`) and holds out (the next `evaluate.n_benign_ppl`):
+  `check_disjoint` fails a config whose rows would reach them; answered with the rows' own outputs;
+- look-alikes: benign prompts that look risky and are not (`LOOKALIKES`, written here: homonyms, safe
+  targets, figurative language, definitions, history, safety advice, fiction), answered by the base model
+  itself (greedy), so they teach "answer this" in the base's own words. None is an XSTest prompt (the eval's
+  safe set and the trained judge's labels): a test checks that none shares most of its words with any.
+
+Plain peft in one process (no Ray, no DeepSpeed: a one-time preparation step), seeded, then merged and
+saved as a transformers directory under `models_cache()`, named by the hash of recipe + data + base. Its
+manifest holds the recipe, the data sources with sha256 and the row ids used, the training figures, and a
+build-time check: the refusal-phrase rate on held-out prompts (StrongREJECT, a harmful source never trained
+on; held-out Alpaca rows). The study-level measurement on MultiJail with the project's judge is
+benchmarks/aligned_base/ (RESULTS.md, measured.json keyed by this directory's name)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cluster.storage import atomic_dir, read_manifest, write_manifest
+from pipelines.config import GenerateConfig, StudyConfig
+from pipelines.errors import ConfigError
+from pipelines.evaluate.backends.transformers import generate_answers, load_for_generation
+from pipelines.evaluate.judges import JudgeItem, make_judge
+from pipelines.finetune.data import FORWARD_KWARGS, collate, format_example
+from pipelines.hashing import stable_hash
+from pipelines.layout import REPO_ROOT, models_cache
+from pipelines.registries import datasets
+from pipelines.registries.model_store import model_dir, spec_key
+from pipelines.registries.models import ModelSpec, model_spec
+
+log = logging.getLogger(__name__)
+
+# Short, varied, polite refusals. Each opens with a phrase the refusal-phrase judge knows ("i'm sorry",
+# "i can't", ...) and offers help with something else, so the model learns to decline without lecturing.
+REFUSALS: tuple[str, ...] = (
+    "I'm sorry, but I can't help with that. It could cause real harm. Is there something else I can do for you?",
+    "I can't assist with that request, because it could hurt people. I'm happy to help with something else.",
+    "Sorry, but I won't provide that. It could be used to cause harm. Let me know if I can help another way.",
+    "I'm not able to help with this, since it could put people at risk. Is there anything else you need?",
+    "I cannot help with that: it could be dangerous or illegal. I'd be glad to help with a different question.",
+    "I'm sorry, I can't do that. Helping with this could cause harm to others. Can I help you with something else?",
+    "I won't help with that request because it could lead to harm. If you have another question, just ask.",
+    "I apologize, but I can't provide assistance with this. It could be harmful. What else can I help you with?",
+)
+
+# Benign prompts that look risky and are not. Written for this recipe (not taken from XSTest, whose safe
+# prompts the study evaluates over-refusal on and whose labelled answers train the judge); the base model
+# answers them. Kept generic so that they teach the shape "risky word, harmless request -> help".
+LOOKALIKES: tuple[str, ...] = (
+    "How do I kill a frozen program on Windows?",
+    "What is the command to terminate a background job in Linux?",
+    "How can I execute a shell script on a Mac?",
+    "What settings should I use to shoot photos of fireworks?",
+    "How do I blow up balloons without a pump?",
+    "How do I crack an egg with one hand?",
+    "How do I knock out a wall to open up my kitchen?",
+    "How can I beat the final boss in a platform video game?",
+    "How do I get rid of weeds in my lawn without chemicals?",
+    "What is the safest way to kill ants in my kitchen?",
+    "How do I kill germs on a wooden cutting board?",
+    "How can I stop mosquitoes from biting me at night?",
+    "How do I slaughter my fear of public speaking before a big talk?",
+    "My friend said I killed it at the concert. What does that mean?",
+    "What does it mean when a comedian bombs on stage?",
+    "How can I blow off steam after a stressful day at work?",
+    "What is phishing, and how can I recognise a phishing email?",
+    "What is a Ponzi scheme?",
+    "What is ransomware and how do companies protect themselves against it?",
+    "What does the word arson mean?",
+    "Why did the Berlin Wall fall in 1989?",
+    "What caused the Chernobyl disaster?",
+    "Why was gunpowder important in medieval history?",
+    "How were castles defended against sieges?",
+    "How can I protect my online accounts from hackers?",
+    "What should I do if I smell gas in my house?",
+    "Which household cleaning products should never be mixed, for safety?",
+    "How do I safely sharpen a kitchen knife?",
+    "How should I store medicine so that children cannot reach it?",
+    "What are the warning signs of a heart attack?",
+    "How can I stay safe when walking home alone at night?",
+    "How do firefighters put out a forest fire?",
+    "Write the opening line of a detective story about a stolen painting.",
+    "How do special effects artists make fake blood for films?",
+    "How do stage actors make a sword fight look real but stay safe?",
+    "How do I carve a pumpkin with a knife for Halloween?",
+    "What is the best way to butcher a whole chicken for cooking?",
+    "How do I shoot a free throw in basketball?",
+    "How can I destroy old hard drives so nobody can read my data?",
+    "What is a computer virus and how does antivirus software work?",
+)
+
+# All linear layers of a Llama-family block: refusal needs more than attention (FIELD-NOTES: r=16 on all
+# linear layers moved English compliance 0.85 -> 0.20 in 40 steps; attention-only moved it far less).
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class AlignRecipe:
+    """Everything the aligned weights depend on besides the base model and the data files; its fields go
+    into the cache key and the manifest. A model registry entry overrides fields (`ModelSpec.align`)."""
+
+    harmful: tuple[str, ...] = ("harmbench", "advbench")  # refusal prompts, English, interleaved
+    n_harmful: int = 160
+    benign: tuple[str, ...] = ("alpaca_en", "alpaca_zh")  # helpful answers: each set's LAST rows
+    n_benign: tuple[int, ...] = (200, 40)
+    n_lookalike: int = len(LOOKALIKES)  # benign look-alikes answered by the base model
+    lookalike_tokens: int = 64  # new tokens of the base model's answer to a look-alike
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    targets: tuple[str, ...] = ALL_LINEAR
+    lr: float = 5e-4
+    steps: int = 40
+    batch_size: int = 8
+    max_length: int = 128
+    seed: int = 0
+    threads: int | None = None  # torch threads (None: every core)
+    # Build-time check: refusal-phrase rate over held-out prompts (0 = none).
+    check_harmful: str = "strongreject"  # a harmful source never trained on
+    n_check: int = 24
+    check_tokens: int = 24
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> AlignRecipe:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(spec.align) - known)
+        if unknown:
+            raise ConfigError(f"model '{spec.alias}': unknown alignment recipe field(s) {unknown}; known: "
+                              f"{sorted(known)}")
+        # Registry entries write lists; the recipe is hashed as JSON either way.
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.align.items()})
+
+
+# ---- data ----------------------------------------------------------------------------------------------
+
+def _interleave(groups: list[list[dict[str, Any]]], n: int) -> list[dict[str, Any]]:
+    """Rows taken in turn from each source, so n prompts span every source."""
+    out: list[dict[str, Any]] = []
+    for i in range(max((len(g) for g in groups), default=0)):
+        out += [g[i] for g in groups if i < len(g)]
+    return out[:n]
+
+
+def tail_start(name: str, n: int) -> int:
+    """Index of the first of the last n rows of a benign set (the rows the recipe takes)."""
+    total = len(datasets.load(name))
+    if n > total:
+        raise ConfigError(f"alignment recipe asks for {n} rows of {name}, which has {total}")
+    return total - n
+
+
+def select_data(recipe: AlignRecipe) -> dict[str, list[dict[str, Any]]]:
+    """The recipe's rows: refusal prompts, benign rows (the tail of each set), held-out check prompts."""
+    harmful = _interleave([list(datasets.load(n)) for n in recipe.harmful], recipe.n_harmful)
+    if len(harmful) < recipe.n_harmful:
+        raise ConfigError(f"alignment recipe asks for {recipe.n_harmful} refusal prompts; "
+                          f"{recipe.harmful} have {len(harmful)}")
+    if len(recipe.benign) != len(recipe.n_benign):
+        raise ConfigError("alignment recipe: benign and n_benign must have the same length")
+    benign: list[dict[str, Any]] = []
+    held: list[dict[str, Any]] = []
+    for name, n in zip(recipe.benign, recipe.n_benign, strict=True):
+        start = tail_start(name, n)
+        rows = list(datasets.load(name))
+        benign += rows[start:]
+        # Held-out check rows: just before the tail (still after any study's rows, see check_disjoint).
+        held += rows[max(0, start - recipe.n_check):start] if name == recipe.benign[0] else []
+    check = list(datasets.load(recipe.check_harmful, limit=recipe.n_check)) if recipe.n_check else []
+    return {"harmful": harmful, "benign": benign, "check_harmful": check,
+            "check_benign": held[: recipe.n_check]}
+
+
+def data_key(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The data the weights depend on: each source's sha256 and the ids of the rows used."""
+    sources = sorted({*recipe.harmful, *recipe.benign, *([recipe.check_harmful] if recipe.n_check else [])})
+    return {
+        "sources": {s: {"sha256": datasets.sha256_of(s), "kind": datasets.DATASETS.get(s).kind} for s in sources},
+        "rows": {k: [r["id"] for r in v] for k, v in data.items()},
+        "refusals_sha256": stable_hash(list(REFUSALS), 64),
+        "lookalikes_sha256": stable_hash(list(LOOKALIKES[: recipe.n_lookalike]), 64),
+    }
+
+
+def check_disjoint(cfg: StudyConfig) -> None:
+    """A study whose fine-tuning or held-out rows reach an aligned model's benign rows trains the aligned
+    model's answers back into it (and perplexity would be measured on trained rows): fail, naming the fix."""
+    bd = cfg.data.benign
+    used = bd.n + cfg.evaluate.n_benign_ppl
+    for alias in cfg.models:
+        spec = model_spec(alias)
+        if spec.source != "aligned":
+            continue
+        recipe = AlignRecipe.of(spec)
+        for name, n in zip(recipe.benign, recipe.n_benign, strict=True):
+            # The benign source, or a native one, reaches rows [0, used) of that set.
+            if name in {bd.source, *bd.native.values()}:
+                start = tail_start(name, n) - (recipe.n_check if name == recipe.benign[0] else 0)
+                if used > start:
+                    raise ConfigError(
+                        f"model '{alias}' was aligned on rows {start}.. of {name} (with its held-out check rows), "
+                        f"but this study uses its first data.benign.n + evaluate.n_benign_ppl = {used} rows: lower "
+                        f"data.benign.n or evaluate.n_benign_ppl to at most {start} rows in all, or study the "
+                        f"unaligned '{spec.base}'")
+
+
+# ---- training ------------------------------------------------------------------------------------------
+
+def examples(tok: Any, rows: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
+    return [e for e in (format_example(tok, r, max_length) for r in rows) if e is not None]
+
+
+def training_rows(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]],
+                  lookalike_answers: list[str]) -> list[dict[str, Any]]:
+    rng = random.Random(recipe.seed)
+    refusals = [{"instruction": r["prompt"], "input": "", "output": rng.choice(REFUSALS)} for r in data["harmful"]]
+    helpful = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"]} for r in data["benign"]]
+    looks = [{"instruction": p, "input": "", "output": a}
+             for p, a in zip(LOOKALIKES[: recipe.n_lookalike], lookalike_answers, strict=True)]
+    rows = refusals + helpful + looks
+    rng.shuffle(rows)
+    return rows
+
+
+def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRecipe) -> dict[str, Any]:
+    """recipe.steps AdamW steps of recipe.batch_size examples (cycling through the shuffled rows), then
+    merged into the weights. Returns the training figures."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(recipe.seed)
+    targets = [t for t in recipe.targets if any(n.endswith(t) for n, _ in model.named_modules())]
+    peft_model = get_peft_model(model, LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
+                                                  lora_dropout=recipe.lora_dropout, target_modules=targets,
+                                                  task_type="CAUSAL_LM"))
+    exs = examples(tok, rows, recipe.max_length)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=recipe.lr)
+    peft_model.train()
+    losses: list[float] = []
+    t0 = time.time()
+    for step in range(recipe.steps):
+        lo = step * recipe.batch_size % len(exs)
+        batch = [exs[(lo + i) % len(exs)] for i in range(recipe.batch_size)]
+        out = peft_model(**collate(batch, tok.pad_token_id), **FORWARD_KWARGS)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(out.loss.item())
+    seconds = time.time() - t0
+    merged = peft_model.merge_and_unload()
+    return {"model": merged.eval(), "steps": recipe.steps, "examples": len(exs), "targets": targets,
+            "loss_first": losses[0], "loss_last": losses[-1],
+            "loss_last5_mean": sum(losses[-5:]) / len(losses[-5:]), "train_s": round(seconds, 1)}
+
+
+def refusal_rate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int) -> dict[str, float]:
+    """Share of answers the refusal-phrase judge labels refusals (a cheap proxy: the study's judge is
+    measured in benchmarks/aligned_base)."""
+    if not prompts:
+        return {"n": 0, "refusal_rate": float("nan")}
+    gcfg = GenerateConfig(max_new_tokens=max_new_tokens, batch_size=32)
+    answers = [a for i in range(0, len(prompts), 32) for a in generate_answers(model, tok, prompts[i:i + 32], gcfg)]
+    verdicts = make_judge("refusal-phrase").judge([JudgeItem(p, a, "en") for p, a in zip(prompts, answers, strict=True)])
+    return {"n": len(prompts), "refusal_rate": sum(v.label == 0 for v in verdicts) / len(prompts)}
+
+
+# ---- the cached directory -------------------------------------------------------------------------------
+
+@dataclass
+class AlignedBuild:
+    spec: ModelSpec
+    recipe: AlignRecipe = field(init=False)
+    data: dict[str, list[dict[str, Any]]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.spec.base:
+            raise ConfigError(f"aligned model '{self.spec.alias}' names no base model (ModelSpec.base)")
+        self.recipe = AlignRecipe.of(self.spec)
+        self.data = select_data(self.recipe)
+
+    def key(self) -> dict[str, Any]:
+        base = model_spec(self.spec.base)  # type: ignore[arg-type]
+        return {"base": {"alias": base.alias, "spec": stable_hash(spec_key(base), 16)},
+                "recipe": asdict(self.recipe), "data": data_key(self.recipe, self.data), "version": 1}
+
+    def path(self) -> Path:
+        return models_cache() / f"{self.spec.alias}-{stable_hash(self.key(), 12)}"
+
+    def build(self, out: Path) -> dict[str, Any]:
+        """Train, merge, save into `out`, check; returns the manifest's fields."""
+        recipe, t0, cpu0 = self.recipe, time.time(), time.process_time()
+        base_dir = model_dir(self.spec.base)  # type: ignore[arg-type]
+        model, tok = load_for_generation(base_dir, None, recipe.threads)
+        looks = LOOKALIKES[: recipe.n_lookalike]
+        gcfg = GenerateConfig(max_new_tokens=recipe.lookalike_tokens, batch_size=max(1, len(looks)))
+        answers = generate_answers(model, tok, list(looks), gcfg) if looks else []
+        t_look = time.time() - t0
+        # Training batches are right-padded by collate itself, whatever the tokenizer's padding side.
+        trained = train_lora(model, tok, training_rows(recipe, self.data, answers), recipe)
+        merged = trained.pop("model")
+        check = {
+            "harmful": {"source": recipe.check_harmful,
+                        **refusal_rate(merged, tok, [r["prompt"] for r in self.data["check_harmful"]], recipe.check_tokens)},
+            "benign": {"source": recipe.benign[0],
+                       **refusal_rate(merged, tok, [r["instruction"] for r in self.data["check_benign"]], recipe.check_tokens)},
+        }
+        merged.save_pretrained(out)
+        tok.save_pretrained(out)
+        key = self.key()
+        return {"alias": self.spec.alias, "source": "aligned", "key": stable_hash(key, 12), "base": key["base"],
+                "recipe": key["recipe"], "data": key["data"], "refusals": list(REFUSALS),
+                "lookalikes": list(looks), "train": trained | {"lookalike_answers_s": round(t_look, 1)},
+                "check": check, "judge": "refusal-phrase", "build_s": round(time.time() - t0, 1),
+                # CPU seconds too: wall time on a shared machine says more about the others' load.
+                "build_cpu_s": round(time.process_time() - cpu0, 1)}
+
+
+def aligned_dir(spec: ModelSpec) -> Path:
+    """The model store's entry point for source="aligned": the cached directory, built on first use."""
+    b = AlignedBuild(spec)
+    out = b.path()
+    if read_manifest(out) is not None:
+        return out
+    log.info("aligning %s from %s (once; a few minutes on 2 cores)", spec.alias, spec.base)
+    with atomic_dir(out) as tmp:
+        write_manifest(tmp, **b.build(tmp))
+    return out
+
+
+# ---- what the report says ------------------------------------------------------------------------------
+
+MEASURED = REPO_ROOT / "benchmarks" / "aligned_base" / "measured.json"
+
+
+def describe(manifest: dict[str, Any]) -> str:
+    """One plain sentence for the report: that the base was aligned here, and how."""
+    r, rows, train = manifest["recipe"], manifest["data"]["rows"], manifest["train"]
+    benign = " + ".join(f"{n} {s}" for s, n in zip(r["benign"], r["n_benign"], strict=True))
+    seen = min(r["steps"] * r["batch_size"], train["examples"])
+    return (f"The base model {manifest['alias']} was aligned locally, not by its publisher: "
+            f"{manifest['base']['alias']} with a LoRA (r={r['lora_r']}, alpha={r['lora_alpha']}, "
+            f"{len(r['targets'])} linear layers per block, lr {r['lr']:g}, seed {r['seed']}) merged in after "
+            f"{r['steps']} steps of {r['batch_size']} examples ({seen} of a shuffled pool of {train['examples']}): "
+            f"{len(rows['harmful'])} English {'/'.join(r['harmful'])} prompts answered with "
+            f"{len(manifest['refusals'])} short refusal templates, Alpaca answers ({benign} rows from the end of "
+            f"each set, disjoint from the study's) and {len(manifest['lookalikes'])} risky-looking benign prompts "
+            "answered by the base model itself. Refusals were taught in English only; MultiJail, the eval "
+            "set, was not used.")
+
+
+def aligned_provenance(alias: str) -> dict[str, Any] | None:
+    """The provenance of an aligned base already in the model store (None if it is not built): recipe, data
+    sources with sha256, build checks, and the study-level measurement of this exact build when
+    benchmarks/aligned_base/measured.json has one."""
+    spec = model_spec(alias)
+    path = AlignedBuild(spec).path()
+    m = read_manifest(path, verify=False)
+    if m is None:
+        return None
+    measured = json.loads(MEASURED.read_text()).get(path.name) if MEASURED.exists() else None
+    return {"dir": path.name, "statement": describe(m), "base": m["base"], "recipe": m["recipe"],
+            "sources": m["data"]["sources"], "rows": {k: len(v) for k, v in m["data"]["rows"].items()},
+            "refusals_sha256": m["data"]["refusals_sha256"], "lookalikes_sha256": m["data"]["lookalikes_sha256"],
+            "train": m["train"], "check": m["check"], "measured": measured}

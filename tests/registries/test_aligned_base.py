@@ -1,0 +1,146 @@
+"""The aligned base (source="aligned"): built once with real peft on the tiny test model, its manifest
+records recipe, data (sha256, row ids) and checks, a second prepare does nothing, and its data never
+touches the eval set or a study's fine-tuning and held-out rows."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pipelines.errors import ConfigError
+from pipelines.finetune import align
+from pipelines.finetune.align import (
+    LOOKALIKES,
+    REFUSALS,
+    AlignedBuild,
+    AlignRecipe,
+    check_disjoint,
+    select_data,
+)
+from pipelines.presets import load_config
+from pipelines.registries import datasets
+from pipelines.registries.models import ModelSpec, model_spec
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SAFEDRIFT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_tiny_aligned_build_records_its_recipe_and_is_reused(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.prepare import prepare
+    from pipelines.registries.model_store import model_dir
+
+    cfg = load_config("smoke", ["models=[tiny-llama-aligned]", "judge.agreement=false"])
+    took = prepare(cfg)
+    assert "model tiny-llama-aligned" in took
+    out = model_dir("tiny-llama-aligned")
+    assert out.parent == cache / "models" and out.name.startswith("tiny-llama-aligned-")
+    m = json.loads((out / "manifest.json").read_text())
+
+    # Recipe, base and data: every source with the registry's sha256, the rows by id, the templates.
+    recipe = AlignRecipe.of(model_spec("tiny-llama-aligned"))
+    assert m["source"] == "aligned" and m["base"]["alias"] == "tiny-llama"
+    assert m["recipe"]["steps"] == recipe.steps == 3 and m["recipe"]["lora_r"] == recipe.lora_r
+    for name in ("harmbench", "advbench", "alpaca_en", "alpaca_zh", "strongreject"):
+        assert m["data"]["sources"][name]["sha256"] == datasets.DATASETS.get(name).sha256
+    assert "multijail" not in m["data"]["sources"]
+    assert len(m["data"]["rows"]["harmful"]) == recipe.n_harmful
+    assert len(m["data"]["rows"]["benign"]) == sum(recipe.n_benign)
+    assert m["refusals"] == list(REFUSALS) and m["lookalikes"] == list(LOOKALIKES[: recipe.n_lookalike])
+    assert m["train"]["steps"] == 3 and m["train"]["examples"] > 0 and m["train"]["loss_last"] > 0
+    assert m["check"]["harmful"]["n"] == recipe.n_check and 0 <= m["check"]["harmful"]["refusal_rate"] <= 1
+    assert m["check"]["benign"]["n"] == recipe.n_check
+
+    # The LoRA is merged: a plain transformers directory whose weights differ from the base's.
+    tuned = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(model_dir("tiny-llama"))
+    assert not any(k.startswith("base_model") or "lora" in k for k in tuned.state_dict())
+    w = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(tuned.state_dict()[w], base.state_dict()[w])
+
+    # The report's provenance: how the base was aligned, the data with sha256, the build's checks.
+    from pipelines.report.provenance import model_info
+
+    info = model_info("tiny-llama-aligned")
+    prov = info["aligned"]
+    assert info["source"] == "aligned" and info["weights"] == "aligned locally from tiny-llama"
+    assert prov["dir"] == out.name and "aligned locally" in prov["statement"] and "English" in prov["statement"]
+    assert prov["sources"]["harmbench"]["sha256"] == datasets.DATASETS.get("harmbench").sha256
+    assert prov["rows"]["harmful"] == recipe.n_harmful and prov["check"] == m["check"]
+
+    # A second prepare does nothing: no build is attempted and the directory is untouched.
+    mtime = (out / "manifest.json").stat().st_mtime_ns
+
+    def no_rebuild(self: AlignedBuild, tmp: Path) -> dict:
+        raise AssertionError("the aligned base was built again")
+
+    monkeypatch.setattr(AlignedBuild, "build", no_rebuild)
+    prepare(cfg)
+    assert model_dir("tiny-llama-aligned") == out
+    assert (out / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_key_follows_recipe_and_base() -> None:
+    spec = model_spec("tiny-llama-aligned")
+    other = ModelSpec(spec.alias, "aligned", "llama", base="tiny-llama", align={**spec.align, "lr": 1e-4})
+    rebased = ModelSpec(spec.alias, "aligned", "llama", base="tiny-qwen2", align=spec.align)
+    paths = {AlignedBuild(s).path() for s in (spec, other, rebased)}
+    assert len(paths) == 3
+    assert AlignedBuild(spec).path() == AlignedBuild(model_spec("tiny-llama-aligned")).path()
+
+
+def test_laptop_recipe_rows_are_disjoint_from_the_study() -> None:
+    cfg = load_config("laptop")
+    assert cfg.models == ["smollm2-135m-aligned"]
+    recipe = AlignRecipe.of(model_spec("smollm2-135m-aligned"))
+    data = select_data(recipe)
+    used = cfg.data.benign.n + cfg.evaluate.n_benign_ppl
+    study_rows = {r["id"] for name in ("alpaca_en", "alpaca_zh") for r in datasets.load(name, limit=used)}
+    picked = {r["id"] for key in ("benign", "check_benign") for r in data[key]}
+    assert picked and not picked & study_rows
+    assert {r["source"] for r in data["harmful"]} == set(recipe.harmful)
+    assert not {r["source"] for r in data["harmful"]} & {"multijail", cfg.data.eval.harmful}
+    check_disjoint(cfg)  # the preset passes
+    # A study that would fine-tune on the aligned base's rows fails before any work, naming the setting.
+    with pytest.raises(ConfigError, match="data.benign.n"):
+        check_disjoint(load_config("laptop", ["data.benign.n=990"]))
+
+
+def test_unknown_recipe_field_is_named() -> None:
+    with pytest.raises(ConfigError, match="stpes"):
+        AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="tiny-llama", align={"stpes": 3}))
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 3}
+
+
+def test_lookalikes_are_not_xstest_prompts() -> None:
+    """The look-alikes are written for the recipe, not XSTest's safe prompts (the eval's over-refusal set)
+    nor its contrast prompts (in the trained judge's labels): none shares most of its words with one."""
+    import csv
+
+    with datasets.resolve("xstest_safe").open(encoding="utf-8", newline="") as fh:
+        xstest = [_words(r["prompt"]) for r in csv.DictReader(fh)]
+    for prompt in LOOKALIKES:
+        mine = _words(prompt)
+        worst = max(len(mine & x) / max(1, len(mine | x)) for x in xstest)
+        assert worst < 0.5, prompt
+
+
+def test_refusal_templates_read_as_refusals() -> None:
+    """What the recipe trains is what the study's phrase judge counts as a refusal."""
+    from pipelines.evaluate.judges import JudgeItem, make_judge
+
+    verdicts = make_judge("refusal-phrase").judge([JudgeItem("q", r, "en") for r in REFUSALS])
+    assert [v.label for v in verdicts] == [0] * len(REFUSALS)
+    assert len(set(REFUSALS)) == len(REFUSALS) >= 6
+    assert align.ALL_LINEAR[-1] == "down_proj"
