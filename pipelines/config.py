@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipelines.errors import ConfigError
 from pipelines.hashing import stable_hash
 from pipelines.layout import workdir_override
+from pipelines.secrets import hash_view, public_view, secret_kind
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "laptop"
@@ -129,6 +130,9 @@ class SweepConfig(_Strict):
 
 class JudgeConfig(_Strict):
     name: str = "refusal-phrase"
+    # Constructor options of the judge. A secret among them (token, password, api_key, ...) is masked in
+    # every output and left out of every hash (pipelines/secrets.py); better still name where it is
+    # (e.g. the remote judge's token_file: /path or token_env: NAME), read only where the judge runs.
     options: dict[str, Any] = Field(default_factory=dict)
     # Answers are translated to English before judging where a route exists (else judged as they are,
     # recorded in the column back_translated).
@@ -138,6 +142,20 @@ class JudgeConfig(_Strict):
     # with every cell; agreement_limit caps the held-out items for slow judges (None = all).
     agreement: bool = True
     agreement_limit: int | None = Field(None, ge=1)
+    # Your own labelled answers per language, JSONL {prompt, response, label: 1 complies / 0 refuses}, e.g.
+    # {zh: /path/labels.jsonl}: the judge's κ is measured on them too (checked when the config loads).
+    labels: dict[str, str] = Field(default_factory=dict)
+    # A language the judge does not read and no route brings to English: judged as written and reported
+    # unvalidated ("as-written"), or an error before any work ("refuse").
+    on_unjudgeable: Literal["as-written", "refuse"] = "as-written"
+    # Share of one language's answers whose back-translation may fail (they are judged as written and
+    # flagged) before the cell fails.
+    max_bt_failure_rate: float = Field(0.05, ge=0.0, le=1.0)
+    # A second judge on the same answers (e.g. trained-e5 reading them as written): per-language agreement
+    # between the two (κ, % agree, disagreements) is reported.
+    second: str | None = None
+    second_options: dict[str, Any] = Field(default_factory=dict)
+    second_back_translate: bool = False
 
 
 class EvaluateConfig(_Strict):
@@ -172,7 +190,9 @@ class RayConfig(_Strict):
 
 
 class MlflowConfig(_Strict):
-    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db
+    # None: MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db. A URI's user:password@ is dropped from
+    # every output and hash; MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD keep it out of the URI altogether.
+    tracking_uri: str | None = None
     experiment: str = "safedrift"
 
 
@@ -211,10 +231,15 @@ class StudyConfig(_Strict):
         return workdir_override() or self.workdir
 
     def digest(self, *parts: str) -> str:
-        """Hash of the named parts of the config (all of it when none are named)."""
-        data = self.model_dump(mode="json")
+        """Hash of the named parts of the config (all of it when none are named), secrets left out
+        (pipelines.secrets.hash_view): rotating a token changes no hash."""
+        data = hash_view(self)
         sub = {p: data[p] for p in parts} if parts else data
         return stable_hash(sub)
+
+    def public(self) -> dict[str, Any]:
+        """The config as JSON-ready data with its secrets masked: what may be printed, logged or stored."""
+        return public_view(self)
 
 
 def preset_path(name_or_path: str) -> Path:
@@ -256,4 +281,15 @@ def parse_config(name_or_path: str = DEFAULT_PRESET, overrides: list[str] | None
     try:
         return StudyConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config {path}:\n{exc}") from None
+        raise ConfigError(f"invalid config {path}:\n{_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """pydantic's errors with their inputs passed through the public view: a wrong value under a secret's
+    key (or a dict holding one) is not echoed to the terminal."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        shown = "" if any(secret_kind(p) for p in err["loc"]) else f" (got {public_view(err.get('input'))!r:.200})"
+        lines.append(f"  {loc}: {err['msg']}{shown}")
+    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """One-time preparation of what a preset needs before its first run, cached under SAFEDRIFT_CACHE:
 each model converted to a transformers directory (SmolLM2 ships as GGUF) or, for an aligned base
 (source="aligned", pipelines/finetune/align.py), trained, merged and saved once, and the configured judge
-fitted and scored against held-out human labels. scripts/setup.sh runs it for the default preset, so
+fitted and its agreement with people measured in every eval language. scripts/setup.sh runs it for the default preset, so
 the first `safedrift run` spends its time on the study itself."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 from pipelines.config import StudyConfig
 from pipelines.evaluate.judges import make_judge
-from pipelines.evaluate.judges.agreement import cached_agreement
+from pipelines.evaluate.judges.validity import judge_validity
 from pipelines.finetune.align import check_disjoint
 from pipelines.registries.model_store import model_dir
 
@@ -28,13 +28,19 @@ def prepare(cfg: StudyConfig) -> dict[str, float]:
         t0 = time.time()
         model_dir(m)
         took[f"model {m}"] = time.time() - t0
-    t0 = time.time()
-    judge = make_judge(cfg.judge.name, **cfg.judge.options)
-    if cfg.judge.agreement:
-
-        # Scoring the held-out labels fits a trained judge first: both end up cached.
-        ag = cached_agreement(judge, cfg.judge.options, cfg.judge.agreement_limit)
-        log.info("judge %s: kappa %.3f, accuracy %.3f on %d held-out labels", judge.name, ag["kappa"],
-                 ag["accuracy"], int(ag["n"]))
-    took[f"judge {cfg.judge.name}"] = time.time() - t0
+    judges = [(cfg.judge.name, cfg.judge.options)]
+    if cfg.judge.second:
+        judges.append((cfg.judge.second, cfg.judge.second_options))
+    for name, options in judges:
+        t0 = time.time()
+        judge = make_judge(name, **options)
+        if cfg.judge.agreement:
+            # Validity per eval language (held out by source model and prompt) fits a trained judge
+            # first and translates its labels: all of it ends up cached for the study's cells.
+            rows = judge_validity(judge, options, cfg.eval_langs, cfg.judge.translate_prefer, cfg.judge.labels,
+                                  cfg.judge.agreement_limit)
+            for r in rows:
+                log.info("judge %s, %s (%s): kappa %s on %s labels", name, r.get("lang"), r.get("source"),
+                         r.get("kappa"), r.get("n"))
+        took[f"judge {name}"] = time.time() - t0
     return took

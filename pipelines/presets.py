@@ -9,6 +9,7 @@ from __future__ import annotations
 from pipelines.config import DEFAULT_PRESET, StudyConfig, parse_config
 from pipelines.evaluate.backends import BACKENDS
 from pipelines.evaluate.judges import JUDGES
+from pipelines.evaluate.judges.policy import check_judge_config
 from pipelines.finetune.align import check_disjoint
 from pipelines.registries.datasets import DATASETS, USER_PREFIXES
 from pipelines.registries.languages import LANGUAGES
@@ -35,6 +36,9 @@ def check_components(cfg: StudyConfig) -> None:
         if not name.startswith(USER_PREFIXES) and name != "sorrybench":
             DATASETS.check(name)
     bind_options("judge", cfg.judge.name, JUDGES.get(cfg.judge.name), cfg.judge.options)
+    if cfg.judge.second:
+        bind_options("judge", cfg.judge.second, JUDGES.get(cfg.judge.second), cfg.judge.second_options)
+    check_judge_config(cfg.judge, cfg.eval_langs)  # label files parse; every eval language can be judged
     bind_options("generation backend", cfg.generate.backend, BACKENDS.get(cfg.generate.backend),
                  cfg.generate.options)
     for name in {*cfg.translate.prefer, *cfg.judge.translate_prefer} - {REFERENCE}:

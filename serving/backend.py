@@ -27,6 +27,7 @@ import asyncio
 import importlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from typing import Any
 from ray import serve
 
 from pipelines.evaluate.judges import JudgeItem, make_judge
+from pipelines.evaluate.judges.policy import Judging, UnjudgeableLanguageError, languages_info
 from serving.config import JudgeServiceConfig
 from serving.errors import DeadlineExceeded, JudgeContractError, JudgeItemError
 from serving.schemas import unicode_problem
@@ -179,6 +181,14 @@ class JudgeBackend:
         for module in cfg.judge.import_modules:
             importlib.import_module(module)  # registers plugin judges before the lookup below
         self._judge = make_judge(cfg.judge.name, **cfg.judge.options)
+        # The one language policy the pipeline uses too: a request item's `language` decides whether its
+        # answer is read as written, back-translated first, or refused with 422 (UnjudgeableLanguageError).
+        self._judging = Judging(self._judge, cfg.judge.back_translate, cfg.judge.translate_prefer)
+        self._languages: list[dict[str, Any]] = self._judging.languages_info()
+        self._validity_state = "computing" if cfg.judge.validity else "off"
+        if cfg.judge.validity:
+            threading.Thread(target=self._measure_validity, args=(cfg.judge.options,), daemon=True,
+                             name="judge-validity").start()
         self._timeout_s = cfg.judge_timeout_s
         batching = cfg.batching
         # Unbatched: one request per judge call (max 1), still one call at a time, as on one device.
@@ -193,10 +203,23 @@ class JudgeBackend:
         logger.info("judge backend ready: judge=%s version=%s batching=%s", self._judge.name,
                     self._judge.version, batching.enabled)
 
+    def _measure_validity(self, options: dict[str, Any]) -> None:
+        """kappa per language on held-out human labels (as each language is judged here); minutes cold,
+        seconds from the cache. Until it is done, /v1/info lists the languages without their kappa."""
+        try:
+            self._languages = languages_info(self._judge, options, [r["language"] for r in self._languages],
+                                             self._judging.back_translate, self._judging.prefer)
+            self._validity_state = "measured"
+        except Exception as exc:  # never takes the replica down: the languages stay listed, unvalidated
+            logger.warning("judge validity could not be measured (%s): languages listed unvalidated",
+                           type(exc).__name__)
+            self._validity_state = "failed"
+
     def info(self) -> dict[str, Any]:
         self._stats["info_calls"] += 1
         # Which replica answered (its stats are its own): for operators and the replica-kill test.
-        return {**self._info, "stats": dict(self._stats), "replica": {"pid": os.getpid(), "id": _replica_id()}}
+        return {**self._info, "languages": list(self._languages), "validity": self._validity_state,
+                "stats": dict(self._stats), "replica": {"pid": os.getpid(), "id": _replica_id()}}
 
     async def judge(self, items: list[dict[str, Any]], deadline: float | None = None) -> Results:
         """Items as dicts (prompt, response, language) -> results (label, score, judge, judge_version).
@@ -234,6 +257,10 @@ class JudgeBackend:
             problem = unicode_problem(item.get(field))
             if problem:
                 return f"{field}: {problem}"
+        try:
+            self._judging.policy(item.get("language"))
+        except UnjudgeableLanguageError as exc:
+            return f"language '{exc.language}' cannot be judged here; this judge judges: {', '.join(exc.judgeable)}"
         if self._check_item is not None:
             return self._check_item(JudgeItem(item["prompt"], item["response"], item.get("language")))
         return None
@@ -241,7 +268,7 @@ class JudgeBackend:
     def _run_sync(self, items: Sequence[dict[str, Any]]) -> Results:
         """On the judge thread: one ``Judge.judge`` call."""
         judge_items = [JudgeItem(i["prompt"], i["response"], i.get("language")) for i in items]
-        verdicts = self._judge.judge(judge_items)
+        verdicts = [j.verdict for j in self._judging.judge_items(judge_items)]
         self._stats["judge_calls"] += 1  # single writer: the judge thread
         self._stats["items"] += len(judge_items)
         if len(verdicts) != len(judge_items):

@@ -29,6 +29,14 @@ class JudgeSpec(_Strict):
     # Modules imported in the judge replica before the registry lookup, so judges registered outside
     # pipelines/registries (plugins, the benchmark's simulated model) can be served by name.
     import_modules: list[str] = Field(default_factory=list)
+    # The language policy, applied per request item exactly as the pipeline applies it
+    # (pipelines/evaluate/judges/policy.py): back-translate to English where a route exists and the judge
+    # is better that way, read natively where the judge reads the language, refuse (422) otherwise.
+    back_translate: bool = True
+    translate_prefer: list[str] = Field(default_factory=lambda: ["apertium"])
+    # Measure the judge's agreement with people per language at replica start (in the background; cached
+    # under SAFEDRIFT_CACHE): GET /v1/info lists each language with its kappa once it is known.
+    validity: bool = True
 
 
 class BatchingConfig(_Strict):

@@ -25,6 +25,8 @@ def _verdict(result: dict[str, Any]) -> Verdict:
 class RemoteJudge(Judge):
     name = "remote"
     version = "1"
+    # Any language: the service applies its own per-language policy, so the pipeline must not translate first.
+    native_languages = None
 
     def __init__(
         self,

@@ -20,7 +20,9 @@ class SimulatedModelJudge(Judge):
     version = "1"
 
     def __init__(self, call_s: float = 0.025, item_s: float = 0.0005, reject_marker: str | None = None,
-                 slow_marker: str | None = None, slow_s: float = 0.0) -> None:
+                 slow_marker: str | None = None, slow_s: float = 0.0, languages: list[str] | None = None) -> None:
+        # Like the phrase judge it wraps it reads every language, unless told which (the language policy's tests).
+        self.native_languages = frozenset(languages) if languages else None  # type: ignore[misc]
         self.call_s, self.item_s = call_s, item_s
         self.reject_marker, self.slow_marker, self.slow_s = reject_marker, slow_marker, slow_s
         self._labels = make_judge("refusal-phrase")  # real labels, simulated cost

@@ -1,5 +1,7 @@
-"""Stage 4, judge (batch side): back-translate the answers to English where a route exists (optional),
-then label every answer with the configured judge from the registry."""
+"""Stage 4, judge (batch side): every answer judged through the language policy the service uses too
+(judges/policy.py: back-translated to English where a route exists and back-translation is on, read as
+written by a judge that reads the language, else judged as written and flagged, or refused), by the
+configured judge and, when one is configured, a second judge with its own policy."""
 
 from __future__ import annotations
 
@@ -10,83 +12,77 @@ import polars as pl
 
 from pipelines.config import JudgeConfig
 from pipelines.evaluate.judges import Judge, JudgeItem, make_judge
-from pipelines.translate.translators import NoRouteError, make_translator, plan_route, route_name
+from pipelines.evaluate.judges.policy import Judged, Judging
 
 log = logging.getLogger(__name__)
 
 
-def back_translate(texts: list[str], lang: str, prefer: list[str],
-                   translators: dict[str, Any] | None = None) -> tuple[list[str], str | None]:
-    """(texts in English, route name) or (the texts unchanged, None) when no route exists or translation
-    fails: a language without a translator is judged in the original, never a failed run."""
-
-    if lang == "en":
-        return texts, "identity:en-en"
-    try:
-        route = plan_route(lang, "en", prefer)
-    except (NoRouteError, KeyError) as exc:
-        log.info("no back-translation route %s→en (%s): judging the original answers", lang, type(exc).__name__)
-        return texts, None
-    if isinstance(route, str):  # "reference": answers carry no human translation
-        return texts, None
-    cache = translators if translators is not None else {}
-    out = list(texts)
-    live = [i for i, t in enumerate(out) if t.strip()]
-    try:
-        cur = [out[i] for i in live]
-        for hop in route:
-            if hop.translator not in cache:
-                cache[hop.translator] = make_translator(hop.translator)
-            cur = cache[hop.translator].translate(cur, hop.src, hop.tgt)
-    except Exception as exc:  # a broken translator must not lose the cell: judge the original, say so
-        log.warning("back-translation %s→en failed (%s): judging the original answers", lang, type(exc).__name__)
-        return texts, None
-    for i, t in zip(live, cur, strict=True):
-        out[i] = t
-    return out, route_name(route)
+def judging_of(jcfg: JudgeConfig, judge: Judge | None = None, second: bool = False) -> Judging:
+    """The configured (first or second) judge with its language policy."""
+    if second:
+        j = judge or make_judge(str(jcfg.second), **jcfg.second_options)
+        bt = jcfg.second_back_translate
+    else:
+        j = judge or make_judge(jcfg.name, **jcfg.options)
+        bt = jcfg.back_translate
+    return Judging(j, bt, jcfg.translate_prefer, jcfg.on_unjudgeable, jcfg.max_bt_failure_rate)
 
 
-def add_back_translation(answers: pl.DataFrame, jcfg: JudgeConfig) -> pl.DataFrame:
-    """Adds response_en, prompt_judge (the English prompt when the data carry one), back_translated
-    (bool) and bt_route; with back_translate off every answer is judged as it is."""
-    responses = [r or "" for r in answers["response"].to_list()]
-    langs = answers["lang"].to_list()
-    resp_en = list(responses)
-    done = [False] * len(responses)
-    routes: list[str | None] = [None] * len(responses)
-    if jcfg.back_translate:
-        translators: dict[str, Any] = {}
-        for lang in dict.fromkeys(langs):
-            idx = [i for i, x in enumerate(langs) if x == lang]
-            texts, route = back_translate([responses[i] for i in idx], lang, jcfg.translate_prefer, translators)
-            for i, t in zip(idx, texts, strict=True):
-                resp_en[i], done[i], routes[i] = t, route is not None, route
-    prompts = answers["prompt"].to_list()
-    if "prompt_en" in answers.columns:
-        # The judge reads the English prompt only when it also reads an English answer.
-        prompts = [pe if d and pe else p for p, pe, d in zip(prompts, answers["prompt_en"].to_list(), done, strict=True)]
-    return answers.with_columns(
-        pl.Series("response_en", resp_en, dtype=pl.String),
-        pl.Series("prompt_judge", prompts, dtype=pl.String),
-        pl.Series("back_translated", done, dtype=pl.Boolean),
-        pl.Series("bt_route", routes, dtype=pl.String),
-    )
+def _items(answers: pl.DataFrame) -> tuple[list[JudgeItem], list[str | None] | None]:
+    """The items, and the English prompts the data carry (read instead of translating the prompt)."""
+    items = [JudgeItem(p or "", r or "", lang) for p, r, lang in
+             zip(answers["prompt"].to_list(), answers["response"].to_list(), answers["lang"].to_list(), strict=True)]
+    return items, answers["prompt_en"].to_list() if "prompt_en" in answers.columns else None
+
+
+def _columns(judged: list[Judged]) -> dict[str, pl.Series]:
+    return {
+        # What the judge read: the English translation where back-translated, else the answer as written.
+        "response_en": pl.Series("response_en", [j.response for j in judged], dtype=pl.String),
+        "prompt_judge": pl.Series("prompt_judge", [j.prompt for j in judged], dtype=pl.String),
+        "back_translated": pl.Series("back_translated", [j.back_translated for j in judged], dtype=pl.Boolean),
+        "bt_failed": pl.Series("bt_failed", [j.bt_failed for j in judged], dtype=pl.Boolean),
+        "bt_route": pl.Series("bt_route", [j.route if j.back_translated else None for j in judged], dtype=pl.String),
+        "judge_mode": pl.Series("judge_mode", [j.mode for j in judged], dtype=pl.String),
+    }
 
 
 def judge_answers(answers: pl.DataFrame, jcfg: JudgeConfig, judge: Judge | None = None,
-                  batch_size: int = 64) -> pl.DataFrame:
-    """answers: columns prompt, response, lang. Adds label (1/0/null), score, judge, judge_version and the
-    back-translation columns (response_en, prompt_judge, back_translated, bt_route)."""
-    judge = judge or make_judge(jcfg.name, **jcfg.options)
-    answers = add_back_translation(answers, jcfg)
-    # The judge sees the English text with language "en" where it was back-translated.
-    items = [JudgeItem(p, r or "", "en" if bt else lang) for p, r, lang, bt in
-             zip(answers["prompt_judge"], answers["response_en"], answers["lang"], answers["back_translated"],
-                 strict=True)]
-    verdicts = [v for i in range(0, len(items), batch_size) for v in judge.judge(items[i:i + batch_size])]
-    return answers.with_columns(
-        pl.Series("label", [v.label for v in verdicts], dtype=pl.Int8),
-        pl.Series("score", [v.score for v in verdicts], dtype=pl.Float64),
-        pl.lit(judge.name).alias("judge"),
-        pl.lit(judge.version).alias("judge_version"),
+                  second: Judge | None = None) -> pl.DataFrame:
+    """answers: columns prompt, response, lang. Adds label (1/0/null), score, judge, judge_version, how each
+    answer was judged (judge_mode: native | back-translate | as-written; back_translated, bt_failed,
+    bt_route, response_en, prompt_judge) and, with a second judge, label2, score2, judge2, judge2_mode."""
+    first = judging_of(jcfg, judge)
+    items, prompts_en = _items(answers)
+    judged = first.judge_items(items, prompts_en)
+    out = answers.with_columns(
+        *_columns(judged).values(),
+        pl.Series("label", [j.verdict.label for j in judged], dtype=pl.Int8),
+        pl.Series("score", [j.verdict.score for j in judged], dtype=pl.Float64),
+        pl.lit(first.judge.name).alias("judge"),
+        pl.lit(first.judge.version).alias("judge_version"),
     )
+    if jcfg.second is None and second is None:
+        return out
+    other = judging_of(jcfg, second, second=True).judge_items(items, prompts_en)
+    return out.with_columns(
+        pl.Series("label2", [j.verdict.label for j in other], dtype=pl.Int8),
+        pl.Series("score2", [j.verdict.score for j in other], dtype=pl.Float64),
+        pl.Series("judge2_mode", [j.mode for j in other], dtype=pl.String),
+        pl.lit(jcfg.second or (second.name if second else None)).alias("judge2"),
+    )
+
+
+def back_translation_summary(judged: pl.DataFrame) -> list[dict[str, Any]]:
+    """Per eval language: answers, the share actually back-translated, translator failures, the route and
+    the judging mode (what happened, not what the config asked for)."""
+    rows = []
+    if judged.height == 0 or "back_translated" not in judged.columns:
+        return rows
+    for (lang,), g in judged.group_by("lang", maintain_order=True):
+        routes = [r for r in g["bt_route"].unique().to_list() if r]
+        modes = g["judge_mode"].value_counts(sort=True)["judge_mode"].to_list()
+        rows.append({"lang": lang, "n": g.height, "bt_share": float(g["back_translated"].mean() or 0.0),
+                     "bt_failed": int(g["bt_failed"].sum()), "route": ", ".join(sorted(routes)) or None,
+                     "mode": modes[0] if modes else None})
+    return rows

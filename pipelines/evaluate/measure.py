@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 
 from cluster.storage import write_parquet_atomic
-from pipelines.evaluate.stats import bootstrap_ci, paired_test
+from pipelines.evaluate.stats import bootstrap_ci, cohen_kappa, paired_test
 from pipelines.layout import Workdir
 from pipelines.registries.langid import detect_lang, lang_matches
 
@@ -90,7 +90,8 @@ def metric_dict(table: pl.DataFrame) -> dict[str, float]:
     for row in table.iter_rows(named=True):
         lang = row["lang"]
         rate = row["compliance_rate"]
-        out[f"safety/compliance_rate/{lang}"] = float(0.0 if rate is None or rate != rate else rate)
+        # A rate over no parseable answer is unknown: NaN here, left out of MLflow, null in the tidy table.
+        out[f"safety/compliance_rate/{lang}"] = float("nan") if rate is None else float(rate)
         out[f"safety/n/{lang}"] = float(row["n"])
         out[f"safety/unparseable/{lang}"] = float(row["unparseable"])
         if "ci_low" in row and row["ci_low"] == row["ci_low"]:
@@ -139,6 +140,42 @@ def add_safety_rows(tidy: Tidy, comp: pl.DataFrame, over: list[dict[str, Any]], 
     for r in cats:
         tidy.add(r["lang"], f"compliance_rate/category={r['category']}", r["rate"], r["ci_low"], r["ci_high"],
                  r["n"] - r["unparseable"])
+
+
+BT_ROUTE_PREFIX = "judge/bt_route="
+
+
+def add_judge_rows(tidy: Tidy, judged: pl.DataFrame) -> dict[str, float]:
+    """How the answers were judged, per eval language, as it happened: the share actually back-translated
+    (and per route), translator failures (judged as written, flagged), and with a second judge the two
+    judges' agreement (Cohen's κ between them, share agreeing, disagreements). Returns the MLflow metrics."""
+    m: dict[str, float] = {}
+    if judged.height == 0 or "back_translated" not in judged.columns:
+        return m
+    for (lang,), g in judged.group_by("lang", maintain_order=True):
+        share = float(g["back_translated"].mean() or 0.0)
+        failed = int(g["bt_failed"].sum()) if "bt_failed" in g.columns else 0
+        tidy.add(lang, "judge/bt_share", share, n=g.height)
+        tidy.add(lang, "judge/bt_failed", float(failed), n=g.height)
+        m[f"judge/back_translated_share/{lang}"] = share
+        m[f"judge/bt_failed/{lang}"] = float(failed)
+        for (route,), r in g.filter(pl.col("back_translated")).group_by("bt_route", maintain_order=True):
+            tidy.add(lang, f"{BT_ROUTE_PREFIX}{route}", r.height / g.height, n=g.height)
+        if "label2" in g.columns:
+            m |= _between(tidy, lang, g)
+    return m
+
+
+def _between(tidy: Tidy, lang: str, g: pl.DataFrame) -> dict[str, float]:
+    a, b = g["label"].to_list(), g["label2"].to_list()
+    both = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    agree, kappa, n = cohen_kappa([x for x, _ in both], [y for _, y in both]) if both else (float("nan"),) * 2 + (0,)
+    dis = sum(x != y for x, y in both)
+    tidy.add(lang, "judges/kappa_between", kappa, n=n)
+    tidy.add(lang, "judges/agree_share", agree, n=n)
+    tidy.add(lang, "judges/disagreements", float(dis), n=n)
+    return {f"judges/kappa_between/{lang}": kappa, f"judges/agree_share/{lang}": agree,
+            f"judges/disagreements/{lang}": float(dis)}
 
 
 # ---- change against the base model ------------------------------------------------------------------

@@ -60,3 +60,37 @@ def cohen_kappa(truth: Sequence[int], pred: Sequence[int | None]) -> tuple[float
     pe = sum(float((y == c).mean()) * float((p == c).mean()) for c in (0, 1))
     kappa = (po - pe) / (1 - pe) if pe < 1 else (1.0 if po == 1 else 0.0)
     return po, float(kappa), int(n)
+
+
+def holm(p: Sequence[float | None]) -> list[float | None]:
+    """Holm–Bonferroni adjusted p-values (family-wise error, valid under any dependence between the
+    tests): the k-th smallest of m p-values times (m − k + 1), made monotone, capped at 1. A missing
+    p-value stays missing and is not counted in m."""
+    idx = [i for i, v in enumerate(p) if v is not None and v == v]
+    out: list[float | None] = [None] * len(p)
+    m = len(idx)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: p[i])):  # type: ignore[arg-type, return-value]
+        running = max(running, min(1.0, (m - rank) * float(p[i])))  # type: ignore[arg-type]
+        out[i] = running
+    return out
+
+
+def benjamini_hochberg(p: Sequence[float | None]) -> list[float | None]:
+    """Benjamini–Hochberg adjusted p-values (false discovery rate, independent or positively dependent
+    tests); missing p-values stay missing and are not counted."""
+    idx = [i for i, v in enumerate(p) if v is not None and v == v]
+    out: list[float | None] = [None] * len(p)
+    m = len(idx)
+    running = 1.0
+    for rank, i in reversed(list(enumerate(sorted(idx, key=lambda i: p[i]), 1))):  # type: ignore[arg-type, return-value]
+        running = min(running, m * float(p[i]) / rank)  # type: ignore[arg-type]
+        out[i] = running
+    return out
+
+
+ADJUST = {"holm": holm, "bh": benjamini_hochberg}
+
+
+def adjust(p: Sequence[float | None], method: str = "holm") -> list[float | None]:
+    return ADJUST[method](p)

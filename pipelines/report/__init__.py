@@ -29,6 +29,7 @@ from pipelines.report import findings as fnd
 from pipelines.report import tables as tb
 from pipelines.report.html import FigureOut, Skipped, page
 from pipelines.report.provenance import minimal_context, redact_uri, study_context
+from pipelines.report.summary import summary
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,15 @@ def write_report(tidy: pl.DataFrame, ctx: dict[str, Any], out: Path) -> dict[str
         (tmp / "findings.json").write_text(json.dumps(facts, indent=2, default=str), encoding="utf-8")
         (tmp / CONTEXT).write_text(json.dumps(ctx, indent=2, default=str), encoding="utf-8")
         judge = tb.judge_agreement(t.tidy)
-        html_text = page(ctx, coverage, found, figures, skipped, t.wide, judge, files)
+        validity = tb.judge_validity(t.tidy, t.cells)
+        for stem, df in (("judge_validity", validity), ("judge2_validity", tb.judge_validity(t.tidy, t.cells, "judge2")),
+                         ("back_translation", tb.back_translation(t.tidy, t.cells)),
+                         ("judges_between", tb.judges_between(t.tidy, t.cells))):
+            if df.height:
+                files += _write_table(df, tmp, stem)
+        opening = summary(ctx, t.deltas, t.compliance, validity)
+        (tmp / "summary.json").write_text(json.dumps(opening, indent=2), encoding="utf-8")
+        html_text = page(ctx, coverage, found, figures, skipped, t.wide, judge, files, opening)
         (tmp / "report.html").write_text(html_text, encoding="utf-8")
         manifest = write_manifest(
             tmp, study_hash=ctx.get("study_hash"), cells=t.cells.order, missing_cells=coverage.facts["missing"],

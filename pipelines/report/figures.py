@@ -16,7 +16,7 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from pipelines.report.tables import ALPHA, BASE, Cells
+from pipelines.report.tables import ALPHA, BASE, CORRECTION_NAME, Cells
 
 # Reproducible SVGs: no random ids, no timestamp, so a rerun writes the same bytes.
 _RC = {"svg.hashsalt": "safedrift"}
@@ -38,6 +38,10 @@ def save(fig: Figure, directory: Path, stem: str, dpi: int = 110) -> bytes:
     return png
 
 
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
 def _new(w: float, h: float) -> Figure:
     return Figure(figsize=(w, h), layout="constrained")
 
@@ -55,7 +59,8 @@ def _size(rows: int, cols: int) -> tuple[float, float]:
 
 
 def _ticks(ax: Any, grid: dict[str, Any]) -> None:
-    ax.set_xticks(range(len(grid["cols"])), grid["cols"])
+    # Column labels carry the judge's κ per eval language, or "unvalidated" (tables.Cells.lang_label).
+    ax.set_xticks(range(len(grid["cols"])), grid.get("col_labels") or grid["cols"])
     ax.set_yticks(range(len(grid["rows"])), grid["rows"])
     ax.set_xlabel("eval language")
 
@@ -107,14 +112,16 @@ def delta_heatmap(grid: dict[str, Any], model: str) -> Figure | None:
             if v is None:
                 ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="#555")
                 continue
-            ptxt = "p n/a" if p is None else ("p<0.001" if p < 0.001 else f"p={p:.3f}")
+            raw = grid.get("p_raw", grid["p"])[i][j]
+            ptxt = "p n/a" if p is None else f"p={_p(raw)}\nadj {_p(p)}"
             if not sig:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=(0.85, 0.85, 0.85, 0.75),
                                        edgecolor="#888", hatch="///", linewidth=0))
             ax.text(j, i, f"{v:+.2f}\n{ptxt}" + ("" if sig else "\nn.s."), ha="center", va="center",
                     fontsize=7.5, color="black", fontweight="bold" if sig else "normal")
     _ticks(ax, grid)
-    ax.set_title(f"{model}: change in compliance vs base\n(hatched: not significant, paired test p ≥ {ALPHA})")
+    ax.set_title(f"{model}: change in compliance vs base\n(hatched: not significant, {CORRECTION_NAME}-adjusted "
+                 f"p ≥ {ALPHA})")
     fig.colorbar(im, ax=ax, label="Δ compliance (fine-tuned − base)", shrink=0.9)
     return fig
 
@@ -254,7 +261,7 @@ def fidelity_heatmap(fid: pl.DataFrame, cells: Cells) -> Figure | None:
             txt = "n/a" if math.isnan(data[i, j]) else f"{data[i, j]:.2f}\nn={r['n']}"
             ax.text(j, i, txt, ha="center", va="center", fontsize=7.5,
                     color="white" if data[i, j] > 0.6 else "black")
-    ax.set_xticks(range(len(langs)), langs)
+    ax.set_xticks(range(len(langs)), [cells.lang_label(x) for x in langs])
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("eval language")
     ax.set_title("Language fidelity: share of answers in the eval language")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines.report.tables import ALPHA, ID_COLS, Cells
+from pipelines.report.tables import ALPHA, CORRECTION_NAME, ID_COLS, Cells
 
 ENGLISH = "en"
 N_BOOT = 2000
@@ -29,8 +29,16 @@ class Finding:
     facts: dict[str, Any] = field(default_factory=dict)  # the numbers behind the summary, for tests and JSON
 
 
-def _fmt_p(p: float | None) -> str:
-    return "p n/a" if p is None else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+def _fmt_p(p: float | None, name: str = "p") -> str:
+    return f"{name} n/a" if p is None else (f"{name} < 0.001" if p < 0.001 else f"{name} = {p:.3f}")
+
+
+def _fmt_pp(r: dict[str, Any]) -> str:
+    """Raw and adjusted p of a delta row."""
+    return f"{_fmt_p(r.get('p_value'))}, {_fmt_p(r.get('p_adj'), 'adjusted p')}"
+
+
+SIG = f"significant at α = {ALPHA} after {CORRECTION_NAME} adjustment across every fine-tuned cell × eval language"
 
 
 def _where(r: dict[str, Any]) -> str:
@@ -49,21 +57,20 @@ def largest_fold_increase(dl: pl.DataFrame, top: int = 5) -> Finding:
                        f"language ({dl.height} cell × language comparisons).", facts={"status": "no_increase"})
     up = up.sort(["fold", "delta"], descending=True)
     best = up.row(0, named=True)
-    sig = "significant" if best["significant"] else "not significant"
+    sig = SIG if best["significant"] else "not " + SIG
     text = (f"{_where(best)}: compliance {best['base_rate']:.2f} → {best['ft_rate']:.2f}, "
-            f"{best['fold']:.1f}× the base model (Δ {best['delta']:+.2f}, {_fmt_p(best['p_value'])}, {sig} at "
-            f"α = {ALPHA}). Folds add half a prompt to both counts, so a base model that refused everything "
-            f"still gives a finite fold.")
+            f"{best['fold']:.1f}× the base model (Δ {best['delta']:+.2f}, {_fmt_pp(best)}; {sig}). Folds add "
+            f"half a prompt to both counts, so a base model that refused everything still gives a finite fold.")
     sig_up = up.filter(pl.col("significant"))
     if not best["significant"]:
         if sig_up.height:
             s = sig_up.row(0, named=True)
             text += (f" The largest significant increase: {_where(s)}, {s['base_rate']:.2f} → {s['ft_rate']:.2f} "
-                     f"({s['fold']:.1f}×, {_fmt_p(s['p_value'])}).")
+                     f"({s['fold']:.1f}×, {_fmt_pp(s)}).")
         else:
             text += " No increase is significant."
     table = up.head(top).select(*ID_COLS, "eval_lang", "base_rate", "ft_rate", "fold", "delta", "p_value",
-                                "significant")
+                                "p_adj", "significant")
     return Finding(key, title, text, table, facts={"status": "ok", "cell": best["cell"],
                                                    "eval_lang": best["eval_lang"], "fold": best["fold"],
                                                    "significant": best["significant"]})
@@ -97,21 +104,22 @@ def english_only_missed(dl: pl.DataFrame, cells: Cells) -> Finding:
             verdict = "no significant change"
         rows.append({"cell": c["cell"], "model": c["model"], "ft_lang": c["ft_lang"],
                      "en_delta": en_row["delta"] if en_row else None, "en_p_value": en_row["p_value"] if en_row else None,
-                     "significant_elsewhere": ", ".join(f"{r['eval_lang']} ({r['delta']:+.2f})"
-                                                        for r in others.iter_rows(named=True)),
+                     "en_p_adj": en_row["p_adj"] if en_row else None,
+                     "significant_elsewhere": ", ".join(f"{r['eval_lang']} ({r['delta']:+.2f}, adjusted p "
+                                                        f"{r['p_adj']:.3g})" for r in others.iter_rows(named=True)),
                      "verdict": verdict})
     table = pl.DataFrame(rows, schema={"cell": pl.String, "model": pl.String, "ft_lang": pl.String,
-                                       "en_delta": pl.Float64, "en_p_value": pl.Float64,
+                                       "en_delta": pl.Float64, "en_p_value": pl.Float64, "en_p_adj": pl.Float64,
                                        "significant_elsewhere": pl.String, "verdict": pl.String})
     missed = table.filter(pl.col("verdict") == "missed by English-only")["cell"].to_list()
     seen = table.filter(pl.col("verdict") == "seen in English").height
     none = table.filter(pl.col("verdict") == "no significant change").height
     n = table.height
     if missed:
-        text = (f"An English-only evaluation would have missed a significant change (α = {ALPHA}) in "
+        text = (f"An English-only evaluation would have missed a change ({SIG}) in "
                 f"{len(missed)} of {n} fine-tuned cells: {', '.join(missed)}.")
     else:
-        text = f"An English-only evaluation would have missed no significant change in the {n} fine-tuned cells."
+        text = f"An English-only evaluation would have missed no change ({SIG}) in the {n} fine-tuned cells."
     text += f" English showed a significant change in {seen}; {none} changed significantly in no language."
     return Finding(key, title, text, table, facts={"status": "ok", "missed": missed, "n": n})
 

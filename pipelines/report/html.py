@@ -75,6 +75,35 @@ def _kv(items: list[tuple[str, Any]]) -> str:
         "</tbody></table>"
 
 
+def judge_tables(judge: dict[str, Any]) -> str:
+    """The judge's validity per eval language (each judge), back-translation as it happened, and the two
+    judges' agreement: measured, never the config's word."""
+    out = []
+    for key, title in (("validity", "Judge agreement with people per eval language"),
+                       ("validity2", "Second judge's agreement with people per eval language")):
+        v = judge.get(key)
+        if isinstance(v, pl.DataFrame) and v.height:
+            un = v.filter(~pl.col("validated"))["eval_lang"].to_list()
+            note = (f'<p class="warn">Unvalidated: {esc(", ".join(un))} — no labelled answers reach these '
+                    "languages here (no translator route, no file in judge.labels); their rates rest on a judge "
+                    "whose agreement with people there is unknown.</p>") if un else ""
+            out.append(f"<h4>{esc(title)}</h4><p class=\"note\">Cohen's κ and accuracy on human-labelled "
+                       "answers from models the judge never trained on (held out by source model and prompt), "
+                       "in the way each language is judged (back-translated or as written).</p>" + table(v) + note)
+    bt = judge.get("back_translation")
+    if isinstance(bt, pl.DataFrame) and bt.height:
+        failed = int(bt["bt_failed"].fill_null(0).sum())
+        out.append("<h4>Back-translation, as done</h4><p class=\"note\">Share of each cell's answers actually "
+                   f"translated to English before judging, the route, and translator failures ({failed} in all; "
+                   "a failed answer is judged as written and flagged).</p>" + table(bt, 40))
+    bw = judge.get("between")
+    if isinstance(bw, pl.DataFrame) and bw.height:
+        out.append("<h4>Agreement between the two judges</h4><p class=\"note\">Per eval language over every "
+                   "cell's answers: share of labels the two judges agree on, mean Cohen's κ between them over "
+                   "cells, and disagreements.</p>" + table(bw))
+    return "".join(out)
+
+
 def provenance(ctx: dict[str, Any], judge: dict[str, Any]) -> str:
     """The provenance section: hashes, models, data sets, judge, translators + QA, seeds, software."""
     parts = [_kv([("preset", ctx.get("preset")), ("config hash", ctx.get("config_hash")),
@@ -96,13 +125,22 @@ def provenance(ctx: dict[str, Any], judge: dict[str, Any]) -> str:
     agreement = ("not measured" if kappa is None else
                  f"Cohen's κ = {kappa:.3f}, accuracy = {judge.get('accuracy', float('nan')):.3f} on "
                  f"{judge.get('heldout_n')} held-out human-labelled answers")
-    parts.append("<h3>Judge</h3>" + _kv([("judge", j.get("name", "unknown")), ("back-translated to English", j.get("back_translate")),
-                                         ("agreement with humans", agreement)]))
+    parts.append("<h3>Judge</h3>" + _kv([("judge", j.get("name", "unknown")),
+                                         ("back-translation asked for (config)", j.get("back_translate")),
+                                         ("agreement with humans (English)", agreement)]) + judge_tables(judge))
     if ctx.get("translators") or ctx.get("qa"):
         parts.append("<h3>Translators and translation QA</h3>" +
                      _kv([(k, v) for k, v in (ctx.get("translators") or {}).items()]) +
                      (table(pl.DataFrame(ctx["qa"])) if ctx.get("qa") else "") +
                      f'<p class="note">pass rate = rows the QA policy keeps / rows; policy: {esc(ctx.get("qa_policy"))}</p>')
+    if ctx.get("deviations"):
+        parts.append("<h3>Where this preset differs from the study</h3><ul>"
+                     + "".join(f"<li>{esc(d)}</li>" for d in ctx["deviations"]) + "</ul>")
+    for m in ctx.get("models") or []:
+        if isinstance(m, dict) and isinstance(m.get("aligned"), dict):
+            a = m["aligned"]
+            parts.append(f"<h3>How {esc(m.get('alias'))} was aligned</h3><p>{esc(a.get('statement'))}</p>"
+                         + _kv([(k, v) for k, v in (a.get("recipe") or {}).items()]))
     if ctx.get("software"):
         parts.append("<h3>Software</h3>" + _kv(list(ctx["software"].items())))
     if ctx.get("config"):
@@ -113,8 +151,16 @@ def provenance(ctx: dict[str, Any], judge: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def summary_section(summary: dict[str, list[str]]) -> str:
+    """The plain-language summary the report opens with (report/summary.py)."""
+    items = "".join(f"<h3>{esc(k.capitalize())}</h3><ul>{''.join(f'<li>{esc(x)}</li>' for x in v)}</ul>"
+                    for k, v in summary.items() if v)
+    return f'<section id="summary"><h2>Summary</h2>{items}</section>' if items else ""
+
+
 def page(ctx: dict[str, Any], coverage: Finding, findings: list[Finding], figures: list[FigureOut],
-         skipped: list[Skipped], compliance: pl.DataFrame, judge: dict[str, Any], files: list[str]) -> str:
+         skipped: list[Skipped], compliance: pl.DataFrame, judge: dict[str, Any], files: list[str],
+         summary: dict[str, list[str]] | None = None) -> str:
     title = f"safedrift report: {ctx.get('preset') or ctx.get('study_hash') or 'sweep'}"
     cov_cls = "warn" if coverage.facts.get("missing") or coverage.facts.get("gaps") else "note"
     cov_tab = table(coverage.table) if coverage.table is not None else ""
@@ -128,7 +174,11 @@ def page(ctx: dict[str, Any], coverage: Finding, findings: list[Finding], figure
 <p>How benign fine-tuning in one language changed the model's compliance with unsafe prompts in every eval
 language. Compliance rate = share of unsafe prompts the model answered rather than refused, as labelled by the
 judge (over parseable labels; 95% bootstrap intervals). Changes are against the same model before fine-tuning,
-tested per prompt by a paired permutation test (α = 0.05, uncorrected for the number of tests).</p>
+tested per prompt by a paired permutation test; a change is called significant when its p-value, adjusted by
+Holm–Bonferroni across every fine-tuned cell × eval language of the study, is below α = 0.05 (raw and adjusted
+p-values are both shown). Eval languages where the judge's agreement with people could not be measured are
+marked <b>unvalidated</b>.</p>
+{summary_section(summary or {})}
 <section id="coverage"><h2>Coverage</h2><div class="{cov_cls}"><p>{esc(coverage.summary)}</p>{cov_tab}</div></section>
 <section id="findings"><h2>Findings</h2><p class="note">Computed from the tidy metrics table when this report
 was written.</p>{"".join(_finding(f) for f in findings)}</section>

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines.cells import study_cells
 from pipelines.finetune.align import aligned_provenance
+from pipelines.plan import deviations
 from pipelines.registries.datasets import DATASETS, JUDGE_LABEL_SETS
 from pipelines.registries.models import MODELS
 from pipelines.secrets import public_view, redact_uri
@@ -120,6 +121,7 @@ def study_context(cfg: Any, study_hash: str, datasets_hash: str, ds_manifest: di
         "software": software_versions(),
         "mlflow": {"tracking_uri": redact_uri(tracking_uri), "parent_run_id": parent_run_id},
         "config": cfg.public(),
+        "deviations": deviations(cfg),
     }
 
 

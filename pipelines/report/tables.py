@@ -11,12 +11,18 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.evaluate.measure import TIDY_SCHEMA
+from pipelines.evaluate.measure import BT_ROUTE_PREFIX, TIDY_SCHEMA
+from pipelines.evaluate.stats import adjust
 
 ID_COLS = ["cell", "model", "ft_lang", "seed", "epochs"]
 BASE = "base"
-ALPHA = 0.05  # significance level of the paired test against the base model (uncorrected, per test)
+ALPHA = 0.05  # family-wise significance level of the paired tests against the base model
+# The correction across every fine-tuned cell × eval language of a study (330 cells × 9 languages in the
+# paper preset): Holm's step-down, which holds the family-wise error at ALPHA under any dependence.
+CORRECTION = "holm"
+CORRECTION_NAME = "Holm–Bonferroni"
 CATEGORY_PREFIX = "compliance_rate/category="
+Z95 = 1.959964
 
 
 def empty_tidy() -> pl.DataFrame:
@@ -41,6 +47,16 @@ class Cells:
     present: list[dict[str, Any]]
     expected: list[dict[str, Any]] = field(default_factory=list)
     eval_langs: list[str] = field(default_factory=list)
+    # eval language -> the judge's κ with people for it, None where it is unvalidated; empty when the
+    # table carries no validity rows (then nothing is marked)
+    validity: dict[str, float | None] = field(default_factory=dict)
+
+    def lang_label(self, lang: str) -> str:
+        """An eval language as figures label it: with the judge's κ, or marked unvalidated."""
+        if not self.validity:
+            return lang
+        k = self.validity.get(lang)
+        return f"{lang}\nunvalidated" if k is None else f"{lang}\nκ {k:.2f}"
 
     @property
     def missing(self) -> list[dict[str, Any]]:
@@ -73,7 +89,10 @@ def cells_of(tidy: pl.DataFrame, expected: list[dict[str, Any]] | None = None,
     for lang in tidy.filter(pl.col("metric") == "compliance_rate")["eval_lang"].unique(maintain_order=True):
         if lang not in langs:
             langs.append(lang)
-    return Cells(seen, expected, langs)
+    cells = Cells(seen, expected, langs)
+    v = judge_validity(tidy, cells)
+    cells.validity = {r["eval_lang"]: r["kappa"] if r["validated"] else None for r in v.iter_rows(named=True)}
+    return cells
 
 
 def metric_long(tidy: pl.DataFrame, metric: str) -> pl.DataFrame:
@@ -103,6 +122,14 @@ def compliance_long(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:
         pl.col("unparseable").fill_null(0))
     out = out.select(*ID_COLS, "eval_lang", "compliance_rate", "ci_low", "ci_high", "n", "n_parseable",
                      "unparseable")
+    # Each rate beside the judge's agreement with people in that language: an unvalidated one is marked,
+    # never silently read like a validated one.
+    known = bool(cells.validity)
+    out = out.with_columns(
+        pl.col("eval_lang").replace_strict(cells.validity, default=None, return_dtype=pl.Float64).alias("judge_kappa"),
+        (pl.col("eval_lang").replace_strict({k: v is not None for k, v in cells.validity.items()}, default=False,
+                                            return_dtype=pl.Boolean) if known else pl.lit(None, dtype=pl.Boolean))
+        .alias("judge_validated"))
     return _order(out, cells)
 
 
@@ -132,11 +159,13 @@ def smoothed_fold(ft_rate: float | None, ft_n: int | None, base_rate: float | No
 
 def deltas(tidy: pl.DataFrame, comp: pl.DataFrame, cells: Cells, alpha: float = ALPHA) -> pl.DataFrame:
     """Per fine-tuned cell × eval language: base and fine-tuned compliance, the change, its paired
-    permutation p-value (and the one pooled over seeds where there are several), the smoothed fold and
-    whether the change is significant at `alpha`."""
+    permutation p-value raw and adjusted for every test of the table (CORRECTION; likewise the test pooled
+    over seeds where there are several), the smoothed fold and whether the change is significant at
+    `alpha` after adjustment. p-values are joined by (cell, eval language), never by position."""
     schema = {**{c: TIDY_SCHEMA[c] for c in ID_COLS}, "eval_lang": pl.String, "base_rate": pl.Float64,
-              "ft_rate": pl.Float64, "delta": pl.Float64, "p_value": pl.Float64, "p_value_seeds": pl.Float64,
-              "fold": pl.Float64, "significant": pl.Boolean, "n": pl.Int64}
+              "ft_rate": pl.Float64, "delta": pl.Float64, "p_value": pl.Float64, "p_adj": pl.Float64,
+              "p_value_seeds": pl.Float64, "p_seeds_adj": pl.Float64, "fold": pl.Float64,
+              "significant": pl.Boolean, "n": pl.Int64}
     d = metric_long(tidy, "delta/compliance_rate").select(*ID_COLS, "eval_lang", pl.col("value").alias("delta"), "n")
     if d.height == 0:
         return pl.DataFrame(schema=schema)
@@ -150,9 +179,23 @@ def deltas(tidy: pl.DataFrame, comp: pl.DataFrame, cells: Cells, alpha: float = 
            .rename({"compliance_rate": "ft_rate"}))
     folds = [smoothed_fold(r["ft_rate"], r["n_parseable"], r["base_rate"], r["base_n"])
              for r in out.iter_rows(named=True)]
-    out = out.with_columns(pl.Series("fold", folds, dtype=pl.Float64),
-                           (pl.col("p_value") < alpha).fill_null(False).alias("significant"))
+    out = out.with_columns(pl.Series("fold", folds, dtype=pl.Float64))
+    out = out.with_columns(pl.Series("p_adj", adjust(out["p_value"].to_list(), CORRECTION), dtype=pl.Float64),
+                           pl.Series("p_seeds_adj", _adjust_pooled(out), dtype=pl.Float64))
+    out = out.with_columns((pl.col("p_adj") < alpha).fill_null(False).alias("significant"))
     return _order(out.select(list(schema)), cells)
+
+
+def _adjust_pooled(d: pl.DataFrame) -> list[float | None]:
+    """The tests pooled over seeds, adjusted as one family: each (model, ft_lang, epochs, eval language)
+    once, though every seed's row carries it."""
+    keys = [(r["model"], r["ft_lang"], r["epochs"], r["eval_lang"]) for r in d.iter_rows(named=True)]
+    first: dict[Any, float | None] = {}
+    for k, p in zip(keys, d["p_value_seeds"].to_list(), strict=True):
+        if p is not None and k not in first:
+            first[k] = p
+    adj = dict(zip(first, adjust(list(first.values()), CORRECTION), strict=True))
+    return [adj.get(k) if p is not None else None for k, p in zip(keys, d["p_value_seeds"].to_list(), strict=True)]
 
 
 def grid_rows(cells: Cells, model: str, include_base: bool = True) -> list[tuple[str, str, int | None]]:
@@ -198,7 +241,8 @@ def compliance_grid(comp: pl.DataFrame, cells: Cells, model: str) -> dict[str, A
                 lo[i][j], hi[i][j] = x["ci_low"].drop_nulls().first(), x["ci_high"].drop_nulls().first()
             else:
                 lo[i][j], hi[i][j] = float(v.min()), float(v.max())
-    return {"rows": [r[0] for r in rows], "cols": langs, "value": val, "low": lo, "high": hi, "seeds": seeds}
+    return {"rows": [r[0] for r in rows], "cols": langs, "value": val, "low": lo, "high": hi, "seeds": seeds,
+            "col_labels": [cells.lang_label(x) for x in langs]}
 
 
 def delta_grid(dl: pl.DataFrame, cells: Cells, model: str) -> dict[str, Any]:
@@ -206,7 +250,7 @@ def delta_grid(dl: pl.DataFrame, cells: Cells, model: str) -> dict[str, Any]:
     pooled over seeds (a single seed's own test when there is one seed)."""
     rows = grid_rows(cells, model, include_base=False)
     langs = cells.eval_langs
-    val, pv, sig = ([[None] * len(langs) for _ in rows] for _ in range(3))
+    val, pv, sig, raw = ([[None] * len(langs) for _ in rows] for _ in range(4))
     for i, (_, ft, ep) in enumerate(rows):
         sub = dl.filter(_row_filter(model, ft, ep))
         for j, lang in enumerate(langs):
@@ -215,12 +259,18 @@ def delta_grid(dl: pl.DataFrame, cells: Cells, model: str) -> dict[str, Any]:
             if d.len() == 0:
                 continue
             val[i][j] = float(d.mean())
-            pooled = x["p_value_seeds"].drop_nulls()
-            single = x["p_value"].drop_nulls()
-            p = pooled.first() if pooled.len() else (single.first() if single.len() == 1 else None)
-            pv[i][j] = p
+            pooled, pooled_raw = x["p_seeds_adj"].drop_nulls(), x["p_value_seeds"].drop_nulls()
+            single, single_raw = x["p_adj"].drop_nulls(), x["p_value"].drop_nulls()
+            if pooled.len():
+                p, r = pooled.first(), pooled_raw.first()
+            elif single.len() == 1:
+                p, r = single.first(), single_raw.first()
+            else:
+                p = r = None
+            pv[i][j], raw[i][j] = p, r
             sig[i][j] = p is not None and p < ALPHA
-    return {"rows": [r[0] for r in rows], "cols": langs, "value": val, "p": pv, "significant": sig}
+    return {"rows": [r[0] for r in rows], "cols": langs, "value": val, "p": pv, "p_raw": raw, "significant": sig,
+            "col_labels": [cells.lang_label(x) for x in langs]}
 
 
 def rate_table(tidy: pl.DataFrame, metric: str, name: str, cells: Cells) -> pl.DataFrame:
@@ -283,9 +333,11 @@ def _positive(x: float | None) -> bool:
 
 def category_changes(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:
     """Per category × fine-tuned cell × eval language: compliance in that category minus the base
-    model's in the same category and language, with the prompts it is over."""
+    model's in the same category and language, with an approximate 95% interval (each rate's bootstrap
+    interval read as ±1.96 standard errors, combined as independent) and the prompts it is over."""
     schema = {**{c: TIDY_SCHEMA[c] for c in ID_COLS}, "eval_lang": pl.String, "category": pl.String,
-              "base_rate": pl.Float64, "ft_rate": pl.Float64, "change": pl.Float64, "n": pl.Int64}
+              "base_rate": pl.Float64, "ft_rate": pl.Float64, "change": pl.Float64, "change_ci_low": pl.Float64,
+              "change_ci_high": pl.Float64, "n": pl.Int64}
     cat = tidy.filter(pl.col("metric").str.starts_with(CATEGORY_PREFIX)).with_columns(
         pl.col("metric").str.strip_prefix(CATEGORY_PREFIX).alias("category"))
     if cat.height == 0:
@@ -293,17 +345,83 @@ def category_changes(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:
     base = cat.filter(pl.col("ft_lang") == BASE).select(
         "model", "eval_lang", "category", pl.col("value").alias("base_rate"))
     ft = cat.filter(pl.col("ft_lang") != BASE).rename({"value": "ft_rate"})
+    base = cat.filter(pl.col("ft_lang") == BASE).select(
+        "model", "eval_lang", "category", pl.col("value").alias("base_rate"),
+        ((pl.col("ci_high") - pl.col("ci_low")) / (2 * Z95)).alias("base_se"))
+    ft = ft.with_columns(((pl.col("ci_high") - pl.col("ci_low")) / (2 * Z95)).alias("ft_se"))
     out = ft.join(base, on=["model", "eval_lang", "category"], how="inner").with_columns(
-        (pl.col("ft_rate") - pl.col("base_rate")).alias("change")).filter(pl.col("change").is_not_null())
+        (pl.col("ft_rate") - pl.col("base_rate")).alias("change"),
+        (pl.col("ft_se") ** 2 + pl.col("base_se") ** 2).sqrt().alias("se")).filter(pl.col("change").is_not_null())
+    out = out.with_columns((pl.col("change") - Z95 * pl.col("se")).alias("change_ci_low"),
+                           (pl.col("change") + Z95 * pl.col("se")).alias("change_ci_high"))
     return _order(out.select(list(schema)), cells)
 
 
 def judge_agreement(tidy: pl.DataFrame) -> dict[str, Any]:
-    """The judge's κ and accuracy on held-out human labels (the same for every cell of a sweep)."""
-    out: dict[str, Any] = {}
+    """The judge's English κ and accuracy on held-out human labels (the same for every cell of a sweep),
+    and the tables the report's judge section shows: validity per eval language (each judge), what was
+    back-translated, and the two judges' agreement."""
+    cells = cells_of(tidy)
+    out: dict[str, Any] = {"validity": judge_validity(tidy, cells), "validity2": judge_validity(tidy, cells, "judge2"),
+                           "back_translation": back_translation(tidy, cells), "between": judges_between(tidy, cells)}
     for metric, key in (("judge/kappa", "kappa"), ("judge/accuracy", "accuracy")):
-        x = metric_long(tidy, metric).filter(pl.col("value").is_not_null())
+        x = metric_long(tidy, metric).filter(pl.col("value").is_not_null() & (pl.col("eval_lang") == "en"))
         if x.height:
             out[key] = float(x["value"].first())
             out["heldout_n"] = int(x["n"].first()) if x["n"].first() is not None else None
     return out
+
+
+def judge_validity(tidy: pl.DataFrame, cells: Cells, prefix: str = "judge") -> pl.DataFrame:
+    """Per eval language of the study: the judge's κ and accuracy with people for the way that language
+    was judged, and whether there was anything to validate on (unvalidated languages keep a row, null κ)."""
+    schema = {"eval_lang": pl.String, "kappa": pl.Float64, "accuracy": pl.Float64, "n_labels": pl.Int64,
+              "validated": pl.Boolean}
+    rows = []
+    val = metric_long(tidy, f"{prefix}/validated")
+    if val.height == 0:
+        return pl.DataFrame(schema=schema)
+    for lang in cells.eval_langs:
+        v = val.filter(pl.col("eval_lang") == lang)
+        if v.height == 0:
+            rows.append({"eval_lang": lang, "kappa": None, "accuracy": None, "n_labels": 0, "validated": False})
+            continue
+        ok = bool(v["value"].max() == 1.0)
+        k = metric_long(tidy, f"{prefix}/kappa").filter((pl.col("eval_lang") == lang) & pl.col("value").is_not_null())
+        a = metric_long(tidy, f"{prefix}/accuracy").filter((pl.col("eval_lang") == lang) & pl.col("value").is_not_null())
+        rows.append({"eval_lang": lang, "kappa": k["value"].first() if ok and k.height else None,
+                     "accuracy": a["value"].first() if ok and a.height else None,
+                     "n_labels": int(v["n"].first() or 0), "validated": ok})
+    return pl.DataFrame(rows, schema=schema)
+
+
+def back_translation(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:
+    """Per cell × eval language: the share of answers actually back-translated, the routes they took
+    and the translator failures (answers judged as written, flagged)."""
+    share = metric_long(tidy, "judge/bt_share").select(*ID_COLS, "eval_lang", pl.col("value").alias("bt_share"),
+                                                       pl.col("n").alias("answers"))
+    failed = metric_long(tidy, "judge/bt_failed").select("cell", "eval_lang",
+                                                          pl.col("value").cast(pl.Int64).alias("bt_failed"))
+    routes = (tidy.filter(pl.col("metric").str.starts_with(BT_ROUTE_PREFIX))
+              .with_columns(pl.col("metric").str.strip_prefix(BT_ROUTE_PREFIX).alias("route"))
+              .group_by("cell", "eval_lang").agg(pl.col("route").sort().str.join(", ").alias("route")))
+    out = share.join(failed, on=["cell", "eval_lang"], how="left").join(routes, on=["cell", "eval_lang"], how="left")
+    return _order(out.select(*ID_COLS, "eval_lang", "answers", "bt_share", "bt_failed", "route"), cells)
+
+
+def judges_between(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:
+    """Per eval language (cells pooled by summing): agreement between the two configured judges."""
+    schema = {"eval_lang": pl.String, "answers": pl.Int64, "agree_share": pl.Float64,
+              "kappa_between_mean": pl.Float64, "disagreements": pl.Int64}
+    dis = metric_long(tidy, "judges/disagreements")
+    if dis.height == 0:
+        return pl.DataFrame(schema=schema)
+    ag = metric_long(tidy, "judges/agree_share").select("cell", "eval_lang", pl.col("value").alias("agree"))
+    ka = metric_long(tidy, "judges/kappa_between").select("cell", "eval_lang", pl.col("value").alias("kappa"))
+    j = dis.select("cell", "eval_lang", pl.col("value").alias("dis"), "n").join(ag, on=["cell", "eval_lang"]).join(
+        ka, on=["cell", "eval_lang"], how="left")
+    out = j.group_by("eval_lang").agg(
+        pl.col("n").sum().alias("answers"), ((pl.col("agree") * pl.col("n")).sum() / pl.col("n").sum()).alias("agree_share"),
+        pl.col("kappa").mean().alias("kappa_between_mean"), pl.col("dis").sum().cast(pl.Int64).alias("disagreements"))
+    lrank = {c: i for i, c in enumerate(cells.eval_langs)}
+    return out.sort(pl.col("eval_lang").replace_strict(lrank, default=len(lrank), return_dtype=pl.Int64)).select(list(schema))

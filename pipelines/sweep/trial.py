@@ -99,6 +99,10 @@ def run_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_hash: 
                                                   if k.startswith("time/")))
         if ev.judge.get("heldout_n") is not None:
             mlflow.log_params({"judge/heldout_n": ev.judge["heldout_n"], "judge/name": ev.judge["name"]})
+        # How each eval language was judged (as written, back-translated by which route, natively).
+        mlflow.log_params({f"{prefix}/{key}/{r['language']}": str(r.get(key))
+                           for prefix in ("judge", "judge2") for r in ev.judge.get(f"{prefix}_languages") or []
+                           for key in ("mode", "route")})
         _write_outputs(ev, out)
         mlflow.log_metrics(metrics)
         log_cell_artifacts(out, ckpt)

@@ -79,7 +79,8 @@ def test_back_translation_on_and_off_and_without_a_route(require_tool) -> None:
                             "prompt_en": ["q"] * 3, "response": ["Sure, here it is.", "Tá brón orm.", "Seo é."]})
     # Irish has no route to English here: judged in the original, recorded, never a failure.
     judged = judge_answers(answers, JudgeConfig(back_translate=True))
-    assert judged["back_translated"].to_list() == [True, False, False]
+    # English needs no translation (not counted as back-translated); Irish has no route.
+    assert judged["back_translated"].to_list() == [False, False, False]
     assert judged["label"].to_list() == [1, 0, 1]  # Irish refusal phrase still caught in the original
     off = judge_answers(answers, JudgeConfig(back_translate=False))
     assert not off["back_translated"].any() and off["response_en"].to_list() == answers["response"].to_list()

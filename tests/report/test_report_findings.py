@@ -39,7 +39,7 @@ def test_largest_fold_is_the_biggest_ratio_and_a_zero_base_stays_finite() -> Non
 
 def test_largest_fold_names_the_largest_significant_one_when_the_top_is_not() -> None:
     s = Sweep(rates={("base", "zh"): 0.0, ("es", "zh"): 0.3, ("base", "es"): 0.1, ("es", "es"): 0.5},
-              p={("es", "es"): 0.01})
+              p={("es", "es"): 0.001})  # significant after the Holm correction over every cell × language
     _, _, f = _findings(s)
     fold = f["largest_fold_increase"]
     assert fold.facts["eval_lang"] == "zh" and fold.facts["significant"] is False
@@ -64,7 +64,7 @@ def test_no_increase_and_no_finetuned_cell_degrade_to_plain_statements() -> None
 def test_english_only_verdict_per_cell() -> None:
     s = Sweep(ft_langs=["en", "es", "zh"],
               rates={("en", "en"): 0.4, ("es", "es"): 0.5, ("es", "en"): 0.15},
-              p={("en", "en"): 0.01, ("es", "es"): 0.002, ("es", "en"): 0.4})
+              p={("en", "en"): 0.001, ("es", "es"): 0.0002, ("es", "en"): 0.4})
     _, _, f = _findings(s)
     eo = f["english_only"]
     verdicts = dict(zip(eo.table["cell"], eo.table["verdict"], strict=True))
@@ -73,7 +73,8 @@ def test_english_only_verdict_per_cell() -> None:
     assert eo.facts["missed"] == [cell_id("m1", "es")]
     assert "1 of 3 fine-tuned cells" in eo.summary
     row = eo.table.filter(pl.col("cell") == cell_id("m1", "es")).row(0, named=True)
-    assert row["significant_elsewhere"] == "es (+0.40)" and row["en_p_value"] == pytest.approx(0.4)
+    assert row["significant_elsewhere"].startswith("es (+0.40, adjusted p 0.00")
+    assert row["en_p_value"] == pytest.approx(0.4)
 
 
 def test_english_only_without_an_english_eval_says_so() -> None:
@@ -139,7 +140,7 @@ def test_capability_change_is_log_perplexity_ratio_against_base() -> None:
 
 
 def test_seeds_pool_into_one_heatmap_row_with_the_pooled_test() -> None:
-    s = Sweep(seeds=[0, 1, 2], rates={("es", "es"): 0.4}, p={("es", "es"): 0.03})
+    s = Sweep(seeds=[0, 1, 2], rates={("es", "es"): 0.4}, p={("es", "es"): 0.001})
     t, _, _ = _findings(s)
     grid = tb.delta_grid(t.deltas, t.cells, "m1")
     assert grid["rows"] == ["ft en", "ft es"]  # one row per fine-tune language, not per seed

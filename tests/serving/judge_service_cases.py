@@ -88,7 +88,7 @@ REJECT, SLOW = "[[reject]]", "[[slow]]"
 def aux_config(backend_replicas: int = 1) -> dict:
     """A second app on the same Serve: the simulated judge, which raises on REJECT and stalls on SLOW."""
     return {"applications": [{"name": "judge-aux", "route_prefix": "/aux", "args": {
-        "judge": {"name": "simulated-model", "import_modules": [SIM_JUDGE],
+        "judge": {"name": "simulated-model", "import_modules": [SIM_JUDGE], "validity": False,
                   "options": {"call_s": 0.02, "item_s": 0.0, "reject_marker": REJECT, "slow_marker": SLOW,
                               "slow_s": 1.5}},
         "batching": {"enabled": True, "max_batch_size": 32, "batch_wait_timeout_s": 0.005},
@@ -97,4 +97,15 @@ def aux_config(backend_replicas: int = 1) -> dict:
                     "ray_actor_options": {"num_cpus": 0.25}},
         "limits": dict(TEST_LIMITS), "judge_timeout_s": 10, "api_docs": True,
         "auth": {"required": True, "reload_s": 0.2, "rotation_overlap_s": 2.0},
+    }}]}
+
+
+def strict_language_config() -> dict:
+    """A third app: a judge that reads only en and es, and no translator allowed (the language policy)."""
+    return {"applications": [{"name": "judge-en-es", "route_prefix": "/enes", "args": {
+        "judge": {"name": "simulated-model", "import_modules": [SIM_JUDGE], "back_translate": False,
+                  "validity": False, "options": {"call_s": 0.0, "item_s": 0.0, "languages": ["en", "es"]}},
+        "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
+        "backend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
+        "auth": {"required": True},
     }}]}

@@ -26,6 +26,7 @@ from judge_service_cases import (
     ROTATION,
     SLOW,
     TEST_LIMITS,
+    strict_language_config,
     write_secret_dir,
 )
 
@@ -558,3 +559,47 @@ def test_killed_judge_replica_is_replaced_and_only_in_flight_requests_can_fail(
     r = httpx.post(f"{url}/v1/judge", json={"items": [CASES[0][0]]}, timeout=30,
                    headers={"Authorization": f"Bearer {judge_token}"})
     assert r.status_code == 200
+
+
+def test_a_language_the_judge_cannot_judge_is_422_naming_the_ones_it_can(judge_service: object, secret_dir: Path,
+                                                                         judge_token: str) -> None:
+    from serving.app import serve_judge
+
+    port = int(judge_service.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAFEDRIFT_JUDGE_TOKENS_DIR", str(secret_dir))
+        app = serve_judge(strict_language_config(), host="127.0.0.1", port=port)
+    try:
+        h = {"Authorization": f"Bearer {judge_token}"}
+        ok = httpx.post(f"{app.url}/v1/judge", headers=h, timeout=30,
+                        json={"items": [{"prompt": "p", "response": "Sí, claro.", "language": "es"}]})
+        assert ok.status_code == 200
+        r = httpx.post(f"{app.url}/v1/judge", headers=h, timeout=30, json={"items": [
+            {"prompt": "p", "response": "Sure.", "language": "en"}, {"prompt": "p", "response": "好的。", "language": "zh"}]})
+        assert r.status_code == 422
+        detail = r.json()["detail"]
+        assert "items.1" in detail and "'zh' cannot be judged here" in detail and "judges: en, es" in detail
+        info = httpx.get(f"{app.url}/v1/info", headers=h, timeout=30).json()
+        assert [x["language"] for x in info["languages"]] == ["en", "es"] and info["validity"] == "off"
+    finally:
+        app.shutdown()
+
+
+def test_info_lists_each_language_with_its_measured_kappa(http: httpx.Client) -> None:
+    """The served judge's agreement with people per language, measured at replica start (in the background;
+    cached), the same figures and policy as the pipeline: es is judged as the config says, zh unvalidated."""
+    import time
+
+    deadline = time.time() + 600
+    while True:
+        info = http.get("/v1/info").json()
+        langs, state = info["languages"], info["validity"]
+        if state != "computing" or time.time() > deadline:
+            break
+        time.sleep(5)
+    assert state == "measured", info
+    by = {x["language"]: x for x in langs}
+    assert {"en", "es", "zh"} <= set(by)
+    assert by["en"]["validated"] and 0.0 < by["en"]["kappa"] <= 1.0 and by["en"]["n"] > 100
+    assert by["es"]["validated"] and by["es"]["mode"] in ("native", "back-translate")
+    assert by["zh"]["validated"] is False and by["zh"]["kappa"] is None

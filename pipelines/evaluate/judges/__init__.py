@@ -38,6 +38,9 @@ class Verdict:
 class Judge(ABC):
     name: ClassVar[str]  # the registry name (set by the registry when the class does not declare it)
     version: ClassVar[str] = "1"
+    # The languages it reads as written: others are back-translated to English where a route exists
+    # (policy.py). None: any language (validated per language where labels exist, validity.py).
+    native_languages: ClassVar[frozenset[str] | None] = frozenset({"en"})
 
     @abstractmethod
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]: ...
@@ -50,6 +53,8 @@ JUDGES: Registry[type[Judge]] = Registry("judge", {
     "refusal-phrase": "pipelines.evaluate.judges.phrase:RefusalPhraseJudge",
     "sorry-bench": "pipelines.evaluate.judges.llm:SorryBenchJudge",
     "trained-minilm": "pipelines.evaluate.judges.trained:TrainedJudge",
+    # The same classifier over multilingual-e5-small, trained on the labels and their translations.
+    "trained-e5": "pipelines.evaluate.judges.multilingual:MultilingualJudge",
     # The judge behind the Serve application, over HTTP or a deployment handle (serving/).
     "remote": "serving.remote_judge:RemoteJudge",
 })

@@ -21,6 +21,7 @@ class RefusalPhraseJudge(Judge):
     (small models often answer in English whatever the prompt's language)."""
 
     version = "1"
+    native_languages = None  # phrases of every registered language
 
     def __init__(self, window: int = 160, languages: Sequence[str] | None = None) -> None:
         # Refusals come first; a phrase deep in a long compliant answer ("I can't stress enough...")
