@@ -16,17 +16,19 @@ from typing import Any
 
 import polars as pl
 
+from cluster import progress
 from pipelines.cells import Cell
 from pipelines.config import StudyConfig
 from pipelines.evaluate import capability, drift
 from pipelines.evaluate.backends.transformers import load_for_generation
 from pipelines.evaluate.evalsets import eval_prompts, heldout_benign, safe_prompts
 from pipelines.evaluate.generate import generate_cell
-from pipelines.evaluate.judge import judge_answers
+from pipelines.evaluate.judge import judge_answers, judging_of
 from pipelines.evaluate.judges import Judge, make_judge
-from pipelines.evaluate.judges.agreement import cached_agreement
+from pipelines.evaluate.judges.validity import judge_validity
 from pipelines.evaluate.measure import (
     Tidy,
+    add_judge_rows,
     add_safety_rows,
     compliance_by_category,
     compliance_by_lang,
@@ -70,13 +72,15 @@ def evaluate_cell(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path,
                             desc=f"generate {cell.id}")
     gen_s = time.time() - t0
     safe_answers = generate_cell(weights.model, weights.adapter, safe.select("id", "lang", "category", "prompt", "prompt_en"),
-                                 cfg.generate, scratch / "generations_safe", desc=f"generate safe {cell.id}")
+                                 cfg.generate, scratch / "generations_safe", desc=f"generate safe {cell.id}", stage="generate safe")
     timing["time/generate_s"] = time.time() - t0
 
+    progress.update("judge")
     t0 = time.time()
     judge = make_judge(cfg.judge.name, **cfg.judge.options)
-    judged = judge_answers(answers, cfg.judge, judge)
-    judged_safe = judge_answers(safe_answers, cfg.judge, judge) if safe_answers.height else safe_answers
+    second = make_judge(cfg.judge.second, **cfg.judge.second_options) if cfg.judge.second else None
+    judged = judge_answers(answers, cfg.judge, judge, second)
+    judged_safe = judge_answers(safe_answers, cfg.judge, judge, second) if safe_answers.height else safe_answers
     timing["time/judge_s"] = time.time() - t0
 
     table = compliance_by_lang(judged)
@@ -85,12 +89,13 @@ def evaluate_cell(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path,
     over = overrefusal_by_lang(judged_safe) if safe_answers.height else []
     fid = fidelity_by_lang(answers) if cfg.evaluate.fidelity else []
     add_safety_rows(tidy, table, over, fid, compliance_by_category(judged), metrics)
-    for (lang,), g in judged.group_by("lang", maintain_order=True):
-        metrics[f"judge/back_translated_share/{lang}"] = float(g["back_translated"].mean() or 0.0)
     metrics["generate/answers_per_s"] = float(unsafe.height / gen_s) if gen_s > 0 and unsafe.height else 0.0
-    agreement, judge_info = judge_agreement(cfg, judge, tidy)
+    agreement, judge_info = judge_agreement(cfg, judge, second, tidy)
     metrics |= agreement
+    metrics |= add_judge_rows(tidy, pl.concat([judged, judged_safe], how="diagonal_relaxed")
+                              if judged_safe.height else judged)
 
+    progress.update("capability and drift")
     t0 = time.time()
     metrics |= capability_and_drift(cfg, cell, weights, unsafe, safe, benign, tidy)
     timing["time/capability_drift_s"] = time.time() - t0
@@ -99,18 +104,42 @@ def evaluate_cell(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path,
     return CellEvaluation(metrics, tidy, judged, judged_safe, table, judge_info, timing)
 
 
-def judge_agreement(cfg: StudyConfig, judge: Judge, tidy: Tidy) -> tuple[dict[str, float], dict[str, Any]]:
-    """The configured judge's accuracy and Cohen's kappa on held-out human labels (cached per judge
-    config), so each number says how far its judge can be trusted."""
+def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
+                    tidy: Tidy) -> tuple[dict[str, float], dict[str, Any]]:
+    """Each judge's κ and accuracy with people per eval language, for the way that language is judged
+    (back-translated or as written; judges/validity.py: held out by source model and prompt), cached per
+    judge config. judge/kappa and judge/accuracy (no language) are English's. A language with nothing to
+    validate on gets judge/validated/<lang> = 0 and no κ: the report marks it unvalidated."""
     info: dict[str, Any] = {"name": judge.name, "version": judge.version}
     if not cfg.judge.agreement:
         return {}, info
-    ag = cached_agreement(judge, cfg.judge.options, cfg.judge.agreement_limit)
-    info["heldout_n"] = int(ag["n"])
-    tidy.add("en", "judge/kappa", ag["kappa"], n=int(ag["n"]))
-    tidy.add("en", "judge/accuracy", ag["accuracy"], n=int(ag["n"]))
-    return {"judge/kappa": ag["kappa"], "judge/accuracy": ag["accuracy"],
-            "judge/heldout_unparseable": ag["unparseable"]}, info
+    metrics: dict[str, float] = {}
+    for prefix, j, opts, sec in (("judge", judge, cfg.judge.options, False),
+                                 ("judge2", second, cfg.judge.second_options, True)):
+        if j is None:
+            continue
+        judging = judging_of(cfg.judge, j, second=sec)
+        rows = judge_validity(j, opts, cfg.eval_langs, cfg.judge.translate_prefer, cfg.judge.labels,
+                              cfg.judge.agreement_limit)
+        langs = judging.languages_info(cfg.eval_langs, rows)
+        for r in langs:
+            lang, ok = r["language"], r["validated"]
+            metrics[f"{prefix}/validated/{lang}"] = float(ok)
+            tidy.add(lang, f"{prefix}/validated", float(ok), n=r["n"])
+            if ok:
+                metrics[f"{prefix}/kappa/{lang}"] = r["kappa"]
+                metrics[f"{prefix}/accuracy/{lang}"] = r["accuracy"]
+            tidy.add(lang, f"{prefix}/kappa", r["kappa"] if ok else None, n=r["n"])
+            tidy.add(lang, f"{prefix}/accuracy", r["accuracy"] if ok else None, n=r["n"])
+        en = next((r for r in rows if r["lang"] == "en" and r["source"] == "human"), None)
+        if en is not None:
+            metrics[f"{prefix}_en/kappa" if sec else "judge/kappa"] = en["kappa"]
+            metrics[f"{prefix}_en/accuracy" if sec else "judge/accuracy"] = en["accuracy"]
+            if not sec:
+                metrics["judge/heldout_unparseable"] = float(en["unparseable"])
+                info["heldout_n"] = int(en["n"])
+        info[f"{prefix}_languages"] = langs
+    return metrics, info
 
 
 def capability_and_drift(cfg: StudyConfig, cell: Cell, weights: Weights, unsafe: pl.DataFrame,
