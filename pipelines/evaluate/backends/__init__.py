@@ -1,7 +1,8 @@
 """Generation backends: what answers a cell's prompts. One registry entry each (lazy `"module:Class"`),
 chosen per preset by ``generate.backend``, with constructor options in ``generate.options`` (checked
-when the config loads). transformers runs anywhere (CPU by default); vllm needs a CUDA GPU and the `gpu`
-extra. A user's backend registers from its own module (``import_modules``) with
+when the config loads). transformers runs anywhere (CPU by default); fastcpu is a hand-written decoding
+loop for Llama-family models on CPU (bf16 matmuls where the CPU has them); vllm needs a CUDA GPU and the
+`gpu` extra. A user's backend registers from its own module (``import_modules``) with
 ``@BACKENDS.register("name")`` on a ``Backend`` subclass."""
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Backend(ABC):
 BACKENDS: Registry[type[Backend]] = Registry("generation backend", {
     "transformers": "pipelines.evaluate.backends.transformers:TransformersBackend",
     "vllm": "pipelines.evaluate.backends.vllm:VllmBackend",
+    "fastcpu": "pipelines.evaluate.backends.fastcpu:FastCpuBackend",
 })
 
 

@@ -1,0 +1,258 @@
+"""Fast CPU generation: a hand-written greedy (or sampled) decoding loop over the model's own weights, for
+Llama-family decoders (llama, qwen2, qwen3). What it saves against transformers' generate() on a small model
+(benchmarks/evaluate/gen_backends.py measures it):
+
+- bf16 matmuls where the CPU has AVX-512 BF16 or AMX (oneDNN then runs them at several times the fp32 rate),
+  while the residual stream, the norms, the rotary embedding, the attention and the final logits stay fp32,
+  so greedy answers stay close to the fp32 ones (a whole-bf16 model keeps far fewer of them);
+- fused q/k/v and gate/up projections (one matmul each instead of three and two);
+- a key/value cache allocated once per batch (no concatenation per step), and logits only for the last
+  prompt position in the prefill;
+- rows that have emitted EOS leave the batch (their cache rows are dropped), and the loop stops when every
+  row has, instead of computing every row for max_new_tokens steps.
+
+A LoRA adapter is merged into the base weights once (as in the transformers backend), so adapters are
+honoured exactly as there. The prompts go through the same chat template and left padding."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import GenerateConfig
+from pipelines.errors import ConfigError
+from pipelines.evaluate.backends import Backend
+from pipelines.evaluate.backends.transformers import length_batches, load_for_generation, prompt_lengths
+
+log = logging.getLogger(__name__)
+
+# /proc/cpuinfo flags under which oneDNN has native bf16 dot products (AVX-512 BF16, or AMX tiles).
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+SUPPORTED_TYPES = ("llama", "qwen2", "qwen3")
+DTYPES = ("auto", "bfloat16", "float32")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo does not exist, e.g. macOS)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def resolve_dtype(requested: str, flags: frozenset[str]) -> str:
+    """The matmul dtype to run: bf16 only where the CPU computes it natively (emulated bf16 is slower than
+    fp32). "auto" falls back to fp32 with a log line; an explicit "bfloat16" on such a CPU is an error."""
+    if requested not in DTYPES:
+        raise ConfigError(f"generate.options.dtype={requested!r} is not one of {', '.join(DTYPES)}")
+    has_bf16 = bool(flags & BF16_FLAGS)
+    if requested == "bfloat16" and not has_bf16:
+        raise ConfigError(
+            "generate.options.dtype=bfloat16 needs a CPU with native bf16 (the avx512_bf16 or amx_bf16 flag in "
+            "/proc/cpuinfo), which this one lacks: set generate.options.dtype=auto (fp32 here) or float32")
+    if requested == "auto":
+        if not has_bf16:
+            log.info("fastcpu: no avx512_bf16/amx_bf16 in /proc/cpuinfo, so matmuls run in float32 (slower)")
+        return "bfloat16" if has_bf16 else "float32"
+    return requested
+
+
+class FastCpuBackend(Backend):
+    """The hand-written decoding loop below, batches of similar prompt length (as the transformers backend)."""
+
+    def __init__(self, model_dir: Path, adapter_dir: Path | None, gcfg: GenerateConfig, dtype: str = "auto",
+                 cpuinfo: str = "/proc/cpuinfo") -> None:
+        super().__init__(model_dir, adapter_dir, gcfg)
+        # Checked before the model loads, so a CPU without bf16 fails at once.
+        self.dtype = resolve_dtype(dtype, cpu_flags(Path(cpuinfo)))
+        model, self.tok = load_for_generation(model_dir, adapter_dir, gcfg.threads)
+        self.decoder = Decoder(model, self.dtype)
+        eos = model.generation_config.eos_token_id
+        eos = self.tok.eos_token_id if eos is None else eos
+        self.eos = [eos] if isinstance(eos, int) else list(eos)
+        del model  # the decoder holds its own (fused) copies of the weights
+
+    def batches(self, prompts: list[str]) -> list[list[int]]:
+        return length_batches(prompt_lengths(self.tok, prompts), self.gcfg.batch_size)
+
+    def answer(self, prompts: list[str]) -> list[str]:
+        enc = self.tok.apply_chat_template([[{"role": "user", "content": p}] for p in prompts],
+                                           add_generation_prompt=True, return_tensors="pt", padding=True,
+                                           return_dict=True)
+        rows = self.decoder.generate(enc["input_ids"], enc["attention_mask"], self.gcfg, self.eos)
+        return self.tok.batch_decode(rows, skip_special_tokens=True)
+
+
+class Decoder:
+    """A Llama-family decoder's forward pass in plain torch, weights taken from a loaded transformers model."""
+
+    def __init__(self, model: Any, dtype: str) -> None:
+        import torch
+
+        cfg = model.config
+        if cfg.model_type not in SUPPORTED_TYPES:
+            raise ConfigError(f"generate.backend=fastcpu runs {', '.join(SUPPORTED_TYPES)} models, not "
+                              f"{cfg.model_type!r}: set generate.backend=transformers for this model")
+        self.mm = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        inner = model.model
+        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.embed = inner.embed_tokens.weight.detach()
+        self.layers = [self._layer(lay) for lay in inner.layers]
+        self.norm, self.eps = inner.norm.weight.detach(), inner.norm.variance_epsilon
+        # fp32 logits: the argmax over 49k tokens is where a rounding flips a greedy answer.
+        self.lm_head = model.lm_head.weight.detach()
+        self.rotary = inner.rotary_emb
+
+    def _layer(self, lay: Any) -> dict[str, Any]:
+        import torch
+
+        at, mlp = lay.self_attn, lay.mlp
+
+        def cat(*ws: Any) -> Any:
+            return torch.cat([w.detach() for w in ws]).to(self.mm).contiguous()
+
+        bias = None
+        if at.q_proj.bias is not None:  # qwen2
+            bias = torch.cat([at.q_proj.bias, at.k_proj.bias, at.v_proj.bias]).detach().to(self.mm)
+        return {"in_norm": (lay.input_layernorm.weight.detach(), lay.input_layernorm.variance_epsilon),
+                "qkv": cat(at.q_proj.weight, at.k_proj.weight, at.v_proj.weight), "qkv_bias": bias,
+                "o": cat(at.o_proj.weight),
+                "q_norm": _norm_of(getattr(at, "q_norm", None)), "k_norm": _norm_of(getattr(at, "k_norm", None)),
+                "post_norm": (lay.post_attention_layernorm.weight.detach(), lay.post_attention_layernorm.variance_epsilon),
+                "gate_up": cat(mlp.gate_proj.weight, mlp.up_proj.weight), "down": cat(mlp.down_proj.weight),
+                "inter": mlp.gate_proj.weight.shape[0]}
+
+    def _linear(self, x: Any, w: Any, b: Any = None) -> Any:
+        import torch.nn.functional as F
+
+        return F.linear(x.to(self.mm), w, b).float()
+
+    def forward(self, ids: Any, cos: Any, sin: Any, cache: list[tuple[Any, Any]], t0: int, mask: Any) -> Any:
+        """Hidden states after the last layer for ids [B, T] written at cache slots t0..t0+T; mask [B, 1, T, t0+T]
+        (True = may attend)."""
+        import torch.nn.functional as F
+
+        B, T = ids.shape
+        h = self.embed[ids]
+        nq, nkv, hd = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
+        for lay, (kc, vc) in zip(self.layers, cache, strict=True):
+            x = _rms(h, *lay["in_norm"])
+            qkv = self._linear(x, lay["qkv"], lay["qkv_bias"])
+            q = qkv[..., :nq].view(B, T, -1, hd)
+            k = qkv[..., nq:nq + nkv].view(B, T, -1, hd)
+            v = qkv[..., nq + nkv:].view(B, T, -1, hd)
+            if lay["q_norm"] is not None:  # qwen3 normalises each head before the rotation
+                q, k = _rms(q, *lay["q_norm"]), _rms(k, *lay["k_norm"])
+            q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)
+            kc[:, :, t0:t0 + T] = k
+            vc[:, :, t0:t0 + T] = v.transpose(1, 2)
+            att = F.scaled_dot_product_attention(q, kc[:, :, :t0 + T], vc[:, :, :t0 + T], attn_mask=mask,
+                                                 enable_gqa=self.n_kv != self.n_heads)
+            h = h + self._linear(att.transpose(1, 2).reshape(B, T, -1), lay["o"])
+            gu = self._linear(_rms(h, *lay["post_norm"]), lay["gate_up"])
+            h = h + self._linear(F.silu(gu[..., :lay["inter"]]) * gu[..., lay["inter"]:], lay["down"])
+        return h
+
+    def logits(self, h: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.linear(_rms(h, self.norm, self.eps), self.lm_head)
+
+    def generate(self, ids: Any, attn: Any, gcfg: GenerateConfig, eos: list[int]) -> list[list[int]]:
+        """New token ids per row (EOS and what follows left out), for left-padded ids/attn [B, T]."""
+        import torch
+
+        with torch.inference_mode():
+            return self._generate(ids, attn.bool(), gcfg, torch.tensor(eos))
+
+    def prefill(self, ids: Any, valid: Any, S: int) -> tuple[Any, list[tuple[Any, Any]], Any, Any]:
+        """The prompts' pass: last-position logits, the cache (room for S tokens), which of its slots hold a
+        real token, and each row's last position."""
+        import torch
+
+        B, T = ids.shape
+        cos_t, sin_t = self._rope_table(S)
+        cache = [(torch.zeros(B, self.n_kv, S, self.head_dim), torch.zeros(B, self.n_kv, S, self.head_dim))
+                 for _ in self.layers]
+        keys = torch.zeros(B, S, dtype=torch.bool)
+        keys[:, :T] = valid
+        pos = (valid.long().cumsum(-1) - 1).clamp(min=0)  # positions as transformers derives them from the mask
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        # A padding query may attend to itself, so that no row of the softmax is empty (NaN).
+        mask = (causal & keys[:, None, None, :T]) | torch.eye(T, dtype=torch.bool)
+        h = self.forward(ids, cos_t[pos][:, None], sin_t[pos][:, None], cache, 0, mask)
+        return self.logits(h[:, -1]), cache, keys, pos[:, -1]
+
+    def _generate(self, ids: Any, valid: Any, gcfg: GenerateConfig, eos: Any) -> list[list[int]]:
+        import torch
+
+        B, T = ids.shape
+        S = T + gcfg.max_new_tokens
+        cos_t, sin_t = self._rope_table(S)
+        logits, cache, keys, last = self.prefill(ids, valid, S)
+        rows = torch.arange(B)  # original row of each row still in the batch
+        out: list[list[int]] = [[] for _ in range(B)]
+        gen = torch.Generator().manual_seed(gcfg.seed)
+        for step in range(gcfg.max_new_tokens):
+            nxt = self._pick(logits, gcfg, gen)
+            done = torch.isin(nxt, eos)
+            for r, t, d in zip(rows.tolist(), nxt.tolist(), done.tolist(), strict=True):
+                if not d:
+                    out[r].append(t)
+            if step == gcfg.max_new_tokens - 1 or bool(done.all()):
+                break
+            if bool(done.any()):  # finished rows leave the batch: each step costs what the live rows do
+                keep = (~done).nonzero().squeeze(1)
+                rows, nxt, last, keys = rows[keep], nxt[keep], last[keep], keys[keep]
+                cache = [(kc[keep], vc[keep]) for kc, vc in cache]
+            t = T + step
+            keys[:, t] = True
+            last = last + 1
+            h = self.forward(nxt[:, None], cos_t[last][:, None, None], sin_t[last][:, None, None], cache, t,
+                             keys[:, None, None, :t + 1])
+            logits = self.logits(h[:, -1])
+        return out
+
+    def _rope_table(self, n: int) -> tuple[Any, Any]:
+        """cos/sin [n, head_dim] for positions 0..n-1, from the model's own rotary module (any rope scaling)."""
+        import torch
+
+        cos, sin = self.rotary(torch.zeros(1, dtype=torch.float32), torch.arange(n)[None])
+        return cos[0].float(), sin[0].float()
+
+    @staticmethod
+    def _pick(logits: Any, gcfg: GenerateConfig, gen: Any) -> Any:
+        """Greedy, or temperature + top-p sampling (seeded; not the same draws as transformers')."""
+        import torch
+
+        if gcfg.temperature <= 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / gcfg.temperature, -1)
+        sp, si = probs.sort(-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the top token always).
+        sp = sp.masked_fill(sp.cumsum(-1) - sp > gcfg.top_p, 0.0)
+        return si.gather(-1, torch.multinomial(sp, 1, generator=gen)).squeeze(1)
+
+
+def _norm_of(mod: Any) -> tuple[Any, float] | None:
+    return None if mod is None else (mod.weight.detach(), mod.variance_epsilon)
+
+
+def _rms(x: Any, w: Any, eps: float) -> Any:
+    """transformers' RMSNorm, in fp32, in the same order of operations."""
+    import torch
+
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _rope(x: Any, cos: Any, sin: Any) -> Any:
+    import torch
+
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin

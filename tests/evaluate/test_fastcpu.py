@@ -1,0 +1,169 @@
+"""The fastcpu generation backend against the transformers backend on the tiny test models: the same greedy
+answers in fp32, adapters honoured, prompt order kept through length-sorted batches, rows that stop early
+leave the batch without disturbing the others, and a clear error where the CPU lacks bf16."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipelines.config import GenerateConfig
+from pipelines.errors import ConfigError
+from pipelines.evaluate.backends import BACKENDS
+from pipelines.evaluate.backends.fastcpu import BF16_FLAGS, FastCpuBackend, cpu_flags, resolve_dtype
+from pipelines.evaluate.backends.transformers import TransformersBackend
+from pipelines.evaluate.generate import generate_cell
+from pipelines.registries.model_store import model_dir
+
+# Prompts of very different lengths, so every batch is left-padded.
+PROMPTS = ["Tell me about number 1.", "hi", "Explain " + "the long story " * 12 + "in short.",
+           "¿Cuál es la capital de Portugal?", "写一句关于春天的诗。", "What is 17 times 23, and why?"]
+HAS_BF16 = bool(cpu_flags() & BF16_FLAGS)
+
+
+def _gcfg(**kw: object) -> GenerateConfig:
+    return GenerateConfig(**{"max_new_tokens": 10, "batch_size": 3, "threads": 1, **kw})
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny test models with wider random weights: at their init (std 0.02) they answer every prompt
+    with one token repeated, which would hide a swapped row or a shifted position; at std 0.2 every row's
+    tokens differ."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = {}
+    for alias in ("tiny-llama", "tiny-qwen2"):
+        model = AutoModelForCausalLM.from_pretrained(model_dir(alias))
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0, 0.2, generator=gen)
+        out[alias] = tmp_path_factory.mktemp(alias)
+        model.save_pretrained(out[alias])
+        AutoTokenizer.from_pretrained(model_dir(alias)).save_pretrained(out[alias])
+    return out
+
+
+@pytest.mark.parametrize("alias", ["tiny-llama", "tiny-qwen2"])
+def test_fp32_greedy_answers_equal_the_transformers_backend(alias: str, varied: dict[str, Path]) -> None:
+    # fp32 throughout and the same operations in the same order as transformers' Llama/Qwen2 modules, so
+    # the greedy token choices are the same (qwen2 also covers the q/k/v biases).
+    mdir = varied[alias]
+    ref = TransformersBackend(mdir, None, _gcfg()).answer(PROMPTS)
+    got = FastCpuBackend(mdir, None, _gcfg(), dtype="float32").answer(PROMPTS)
+    assert got == ref
+    assert len(set(got)) == len(PROMPTS)  # a non-trivial comparison: every prompt gets its own answer
+
+
+def test_adapter_is_honoured(tmp_path: Path, varied: dict[str, Path]) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    mdir = varied["tiny-llama"]
+    torch.manual_seed(1)
+    # init_lora_weights=False: random A and B, so the adapter changes the answers (default B is zero).
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(mdir),
+                          LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"],
+                                     init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    adapter = tmp_path / "adapter"
+    base = FastCpuBackend(mdir, None, _gcfg(), dtype="float32").answer(PROMPTS)
+    with_adapter = FastCpuBackend(mdir, adapter, _gcfg(), dtype="float32").answer(PROMPTS)
+    assert with_adapter != base
+    assert with_adapter == TransformersBackend(mdir, adapter, _gcfg()).answer(PROMPTS)
+
+
+def test_generate_cell_keeps_prompt_order_through_length_batches(tmp_path: Path, varied: dict[str, Path]) -> None:
+    frame = pl.DataFrame({"id": [f"p/{i}" for i in range(len(PROMPTS))], "lang": ["en"] * len(PROMPTS),
+                          "prompt": PROMPTS})
+    assert BACKENDS.get("fastcpu") is FastCpuBackend  # the registry entry the presets name
+    gcfg = _gcfg(backend="fastcpu", options={"dtype": "float32"}, batch_size=2)
+    batched = generate_cell(varied["tiny-llama"], None, frame, gcfg, tmp_path / "b2")
+    assert len(list((tmp_path / "b2").glob("part-*.parquet"))) == 3
+    assert batched["id"].to_list() == frame["id"].to_list()
+    # Each answer is its own prompt's: the same as each prompt answered alone (no padding at all).
+    alone = generate_cell(varied["tiny-llama"], None, frame, gcfg.model_copy(update={"batch_size": 1}),
+                          tmp_path / "b1")
+    assert batched["response"].to_list() == alone["response"].to_list()
+
+
+def test_rows_that_stop_leave_the_batch_without_changing_the_others(varied: dict[str, Path]) -> None:
+    import torch
+
+    backend = FastCpuBackend(varied["tiny-llama"], None, _gcfg(), dtype="float32")
+    enc = backend.tok.apply_chat_template([[{"role": "user", "content": p}] for p in PROMPTS],
+                                          add_generation_prompt=True, return_tensors="pt", padding=True,
+                                          return_dict=True)
+    free = backend.decoder.generate(enc["input_ids"], enc["attention_mask"], _gcfg(), eos=[])
+    assert all(len(r) == 10 for r in free)
+    # A stop token some row emits after its first step and some row never emits: the rows emitting it
+    # stop and leave the batch mid-way; every row must read as its free run cut at its first stop token.
+    stop = next(t for r in free for t in r[1:] if t not in r[:1] and any(t not in o for o in free)
+                and all(o.index(t) >= 1 for o in free if t in o))
+    cut = backend.decoder.generate(enc["input_ids"], enc["attention_mask"], _gcfg(), eos=[stop])
+    expect = [r[:r.index(stop)] if stop in r else r for r in free]
+    assert cut == expect
+    assert 0 < min(map(len, cut)) < 10 and max(map(len, cut)) == 10  # some rows ran on after others left
+    # Every row stopping at once ends the loop after the first step.
+    first = sorted({r[0] for r in free})
+    assert backend.decoder.generate(enc["input_ids"], enc["attention_mask"], _gcfg(), eos=first) == [[]] * len(PROMPTS)
+    assert torch.get_num_threads() == 1  # generate.threads is honoured
+
+
+def test_sampling_is_seeded_and_bounded(varied: dict[str, Path]) -> None:
+    backend = FastCpuBackend(varied["tiny-llama"], None, _gcfg(), dtype="float32")
+    backend.gcfg = _gcfg(temperature=1.0, top_p=0.9, seed=3)
+    a, b = backend.answer(PROMPTS), backend.answer(PROMPTS)
+    assert a == b
+    backend.gcfg = _gcfg(temperature=1.0, top_p=0.9, seed=4)
+    assert backend.answer(PROMPTS) != a  # the seed matters
+    enc = backend.tok.apply_chat_template([[{"role": "user", "content": p}] for p in PROMPTS],
+                                          add_generation_prompt=True, return_tensors="pt", padding=True,
+                                          return_dict=True)
+    rows = backend.decoder.generate(enc["input_ids"], enc["attention_mask"], _gcfg(max_new_tokens=4,
+                                    temperature=1.0, seed=3), eos=[])
+    assert [len(r) for r in rows] == [4] * len(PROMPTS)  # max_new_tokens bounds every row
+
+
+def test_bf16_needs_the_isa_and_says_how_to_fix_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    plain = tmp_path / "cpuinfo"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma avx512f\n\nprocessor\t: 1\n")
+    assert "avx2" in cpu_flags(plain) and not cpu_flags(plain) & BF16_FLAGS
+    with pytest.raises(ConfigError, match="avx512_bf16 or amx_bf16.*dtype=auto"):
+        FastCpuBackend(model_dir("tiny-llama"), None, _gcfg(), dtype="bfloat16", cpuinfo=str(plain))
+    with caplog.at_level(logging.INFO, logger="pipelines.evaluate.backends.fastcpu"):
+        auto = FastCpuBackend(model_dir("tiny-llama"), None, _gcfg(), dtype="auto", cpuinfo=str(plain))
+    assert auto.dtype == "float32" and "float32" in caplog.text
+    assert resolve_dtype("auto", frozenset({"amx_bf16"})) == "bfloat16"
+    assert resolve_dtype("float32", frozenset({"amx_bf16"})) == "float32"
+    with pytest.raises(ConfigError, match="not one of auto, bfloat16, float32"):
+        resolve_dtype("fp16", frozenset())
+    assert cpu_flags(tmp_path / "missing") == frozenset()  # no /proc (macOS): no bf16, fp32
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no native bf16 (avx512_bf16/amx_bf16)")
+def test_bf16_logits_stay_close_to_fp32(varied: dict[str, Path]) -> None:
+    # bf16 matmuls round each product's inputs, so greedy answers may differ from fp32 where two tokens
+    # nearly tie; what must hold is that the logits stay close, since residual stream, norms, attention
+    # and the final projection are fp32.
+    import torch
+
+    mdir = varied["tiny-llama"]
+    fp32 = FastCpuBackend(mdir, None, _gcfg(), dtype="float32")
+    bf16 = FastCpuBackend(mdir, None, _gcfg(), dtype="bfloat16")
+    enc = fp32.tok.apply_chat_template([[{"role": "user", "content": p}] for p in PROMPTS],
+                                       add_generation_prompt=True, return_tensors="pt", padding=True, return_dict=True)
+    valid = enc["attention_mask"].bool()
+    with torch.inference_mode():
+        logits = [b.decoder.prefill(enc["input_ids"], valid, valid.shape[1])[0] for b in (fp32, bf16)]
+    assert bf16.decoder.mm == torch.bfloat16 and bf16.decoder.layers[0]["qkv"].dtype == torch.bfloat16
+    cos_sim = torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=-1)
+    assert float(cos_sim.min()) > 0.99
+    assert bf16.answer(PROMPTS) == bf16.answer(PROMPTS)  # deterministic
