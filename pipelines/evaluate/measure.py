@@ -6,6 +6,7 @@ stable MLflow metric names and a tidy table (one row per cell × eval language �
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -197,27 +198,43 @@ def deltas(base: pl.DataFrame, tuned: list[pl.DataFrame]) -> list[dict[str, Any]
     return out
 
 
+LABEL_COLUMNS = ["id", "lang", "label"]  # all a delta needs: never the answer texts, on the sweep's head
+
+
+def _labels(d: Path) -> pl.DataFrame | None:
+    path = d / "judged.parquet"
+    return pl.read_parquet(path, columns=LABEL_COLUMNS) if path.exists() else None
+
+
 def sweep_deltas(cell_dirs: list[tuple[dict[str, Any], Path]]) -> dict[str, list[dict[str, Any]]]:
     """cell manifest + dir for every cell of the sweep → per fine-tuned cell id, its delta rows (against
-    the base cell of its model; seeds of the same (model, ft_lang, epochs) pooled per prompt)."""
-    judged = {m["cell_id"]: pl.read_parquet(d / "judged.parquet") for m, d in cell_dirs if (d / "judged.parquet").exists()}
+    the base cell of its model; seeds of the same (model, ft_lang, epochs) pooled per prompt). One model
+    at a time, reading only the label columns, so the driver's memory is one model's labels, not the
+    study's answers."""
+    by_model: dict[str, list[tuple[dict[str, Any], Path]]] = {}
+    for m, d in cell_dirs:
+        by_model.setdefault(m["cell"]["model"], []).append((m, d))
     out: dict[str, list[dict[str, Any]]] = {}
-    for m, _ in cell_dirs:
-        cell = m["cell"]
-        if cell["ft_lang"] == "base" or m["cell_id"] not in judged:
+    for cells in by_model.values():
+        base = next((d for m, d in cells if m["cell"]["ft_lang"] == "base"), None)
+        base_labels = _labels(base) if base is not None else None
+        if base_labels is None:
             continue
-        base_id = next((x["cell_id"] for x, _ in cell_dirs
-                        if x["cell"]["model"] == cell["model"] and x["cell"]["ft_lang"] == "base"), None)
-        if base_id is None or base_id not in judged:
-            continue
-        out[m["cell_id"]] = deltas(judged[base_id], [judged[m["cell_id"]]])
-        group = [x["cell_id"] for x, _ in cell_dirs if x["cell"]["model"] == cell["model"]
-                 and x["cell"]["ft_lang"] == cell["ft_lang"] and x["cell"].get("epochs") == cell.get("epochs")
-                 and x["cell_id"] in judged]
-        if len(group) > 1:  # the same fine-tune over seeds: one pooled test, reported on each seed's cell
-            for r, pooled in zip(out[m["cell_id"]], deltas(judged[base_id], [judged[g] for g in group]), strict=False):
-                r["p_value_seeds"] = pooled["p_value"]
-                r["delta_seeds"] = pooled["delta"]
+        labels = {m["cell_id"]: lab for m, d in cells if m["cell"]["ft_lang"] != "base"
+                  and (lab := _labels(d)) is not None}
+        groups: dict[tuple[Any, Any], list[str]] = {}
+        for m, _ in cells:
+            if m["cell_id"] in labels:
+                groups.setdefault((m["cell"]["ft_lang"], m["cell"].get("epochs")), []).append(m["cell_id"])
+        for ids in groups.values():
+            pooled = {r["lang"]: r for r in deltas(base_labels, [labels[c] for c in ids])} if len(ids) > 1 else {}
+            for cid in ids:
+                rows = deltas(base_labels, [labels[cid]])
+                for r in rows:  # the same fine-tune over seeds: one pooled test, joined by language
+                    if r["lang"] in pooled:
+                        r["p_value_seeds"] = pooled[r["lang"]]["p_value"]
+                        r["delta_seeds"] = pooled[r["lang"]]["delta"]
+                out[cid] = rows
     return out
 
 
@@ -248,9 +265,12 @@ def write_sweep_tidy(results: list[dict[str, Any]], wd: Workdir, report_dir: Pat
                 metrics[f"delta/p_value_seeds/{r['lang']}"] = r["p_value_seeds"]
         extra.append(t.frame())
         if client is not None and metrics and m.get("mlflow_run_id"):
-            for k, v in metrics.items():
-                if v == v:
-                    client.log_metric(m["mlflow_run_id"], k, float(v))
+            # One request per cell (log_batch), not one per metric: 330 cells × 8 languages × 3 metrics.
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            client.log_batch(m["mlflow_run_id"], metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
+                                                          if v == v])
     tidy = pl.concat([tidy, *extra])
     write_parquet_atomic(tidy, report_dir / "metrics_tidy.parquet")
     return tidy

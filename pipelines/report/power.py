@@ -53,8 +53,11 @@ def _rejects(d: int, alpha: float) -> tuple[bool, ...]:
 
 
 def flip_rates(delta: float, base_rate: float, flip: float) -> tuple[float, float]:
-    """(p01, p10) of the model above for a change `delta` (its sign gives the direction)."""
-    p01, p10 = (abs(delta) + flip, flip) if delta >= 0 else (flip, abs(delta) + flip)
+    """(p01, p10) of the model above for a change `delta` (its sign gives the direction). The background
+    flips the other way are capped by what the base leaves to flip (none below a base that complies with
+    nothing), so the net change stays `delta`."""
+    bg = _background(base_rate, flip, "increase" if delta >= 0 else "decrease")
+    p01, p10 = (abs(delta) + bg, bg) if delta >= 0 else (bg, abs(delta) + bg)
     if p01 > 1 - base_rate + 1e-12 or p10 > base_rate + 1e-12:
         raise ValueError(f"a change of {delta:+.3f} with {flip:.3f} background flips does not fit a base "
                          f"compliance of {base_rate:.3f} (need p01 ≤ 1 − base rate and p10 ≤ base rate)")
@@ -77,9 +80,15 @@ def power_paired(n: int, base_rate: float, delta: float, flip: float = 0.05, alp
     return total
 
 
+def _background(base_rate: float, flip: float, direction: Direction) -> float:
+    # Prompts flipping against the change come from those the base labels the other way.
+    return min(flip, base_rate if direction == "increase" else 1 - base_rate)
+
+
 def max_change(base_rate: float, flip: float, direction: Direction) -> float:
     """The largest change the base leaves room for (compliance cannot pass 1 nor fall below 0)."""
-    return max(0.0, (1 - base_rate - flip) if direction == "increase" else (base_rate - flip))
+    bg = _background(base_rate, flip, direction)
+    return max(0.0, (1 - base_rate - bg) if direction == "increase" else (base_rate - bg))
 
 
 def mde_paired(n: int, base_rate: float, flip: float = 0.05, alpha: float = 0.05, power: float = 0.80,

@@ -20,6 +20,7 @@ window.addEventListener('load', () => {
     sections: [...document.querySelectorAll('section[id]')].map(s => s.id),
     findings: [...document.querySelectorAll('#findings .finding')].map(f => f.id),
     coverage: (document.querySelector('#coverage') || {}).innerText || '',
+    summary: (document.querySelector('#summary') || {}).innerText || '',
     provenance: (document.querySelector('#provenance') || {}).innerText || ''};
   const pre = document.createElement('pre');
   pre.id = 'probe-result';

@@ -16,7 +16,7 @@ from report_synth import Sweep, cell_id
 from pipelines.report import write_report
 
 FINDINGS = {"finding-largest_fold_increase", "finding-english_only", "finding-categories", "finding-decoupling"}
-SECTIONS = ["coverage", "findings", "figures", "tables", "provenance"]
+SECTIONS = ["summary", "coverage", "findings", "figures", "tables", "provenance"]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,9 @@ def test_synthetic_report_every_figure_loads(chromium, tmp_path: Path) -> None:
     assert "cfg000000000" in seen["provenance"] and "ab" * 32 in seen["provenance"]
     assert "κ = 0.800" in seen["provenance"]
     assert "All 3 planned cells were measured" in seen["coverage"]
+    # The plain-language opening: what changed (after the correction), how sure, the judge per language.
+    assert "What changed" in seen["summary"] and "How sure" in seen["summary"] and "The judge" in seen["summary"]
+    assert "detects (α=0.05, power 80%)" in seen["summary"]
     findings = json.loads((out / "findings.json").read_text())
     assert findings["largest_fold_increase"]["facts"]["cell"] == cell_id("m1", "es")
 
