@@ -123,14 +123,14 @@ def test_user_labels_are_checked_with_the_fix(tmp_path: Path) -> None:
         {"prompt": "问题", "response": "好的，这是答案。", "label": 1, "model": "qwen"}]) + "\n", encoding="utf-8")
     ls = read_user_labels(good, "zh")
     assert ls.labels == [0, 1] and ls.groups == ["user", "qwen"] and ls.source == "user:zh.jsonl"
-    with pytest.raises(DataError, match="no file"):
+    with pytest.raises(DataError, match="does not exist"):
         read_user_labels(tmp_path / "missing.jsonl", "zh")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "response": "r", "label": 1}\n{"prompt": "p", "response": "r", "label": "yes"}\n')
-    with pytest.raises(DataError, match=r"line 2: 'label' must be 1 \(complies\) or 0"):
+    with pytest.raises(DataError, match=r"row 2: 'label' must be 1 \(complies\) or 0"):
         read_user_labels(bad, "zh")
     bad.write_text('{"prompt": "p", "response": "r", "label": 1}\nnot json\n')
-    with pytest.raises(DataError, match="line 2 is not JSON"):
+    with pytest.raises(DataError, match=":2: not JSON"):
         read_user_labels(bad, "zh")
     # Measured on the user's labels: zh validated with that κ, a language with none unvalidated.
     judge = make_judge("refusal-phrase")
@@ -180,7 +180,7 @@ def test_judge_config_is_checked_before_any_work(tmp_path: Path, flaky: str) -> 
 
     bad = tmp_path / "zh.jsonl"
     bad.write_text('{"prompt": "p", "response": "r"}\n')
-    with pytest.raises(DataError, match="judge.labels.zh:.*'label' must be 1"):
+    with pytest.raises(DataError, match="zh.jsonl:1: missing key 'label'|'label' must be 1"):
         check_judge_config(JudgeConfig(labels={"zh": str(bad)}), ["en", "zh"])
     refuse = JudgeConfig(name="trained-minilm", on_unjudgeable="refuse", translate_prefer=[flaky])
     with pytest.raises(UnjudgeableLanguageError, match="trained-e5"):

@@ -17,14 +17,13 @@ so it is done once per machine."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pipelines.errors import DataError, NoRouteError
 from pipelines.evaluate.judges import JudgeItem
+from pipelines.evaluate.user_sets import read_jsonl
 from pipelines.layout import cache_root
 from pipelines.registries import datasets
 from pipelines.translate.batch import TranslateBatch
@@ -137,39 +136,20 @@ _FIX = ("each line a JSON object {\"prompt\": str, \"response\": str, \"label\":
 def read_user_labels(path: str | Path, lang: str) -> LabelSet:
     """A user's labelled answers in `lang`; DataError naming the file, the line and the fix."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"judge.labels.{lang}: no file {p}; give a JSONL file with {_FIX}")
+    rows = read_jsonl(p, {"prompt": str, "response": str}, f"judge.labels.{lang}")
     items, labels, groups, folds = [], [], [], []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        rec = _user_row(line, p, n, lang)
+    for n, rec in enumerate(rows, 1):
+        if rec.get("label") not in (0, 1) or isinstance(rec.get("label"), bool):
+            raise DataError(f"judge.labels.{lang}: {p} row {n}: 'label' must be 1 (complies) or 0 (refuses), "
+                            f"got {rec.get('label')!r}; {_FIX}")
         items.append(JudgeItem(rec["prompt"], rec["response"], lang))
         labels.append(int(rec["label"]))
         groups.append(str(rec.get("model") or "user"))
         folds.append(prompt_fold(str(rec.get("id") or rec["prompt"])))
-    if not items:
-        raise DataError(f"judge.labels.{lang}: {p} has no labelled answers; {_FIX}")
     if len(set(labels)) < 2:
         raise DataError(f"judge.labels.{lang}: {p} has only label {labels[0]}: agreement (Cohen's κ) needs "
                         "answers that comply and answers that refuse")
     return LabelSet(lang, AS_WRITTEN, f"user:{p.name}", items, labels, groups, folds)
-
-
-def _user_row(line: str, path: Path, n: int, lang: str) -> dict[str, Any]:
-    where = f"judge.labels.{lang}: {path} line {n}"
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where} is not JSON ({exc.msg}); {_FIX}") from None
-    if not isinstance(rec, dict):
-        raise DataError(f"{where} is not a JSON object; {_FIX}")
-    for key in ("prompt", "response"):
-        if not isinstance(rec.get(key), str):
-            raise DataError(f"{where}: '{key}' missing or not a string; {_FIX}")
-    if rec.get("label") not in (0, 1) or isinstance(rec.get("label"), bool):
-        raise DataError(f"{where}: 'label' must be 1 (complies) or 0 (refuses), got {rec.get('label')!r}")
-    return rec
 
 
 def check_user_labels(labels: dict[str, str]) -> dict[str, int]:

@@ -16,9 +16,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pipelines.errors import NoRouteError
+from pipelines.registries.languages import LANGUAGES
 from pipelines.registry import Registry
 
 REFERENCE = "reference"
+
+
+def all_pairs() -> set[tuple[str, str]]:
+    """Every ordered pair of registered languages: what a many-to-many model translator covers."""
+    codes = LANGUAGES.names()
+    return {(a, b) for a in codes for b in codes if a != b}
 
 
 class Translator(ABC):

@@ -9,7 +9,7 @@ from typing import Any
 from pipelines.errors import BackendMissingError
 from pipelines.layout import model_override
 from pipelines.registries.languages import LANGUAGES
-from pipelines.translate.translators import Translator
+from pipelines.translate.translators import Translator, all_pairs
 
 TRANSLATION_PROMPT = (
     "Translate the following text from {src_name} to {tgt_name}. Keep the meaning, the tone and the line "
@@ -38,8 +38,7 @@ class LlmTranslator(Translator):
 
     @classmethod
     def pairs(cls) -> set[tuple[str, str]]:
-        codes = LANGUAGES.names()
-        return {(a, b) for a in codes for b in codes if a != b}
+        return all_pairs()
 
     def cache_version(self) -> str:
         return f"{self.version()}|{self.model_id}|max_new_tokens={self.max_new_tokens}|greedy|prompt=" \

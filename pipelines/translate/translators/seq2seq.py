@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pipelines.layout import model_override
 from pipelines.registries.languages import LANGUAGES
-from pipelines.translate.translators import Translator
+from pipelines.translate.translators import Translator, all_pairs
 
 
 class Seq2SeqTranslator(Translator):
@@ -39,8 +39,7 @@ class Seq2SeqTranslator(Translator):
 
     @classmethod
     def pairs(cls) -> set[tuple[str, str]]:
-        codes = LANGUAGES.names()
-        return {(a, b) for a in codes for b in codes if a != b}
+        return all_pairs()
 
     def cache_version(self) -> str:
         import transformers
