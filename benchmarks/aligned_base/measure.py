@@ -33,7 +33,8 @@ def measure(alias: str, cfg: Any, ds_path: Path, scratch: Path) -> dict[str, Any
     path = model_dir(alias)
     cell = Cell(alias, "base")
     t0 = time.time()
-    ev = evaluate_cell(cfg, cell, Weights(path, path), ds_path, scratch / alias)
+    # Scratch per build (the cache directory names the recipe): a rebuilt model never reuses old answers.
+    ev = evaluate_cell(cfg, cell, Weights(path, path), ds_path, scratch / path.name)
     comp = {r["lang"]: {k: r[k] for k in ("n", "unparseable", "compliance_rate", "ci_low", "ci_high")}
             for r in ev.compliance.to_dicts()}
     over = {r["lang"]: {"n": r["n"], "overrefusal_rate": r["rate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}

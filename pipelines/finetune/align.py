@@ -116,7 +116,7 @@ class AlignRecipe:
     into the cache key and the manifest. A model registry entry overrides fields (`ModelSpec.align`)."""
 
     harmful: tuple[str, ...] = ("harmbench", "advbench")  # refusal prompts, English, interleaved
-    n_harmful: int = 160
+    n_harmful: int = 120
     benign: tuple[str, ...] = ("alpaca_en", "alpaca_zh")  # helpful answers: each set's LAST rows
     n_benign: tuple[int, ...] = (200, 40)
     n_lookalike: int = len(LOOKALIKES)  # benign look-alikes answered by the base model
@@ -125,7 +125,7 @@ class AlignRecipe:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     targets: tuple[str, ...] = ALL_LINEAR
-    lr: float = 5e-4
+    lr: float = 4e-4
     steps: int = 40
     batch_size: int = 8
     max_length: int = 128
