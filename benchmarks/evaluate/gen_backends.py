@@ -7,7 +7,7 @@ with the baseline's.
         [--variant fastcpu] [--variant fastcpu:dtype=float32] [--variant fastcpu:threads=1] [--batch-size N] \
         [--model smollm2-135m-instruct] [--per-lang 8]
 
-The baseline is the preset's own generate config (transformers on the laptop). Rounds alternate the
+The baseline is the preset's generate config on the transformers backend. Rounds alternate the
 variants (A B C A B C ...) so the shared machine's drift hits each alike; model load included, as in a cell.
 Prints and appends numbers only (never a prompt or an answer) to benchmarks/evaluate/gen_backends.jsonl;
 each row notes the 1-minute load average, so a loaded round can be read as such. Quote medians of the
@@ -91,7 +91,9 @@ def main() -> None:
         suites = {k: f.filter(pl.int_range(pl.len()).over("lang") < args.per_lang) for k, f in suites.items()}
     model = args.model or cfg.models[0]
     mdir = model_dir(model)
-    base = cfg.generate
+    # The baseline is the transformers path with the preset's other generate settings (the laptop preset
+    # itself now runs fastcpu), so "today's transformers path" stays what every variant is measured against.
+    base = cfg.generate.model_copy(update={"backend": "transformers", "options": {}})
     variants = {"baseline": base}
     for spec in args.variant or ["fastcpu"]:
         update = parse_variant(spec)
