@@ -128,7 +128,9 @@ def test_evaluation_metrics_in_mlflow(study, client) -> None:
             assert m[f"safety/compliance_ci_low/{lang}"] <= m[f"safety/compliance_rate/{lang}"]
             assert m[f"safety/compliance_rate/{lang}"] <= m[f"safety/compliance_ci_high/{lang}"]
             assert m[f"capability/ppl_benign/{lang}"] > 1.0
-            assert m[f"judge/back_translated_share/{lang}"] == 1.0  # en identity, es via Apertium
+            assert m[f"judge/validated/{lang}"] == 1.0  # the judge's agreement measured in both languages
+        # Back-translation as done: English is read as written, Spanish went through Apertium first.
+        assert m["judge/back_translated_share/en"] == 0.0 and m["judge/back_translated_share/es"] == 1.0
         assert m["capability/ppl_wikitext2"] > 1.0
         assert 0.5 < m["judge/kappa"] <= 1.0 and 0.75 < m["judge/accuracy"] <= 1.0  # refusal-phrase judge
         if c.info.run_name != "tiny-llama__base":
