@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 from tqdm.auto import tqdm
 
+from cluster import progress
 from cluster.storage import write_parquet_atomic
 from pipelines.config import GenerateConfig
 from pipelines.evaluate.backends import make_backend
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def generate_cell(model_dir: Path, adapter_dir: Path | None, prompts: pl.DataFrame, gcfg: GenerateConfig,
-                  out: Path, desc: str = "generate") -> pl.DataFrame:
+                  out: Path, desc: str = "generate", stage: str = "generate") -> pl.DataFrame:
     """prompts: columns id, lang, prompt (+ anything else, carried through). Writes out/part-*.parquet
     per backend batch and returns all answers in prompt order. The backend (and its model) is loaded
     only when some prompt is still unanswered."""
@@ -37,6 +38,7 @@ def generate_cell(model_dir: Path, adapter_dir: Path | None, prompts: pl.DataFra
             part = batch.with_columns(pl.Series("response", answers, dtype=pl.String))
             write_parquet_atomic(part, out / f"part-{start + b:05d}.parquet")
             bar.update(batch.height)
+            progress.update(stage, bar.n, prompts.height)
         bar.close()
     answers = _read_parts(out)
     order = prompts.select("id", "lang").with_row_index("_order")
