@@ -23,6 +23,10 @@ os.environ.pop("SAFEDRIFT_WORKDIR", None)
 def ray_cluster():
     import ray
 
+    # A library that touched Ray first (Ray Train's local mode, Ray Data, Serve) may have started it with the
+    # machine's 2 CPUs; the tests need the 4 logical CPUs a laptop study runs with (FIELD-NOTES).
+    if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) < 4:
+        ray.shutdown()
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray

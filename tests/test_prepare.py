@@ -13,10 +13,13 @@ def test_prepare_caches_models_and_judge_agreement(tmp_path, monkeypatch, capsys
     assert main(["prepare", "-c", "smoke", "judge.agreement_limit=40"]) == 0
     first = capsys.readouterr().out
     assert "prepared model" in first and "prepared judge" in first
-    agreements = list((tmp_path / "cache" / "judges").glob("agreement-*.json"))
+    # The judge's agreement with people per eval language (en, es), measured once and cached.
+    agreements = list((tmp_path / "cache" / "judges").glob("validity-*.json"))
     assert len(agreements) == 1
-    ag = json.loads(agreements[0].read_text())
-    assert ag["n"] == 40 and 0.0 <= ag["accuracy"] <= 1.0
+    rows = json.loads(agreements[0].read_text())["rows"]
+    en = next(r for r in rows if r["lang"] == "en" and r["source"] == "human")
+    assert en["n"] == 40 and 0.0 <= en["accuracy"] <= 1.0
+    assert {r["lang"] for r in rows} >= {"en", "es"}
     mtime = agreements[0].stat().st_mtime
     assert main(["prepare", "-c", "smoke", "judge.agreement_limit=40"]) == 0
     assert agreements[0].stat().st_mtime == mtime  # cached: not scored again

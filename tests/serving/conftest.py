@@ -54,8 +54,10 @@ def judge_service(secret_dir: Path) -> Iterator[object]:
             yield service
         finally:
             service.shutdown()
+            # This fixture started Serve, so it stops it even on a Ray someone else started: a proxy left
+            # on 127.0.0.1 would make later tests see a loopback bind that is not theirs.
+            serve.shutdown()
             if started_ray:
-                serve.shutdown()
                 ray.shutdown()
 
 

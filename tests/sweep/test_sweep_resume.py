@@ -11,6 +11,7 @@ check the outcome on disk and in MLflow over HTTP; the sqlite store is checked o
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -121,9 +122,11 @@ def test_killed_sweep_resumes_without_redoing_finished_cells(resumed) -> None:
     for cid in done:
         assert f"cell {cid}: reused" in out.stdout
     assert f"cell {left}: ran" in out.stdout
-    assert f"reused (finished earlier): {', '.join(c for c in dirs if c in done)}; to run: {left}" in out.stderr
+    # The driver's own log lines went to the run's log file in the workdir, whose path it printed.
+    log = Path(re.search(r"^full log: (\S+)$", out.stdout, re.M).group(1)).read_text()
+    assert f"reused (finished earlier): {', '.join(c for c in dirs if c in done)}; to run: {left}" in log
     # Tune's state was either restored or (half-written by the kill) replaced by a new grid of the rest.
-    assert ("resuming the interrupted Tune grid" in out.stderr) or ("starting a new Tune grid of 1" in out.stderr)
+    assert ("resuming the interrupted Tune grid" in log) or ("starting a new Tune grid of 1" in log)
 
 
 def test_the_interrupted_cell_trained_after_the_kill(resumed) -> None:
