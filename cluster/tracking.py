@@ -12,13 +12,27 @@ def tracking_uri(default_db: Path, configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_db}"
 
 
+def point_mlflow(uri: str) -> None:
+    """mlflow.set_tracking_uri without its side effect on the environment: MLflow exports the URI as
+    MLFLOW_TRACKING_URI for subprocesses, which would silently send the next study this process runs to
+    this one's store (safedrift hands every worker its URI explicitly)."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def setup_mlflow(default_db: Path, artifacts: Path, experiment: str,
                  configured_uri: str | None = None) -> tuple[str, str]:
     """Points MLflow at the store and returns (tracking_uri, experiment_id)."""
     import mlflow  # deferred: reading the URI (reruns, `plan`, `report`) must not import MLflow
 
     uri = tracking_uri(default_db, configured_uri)
-    mlflow.set_tracking_uri(uri)
+    point_mlflow(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

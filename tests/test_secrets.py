@@ -137,3 +137,19 @@ def test_a_schema_error_does_not_echo_the_secret() -> None:
     with pytest.raises(ConfigError, match=r"judge.optons: Extra inputs are not permitted") as exc:
         parse_config("smoke", [f"judge.optons={{token: {TOKEN}}}"])
     assert TOKEN not in str(exc.value) and MASK in str(exc.value)
+
+
+def test_a_study_leaves_no_tracking_uri_behind(tmp_path, monkeypatch) -> None:
+    """MLflow exports a tracking URI it is given to the environment; a second study in the same process
+    must not inherit the first one's store."""
+    import os
+
+    from cluster.tracking import setup_mlflow, tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri, _ = setup_mlflow(tmp_path / "a" / "mlflow.db", tmp_path / "a" / "art", "e")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert tracking_uri(tmp_path / "b" / "mlflow.db") == f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}" != uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # a user's choice is kept
+    setup_mlflow(tmp_path / "c" / "mlflow.db", tmp_path / "c" / "art", "e", configured_uri=uri)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9"

@@ -12,6 +12,7 @@ from typing import Any
 
 from cluster import progress
 from cluster.storage import read_manifest, write_manifest, write_parquet_atomic
+from cluster.tracking import point_mlflow
 from pipelines.cells import Cell, cell_dir, checkpoint_dir
 from pipelines.config import StudyConfig
 from pipelines.evaluate import CellEvaluation, Weights, evaluate_cell
@@ -69,7 +70,7 @@ def run_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_hash: 
     out = cell_dir(wd, cfg, cell, ds_hash)
     ckpt = None if cell.is_base else checkpoint_dir(wd, cfg, cell, ds_hash)
     done = read_manifest(out)
-    mlflow.set_tracking_uri(tracking.uri)
+    point_mlflow(tracking.uri)
     tags = {"safedrift.cell": cell.id, "safedrift.model": cell.model, "safedrift.ft_lang": cell.ft_lang,
             "safedrift.cell_hash": out.name}
     with mlflow.start_run(run_name=cell.id, experiment_id=tracking.experiment_id,
