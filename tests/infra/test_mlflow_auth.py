@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import secrets
-import signal
 import stat
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from infra_support import INFRA, missing_tool
-from mlflow_support import free_port
+from mlflow_support import free_port, stop_process_group
 
 SCRIPT = INFRA / "base" / "mlflow" / "start-mlflow.sh"
 STARTUP_TIMEOUT_S = 120
@@ -97,14 +96,7 @@ def started(root: Path, env: dict[str, str]) -> Iterator[tuple[str, subprocess.P
                 time.sleep(0.5)
             yield url, proc
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            stop_process_group(proc, term_timeout=15)
 
 
 def _healthy(url: str) -> bool:
