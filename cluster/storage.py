@@ -58,19 +58,6 @@ def _step(name: str) -> None:
         _on_step(name)
 
 
-def workdir_path(workdir: str) -> Path:
-    if "://" in workdir:
-        # Stages read models and write Parquet with local tools; remote workdirs are mounted instead
-        # (an RWX volume on Kubernetes). Say so rather than failing later in an odd place.
-        raise ValueError(
-            f"workdir '{workdir}' is a URI; safedrift needs a mounted path for its workdir "
-            "(use an RWX volume or a FUSE mount, and keep s3:// for Ray's storage_path)"
-        )
-    p = Path(workdir).expanduser().resolve()
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
 # ---- flushing to disk ---------------------------------------------------------------------------------
 
 def fsync_path(path: Path) -> None:
