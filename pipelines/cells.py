@@ -13,6 +13,8 @@ from pipelines.secrets import hash_view
 from pipelines.translate.plan import datasets_key, plan
 
 BASE = "base"
+# Where a cell's evaluation runs, not what it measures (left out of the cell's hash).
+EVAL_RESOURCES = frozenset({"num_gpus", "num_cpus", "memory_gb"})
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def cell_key(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> dict[str, Any]
         "generate": cfg.generate.model_dump(mode="json", exclude={"threads", "batch_size"}),
         "judge": cfg.judge.model_dump(mode="json"),
         # What a cell measures beyond the unsafe prompts (safe prompts, perplexity, drift sizes).
-        "evaluate": cfg.evaluate.model_dump(mode="json"),
+        "evaluate": cfg.evaluate.model_dump(mode="json", exclude=set(EVAL_RESOURCES)),
         # A user file edited in place must not reuse the numbers measured on its old contents.
         "user_files": {p: _sha256(p) for p in (cfg.evaluate.mmlu_path, cfg.evaluate.alpacaeval_path) if p},
     })

@@ -179,6 +179,13 @@ class EvaluateConfig(_Strict):
     user_set_limit: int = Field(100, ge=1)  # rows read from each user file
     drift: bool = True  # hidden-state drift against the base model (fine-tuned cells)
     n_drift: int = Field(8, ge=2)  # prompts per side for drift and the refusal direction
+    # The evaluation worker of each base model (pipelines/sweep/evaluation.py) holds these as Ray resources
+    # while it answers, judges and scores all of that model's cells with one copy of the model: GPUs for
+    # vLLM and the bf16 scoring copy (the paper preset: 1), CPUs for its threads, memory in GiB (None:
+    # not reserved). How a cell runs does not change its numbers, so these are not in the cell's hash.
+    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(1, gt=0)
+    memory_gb: float | None = Field(None, gt=0)
 
 
 class RayConfig(_Strict):

@@ -5,7 +5,9 @@ fine-tuned cell, hidden-state drift against its base model.
 
 ``evaluate_cell`` is a pure function of (config, cell, weights, data): it returns the cell's evaluation
 and writes nothing but its resumable generation parts under the scratch directory it is given. Caching,
-MLflow and the cell's manifest are the sweep trial's (pipelines/sweep/trial.py)."""
+MLflow and the cell's manifest are the sweep's evaluation stage's (pipelines/sweep/evaluation.py). Given
+the worker's ``EvalSession`` it answers, scores and measures drift with the worker's one copy of the base
+model (the cell's adapter switched in) and the worker's judges; without one it makes its own."""
 
 from __future__ import annotations
 
@@ -20,11 +22,10 @@ from cluster import progress
 from pipelines.cells import Cell
 from pipelines.config import StudyConfig
 from pipelines.evaluate import capability, drift
-from pipelines.evaluate.backends.transformers import load_for_generation
 from pipelines.evaluate.evalsets import eval_prompts, heldout_benign, safe_prompts
 from pipelines.evaluate.generate import generate_cell
 from pipelines.evaluate.judge import judge_answers, judging_of
-from pipelines.evaluate.judges import Judge, make_judge
+from pipelines.evaluate.judges import Judge
 from pipelines.evaluate.judges.validity import judge_validity
 from pipelines.evaluate.measure import (
     Tidy,
@@ -36,21 +37,10 @@ from pipelines.evaluate.measure import (
     metric_dict,
     overrefusal_by_lang,
 )
+from pipelines.evaluate.session import EvalSession
+from pipelines.evaluate.weights import Weights
 
-__all__ = ["CellEvaluation", "Weights", "evaluate_cell"]
-
-
-@dataclass(frozen=True)
-class Weights:
-    """What a cell answers with: the base model, base + LoRA adapter, or a full fine-tune's export."""
-
-    base: Path
-    model: Path  # the directory to load (the base, or a full fine-tune's export)
-    adapter: Path | None = None
-
-    @property
-    def is_base(self) -> bool:
-        return self.model == self.base and self.adapter is None
+__all__ = ["CellEvaluation", "EvalSession", "Weights", "evaluate_cell"]
 
 
 @dataclass
@@ -64,21 +54,37 @@ class CellEvaluation:
     timing: dict[str, float] = field(default_factory=dict)  # seconds per stage (time/*_s)
 
 
-def evaluate_cell(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path, scratch: Path) -> CellEvaluation:
+def evaluate_cell(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path, scratch: Path,
+                  session: EvalSession | None = None) -> CellEvaluation:
+    own = session is None
+    session = session or EvalSession(cfg.generate.threads)
+    try:
+        return _evaluate(cfg, cell, weights, ds_path, scratch, session)
+    finally:
+        if own:
+            session.close()
+        else:
+            session.model(weights.model).forget(weights.adapter)  # one adapter attached at a time
+            if weights.model != weights.base:
+                session.release(weights.model)  # a full fine-tune's own copy serves this cell only
+
+
+def _evaluate(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path, scratch: Path,
+              session: EvalSession) -> CellEvaluation:
     unsafe, safe, benign = (f(cfg, ds_path) for f in (eval_prompts, safe_prompts, heldout_benign))
     timing: dict[str, float] = {}
     t0 = time.time()
     answers = generate_cell(weights.model, weights.adapter, unsafe, cfg.generate, scratch / "generations",
-                            desc=f"generate {cell.id}")
+                            desc=f"generate {cell.id}", session=session)
     gen_s = time.time() - t0
     safe_answers = generate_cell(weights.model, weights.adapter, safe.select("id", "lang", "category", "prompt", "prompt_en"),
-                                 cfg.generate, scratch / "generations_safe", desc=f"generate safe {cell.id}", stage="generate safe")
+                                 cfg.generate, scratch / "generations_safe", desc=f"generate safe {cell.id}",
+                                 stage="generate safe", session=session)
     timing["time/generate_s"] = time.time() - t0
 
     progress.update("judge")
     t0 = time.time()
-    judge = make_judge(cfg.judge.name, **cfg.judge.options)
-    second = make_judge(cfg.judge.second, **cfg.judge.second_options) if cfg.judge.second else None
+    judge, second = session.judges(cfg)
     judged = judge_answers(answers, cfg.judge, judge, second)
     judged_safe = judge_answers(safe_answers, cfg.judge, judge, second) if safe_answers.height else safe_answers
     timing["time/judge_s"] = time.time() - t0
@@ -97,7 +103,7 @@ def evaluate_cell(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path,
 
     progress.update("capability and drift")
     t0 = time.time()
-    metrics |= capability_and_drift(cfg, cell, weights, unsafe, safe, benign, tidy)
+    metrics |= capability_and_drift(cfg, cell, weights, unsafe, safe, benign, tidy, session)
     timing["time/capability_drift_s"] = time.time() - t0
     # NaN (a rate over no parseable answer) is left out: the tidy table keeps it as null with n.
     metrics = {k: float(v) for k, v in metrics.items() if v == v}
@@ -143,12 +149,15 @@ def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
 
 
 def capability_and_drift(cfg: StudyConfig, cell: Cell, weights: Weights, unsafe: pl.DataFrame,
-                         safe: pl.DataFrame, benign: pl.DataFrame, tidy: Tidy) -> dict[str, float]:
+                         safe: pl.DataFrame, benign: pl.DataFrame, tidy: Tidy,
+                         session: EvalSession) -> dict[str, float]:
     """WikiText-2 and held-out benign perplexity, optional user MMLU/AlpacaEval-style files, and (fine-tuned
-    cells) hidden-state drift against the base model projected on the base model's refusal direction."""
+    cells) hidden-state drift against the base model projected on the base model's refusal direction. All on
+    the session's copy of the model (bf16 on a GPU), the cell's adapter active."""
     ev = cfg.evaluate
     metrics: dict[str, float] = {}
-    model, tok = load_for_generation(weights.model, weights.adapter, cfg.generate.threads)
+    loaded = session.model(weights.model)
+    model, tok = loaded.activate(weights.adapter), loaded.tok
     if ev.ppl_tokens:
         ppl, n = capability.wikitext_ppl(model, tok, ev.ppl_tokens, ev.ppl_window, ev.ppl_stride)
         metrics["capability/ppl_wikitext2"] = ppl
@@ -169,23 +178,26 @@ def capability_and_drift(cfg: StudyConfig, cell: Cell, weights: Weights, unsafe:
         for k in ("alpacaeval_ref_sim", "alpacaeval_ref_ppl", "alpacaeval_answer_tokens"):
             tidy.add("en", k, scores[f"capability/{k}"], n=n)
     if ev.drift and not cell.is_base:
-        metrics |= _drift(cfg, weights, model, tok, unsafe, safe, tidy)
-    del model
+        metrics |= _drift(cfg, weights, session, unsafe, safe, tidy)
     return metrics
 
 
-def _drift(cfg: StudyConfig, weights: Weights, model: Any, tok: Any, unsafe: pl.DataFrame, safe: pl.DataFrame,
+def _drift(cfg: StudyConfig, weights: Weights, session: EvalSession, unsafe: pl.DataFrame, safe: pl.DataFrame,
            tidy: Tidy) -> dict[str, float]:
+    """The base model's side from the same copy with the adapter off (a LoRA cell) or from the base's own
+    copy (a full fine-tune); the fine-tuned side with the cell's weights."""
     ev = cfg.evaluate
-    base, btok = load_for_generation(weights.base, None, cfg.generate.threads)
     prompts = [p for _, g in unsafe.group_by("lang", maintain_order=True) for p in g["prompt"].head(ev.n_drift)]
     harmful = unsafe.filter(pl.col("lang") == cfg.eval_langs[0])["prompt"].head(ev.n_drift).to_list()
     harmless = safe.filter(pl.col("lang") == cfg.eval_langs[0])["prompt"].head(ev.n_drift).to_list()
     if not (harmful and harmless):
         return {}
+    base_side, tuned_side = session.model(weights.base), session.model(weights.model)
+    base, btok = base_side.activate(None), base_side.tok
     direction = drift.refusal_direction(base, btok, harmful, harmless)
-    d = drift.drift_metrics(drift.last_token_means(base, btok, prompts),
-                            drift.last_token_means(model, tok, prompts), direction)
+    base_means = drift.last_token_means(base, btok, prompts)
+    tuned = tuned_side.activate(weights.adapter)
+    d = drift.drift_metrics(base_means, drift.last_token_means(tuned, tuned_side.tok, prompts), direction)
     for k, v in d.items():
         tidy.add("all", k, v, n=len(prompts))
     return d

@@ -26,7 +26,7 @@ def sliding_ppl(model: Any, input_ids: Any, window: int, stride: int) -> tuple[f
     for begin in range(0, max(seq_len - 1, 1), stride):
         end = min(begin + window, seq_len)
         trg = end - prev_end  # tokens new to this window
-        ids = input_ids[:, begin:end]
+        ids = input_ids[:, begin:end].to(model.device)  # the loss on the model's device (a GPU's bf16 copy)
         labels = ids.clone()
         labels[:, :-trg] = -100
         with torch.inference_mode():
@@ -61,7 +61,7 @@ def answer_ppl(model: Any, tok: Any, pairs: list[tuple[str, str]], max_length: i
                                          add_generation_prompt=True)
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tok(answer, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([(p_ids + a_ids)[:max_length]])
+        ids = torch.tensor([(p_ids + a_ids)[:max_length]], device=model.device)
         if len(p_ids) >= ids.shape[1] - 1:
             continue  # the answer does not fit: nothing to score
         labels = ids.clone()
@@ -89,7 +89,7 @@ def mmlu_accuracy(model: Any, tok: Any, path: Path, limit: int = 100) -> tuple[f
         text = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
         ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.inference_mode():
-            logits = model(ids).logits[0, -1]
+            logits = model(ids.to(model.device)).logits[0, -1].float().cpu()
         cand = [tok(LETTERS[i], add_special_tokens=False)["input_ids"][0] for i in range(len(choices))]
         pred = int(torch.stack([logits[c] for c in cand]).argmax())
         hits += int(pred == r["answer"])

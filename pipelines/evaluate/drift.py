@@ -21,10 +21,10 @@ def last_token_means(model: Any, tok: Any, prompts: list[str], batch_size: int =
     for i in range(0, len(prompts), batch_size):
         msgs = [[{"role": "user", "content": p}] for p in prompts[i:i + batch_size]]
         enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", padding=True,
-                                      return_dict=True)
+                                      return_dict=True).to(model.device)
         with torch.inference_mode():
             hs = model(**enc, output_hidden_states=True).hidden_states
-        s = torch.stack([h[:, -1, :].float() for h in hs]).sum(dim=1).numpy()  # [L+1, d]
+        s = torch.stack([h[:, -1, :].float() for h in hs]).sum(dim=1).cpu().numpy()  # [L+1, d]
         total = s if total is None else total + s
     assert total is not None, "no prompts"
     return total / len(prompts)

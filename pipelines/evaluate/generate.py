@@ -13,23 +13,28 @@ from tqdm.auto import tqdm
 from cluster import progress
 from cluster.storage import write_parquet_atomic
 from pipelines.config import GenerateConfig
-from pipelines.evaluate.backends import make_backend
+from pipelines.evaluate.session import EvalSession
 
 log = logging.getLogger(__name__)
 
 
 def generate_cell(model_dir: Path, adapter_dir: Path | None, prompts: pl.DataFrame, gcfg: GenerateConfig,
-                  out: Path, desc: str = "generate", stage: str = "generate") -> pl.DataFrame:
+                  out: Path, desc: str = "generate", stage: str = "generate",
+                  session: EvalSession | None = None) -> pl.DataFrame:
     """prompts: columns id, lang, prompt (+ anything else, carried through). Writes out/part-*.parquet
     per backend batch and returns all answers in prompt order. The backend (and its model) is loaded
-    only when some prompt is still unanswered."""
+    only when some prompt is still unanswered, from `session` (the evaluation worker's shared copy) or,
+    without one, for this call alone."""
     out.mkdir(parents=True, exist_ok=True)
     done = _read_parts(out)
     # Prompts not answered yet: an anti-join on the (id, lang) key, in prompt order.
     todo = prompts.join(done.select("id", "lang"), on=["id", "lang"], how="anti", maintain_order="left") \
         if done.height else prompts
     if todo.height:
-        backend = make_backend(model_dir, adapter_dir, gcfg)
+        own = session is None
+        session = session or EvalSession(gcfg.threads)
+        backend = session.backend(model_dir, gcfg)
+        backend.use(adapter_dir)
         start = _next_part(out)
         bar = tqdm(total=prompts.height, initial=prompts.height - todo.height, desc=desc, unit="answer")
         for b, idx in enumerate(backend.batches(todo["prompt"].to_list())):
@@ -40,6 +45,8 @@ def generate_cell(model_dir: Path, adapter_dir: Path | None, prompts: pl.DataFra
             bar.update(batch.height)
             progress.update(stage, bar.n, prompts.height)
         bar.close()
+        if own:
+            session.close()
     answers = _read_parts(out)
     order = prompts.select("id", "lang").with_row_index("_order")
     return order.join(answers, on=["id", "lang"], how="left").sort("_order").drop("_order")

@@ -1,11 +1,14 @@
-"""The grid: Ray Tune runs one trial per cell (the base model is a cell too). Each trial (trial.py) is a
-driver function that fine-tunes with a TorchTrainer (Train V2 inside Tune) and evaluates; grid.py holds
-the Tune plumbing and resources.py what the cluster can hold.
+"""The grid, in two stages. Training: Ray Tune runs one trial per cell that still needs its fine-tune
+(trial.py: a driver function that fine-tunes with a TorchTrainer, Train V2 inside Tune); grid.py holds the
+Tune plumbing and resources.py what the cluster can hold. Evaluation (evaluation.py): once the grid is
+done, one worker per base model, reserving its GPUs/CPUs, evaluates all of that model's cells (the base
+model is a cell too) with one copy of the model.
 
-Resuming has two layers. A cell's manifest (cells/<hash>/manifest.json, written last) is the ground
-truth: a cell that has one is never scheduled again. Tune's own experiment state, when a killed driver
-left a usable one, is restored so that the interrupted grid keeps its trials; when it is missing, half
-written or unreadable, a new grid of the cells still pending runs instead, which redoes nothing either."""
+Resuming has three layers. A cell's manifest (cells/<hash>/manifest.json, written last) is the ground
+truth: a cell that has one is never scheduled again. A fine-tune's manifest (checkpoints/<hash>) means the
+cell is trained, so only its evaluation runs. Tune's own experiment state, when a killed driver left a
+usable one, is restored so that the interrupted grid keeps its trials; when it is missing, half written or
+unreadable, a new grid of the cells still untrained runs instead, which redoes nothing either."""
 
 from __future__ import annotations
 
@@ -14,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from cluster.storage import read_manifest
-from pipelines.cells import Cell, cell_dir, study_cells
+from pipelines.cells import Cell, cell_dir, checkpoint_dir, study_cells
 from pipelines.config import StudyConfig
 from pipelines.errors import SweepError
 from pipelines.layout import Workdir
+from pipelines.sweep.evaluation import run_evaluation
 from pipelines.sweep.grid import fit_grid
 from pipelines.sweep.resources import TRIAL_CPU, plan_concurrency
 from pipelines.sweep.resources import check_cluster as check_fits
-from pipelines.sweep.trial import Tracking, run_cell, trial
+from pipelines.sweep.trial import Tracking, relog_cell, trial
 
 __all__ = ["SweepError", "check_fits", "fit_grid", "run_sweep"]
 
@@ -30,32 +34,20 @@ log = logging.getLogger(__name__)
 
 def run_sweep(cfg: StudyConfig, wd: Workdir, ds_path: Path, ds_hash: str, tracking: Tracking,
               sweep_name: str, resume: bool = True) -> list[dict[str, Any]]:
-    from ray import tune
-
     cells = study_cells(cfg)
     pending = [c for c in cells if read_manifest(cell_dir(wd, cfg, c, ds_hash)) is None]
     done = [c for c in cells if c not in pending]
-    log.info("sweep %s: %d cell(s); reused (finished earlier): %s; to run: %s", sweep_name, len(cells),
-             ", ".join(c.id for c in done) or "none", ", ".join(c.id for c in pending) or "none")
-    if pending:
-        # Base cells train nothing: only cells that fine-tune need the workers to fit.
-        concurrency = plan_concurrency(cfg, len(pending)) if any(not c.is_base for c in pending) else 1
-        trainable = tune.with_resources(
-            tune.with_parameters(trial, cfg_json=cfg.model_dump(mode="json"), workdir=str(wd.root),
-                                 ds_path=str(ds_path), ds_hash=ds_hash, tracking=tracking.__dict__),
-            # The trial itself only drives: its TorchTrainer asks for the workers' CPUs. 0 is refused.
-            {"cpu": TRIAL_CPU},
-        )
-        grid = fit_grid(trainable, [c.to_dict() for c in pending], storage=wd.tune(), name=sweep_name,
-                        max_concurrent=concurrency, max_failures=cfg.sweep.max_failures, resume=resume)
-        failed = [Cell(**r.config["cell"]).id for r in grid if r.error is not None]
-        if failed:
-            raise SweepError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; see {wd.tune() / sweep_name} "
-                             "for their logs, then rerun with --resume")
+    untrained = [c for c in pending if not c.is_base and read_manifest(checkpoint_dir(wd, cfg, c, ds_hash)) is None]
+    log.info("sweep %s: %d cell(s); reused (finished earlier): %s; to train: %s; to evaluate: %s", sweep_name,
+             len(cells), ", ".join(c.id for c in done) or "none", ", ".join(c.id for c in untrained) or "none",
+             ", ".join(c.id for c in pending) or "none")
+    if untrained:
+        _train(cfg, wd, ds_path, ds_hash, tracking, sweep_name, untrained, resume)
+    run_evaluation(cfg, wd, ds_path, ds_hash, tracking, pending)
     # Cells finished by an earlier sweep get a nested run in this sweep too (their cached numbers), so a
     # study pointed at a new tracking store shows every cell there. No Ray needed: nothing is computed.
     for c in done:
-        run_cell(cfg, c, wd, ds_path, ds_hash, tracking)
+        relog_cell(cfg, c, wd, ds_hash, tracking)
     results = []
     for c in cells:
         manifest = read_manifest(cell_dir(wd, cfg, c, ds_hash))
@@ -63,3 +55,22 @@ def run_sweep(cfg: StudyConfig, wd: Workdir, ds_path: Path, ds_hash: str, tracki
             raise SweepError(f"cell {c.id} has no result after the sweep; rerun with --resume")
         results.append(manifest | {"reused": c in done})
     return results
+
+
+def _train(cfg: StudyConfig, wd: Workdir, ds_path: Path, ds_hash: str, tracking: Tracking, sweep_name: str,
+           cells: list[Cell], resume: bool) -> None:
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(trial, cfg_json=cfg.model_dump(mode="json"), workdir=str(wd.root),
+                             ds_path=str(ds_path), ds_hash=ds_hash, tracking=tracking.__dict__),
+        # The trial itself only drives: its TorchTrainer asks for the workers' CPUs. 0 is refused.
+        {"cpu": TRIAL_CPU},
+    )
+    grid = fit_grid(trainable, [c.to_dict() for c in cells], storage=wd.tune(), name=sweep_name,
+                    max_concurrent=plan_concurrency(cfg, len(cells)), max_failures=cfg.sweep.max_failures,
+                    resume=resume)
+    failed = [Cell(**r.config["cell"]).id for r in grid if r.error is not None]
+    if failed:
+        raise SweepError(f"{len(failed)} cell(s) failed to train: {', '.join(failed)}; see "
+                         f"{wd.tune() / sweep_name} for their logs, then rerun with --resume")

@@ -1,6 +1,8 @@
-"""The trial that runs one cell and logs it: reuse a finished cell (its manifest) or fine-tune it (unless
-it is the base model) and evaluate it, then write its outputs, log them to the cell's nested MLflow run,
-and write cells/<hash>/manifest.json last, which marks the cell done."""
+"""A cell's two halves and their MLflow record. The Ray Tune trial fine-tunes a cell (``train_cell``: the
+cell's nested MLflow run is opened there, so the training steps land in it); the evaluation stage
+(evaluation.py) then evaluates it in the worker that holds its base model (``finish_cell``), writes its
+outputs, logs them to the same run, and writes cells/<hash>/manifest.json last, which marks the cell done.
+A cell finished by an earlier sweep is logged again from its manifest (``relog_cell``)."""
 
 from __future__ import annotations
 
@@ -11,20 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from cluster import progress
-from cluster.storage import read_manifest, write_manifest, write_parquet_atomic
+from cluster.storage import read_json, read_manifest, write_json_atomic, write_manifest, write_parquet_atomic
 from cluster.tracking import point_mlflow
 from pipelines.cells import Cell, cell_dir, checkpoint_dir
 from pipelines.config import StudyConfig
-from pipelines.evaluate import CellEvaluation, Weights, evaluate_cell
+from pipelines.evaluate import CellEvaluation, EvalSession, Weights, evaluate_cell
 from pipelines.finetune import finetune_cell
 from pipelines.finetune.checkpoints import trained_weights
+from pipelines.hashing import stable_hash
 from pipelines.layout import Workdir
 from pipelines.presets import check_components
 from pipelines.registries.model_store import model_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Tracking", "cell_dir", "flat_params", "log_cell_artifacts", "run_cell", "trial"]
+__all__ = ["Tracking", "cell_dir", "finish_cell", "flat_params", "log_cell_artifacts", "relog_cell", "train_cell",
+           "trial"]
+
+RUN_FILE = "run.json"  # cells/<hash>/run.json: the cell's MLflow run, opened by whichever half ran first
 
 
 @dataclass
@@ -36,15 +42,16 @@ class Tracking:
 
 def trial(params: dict[str, Any], cfg_json: dict[str, Any], workdir: str, ds_path: str, ds_hash: str,
           tracking: dict[str, Any]) -> None:
-    """A Ray Tune trial (a driver function in its own worker): one cell, its metrics reported to Tune."""
+    """A Ray Tune trial (a driver function in its own worker): one cell's fine-tune, its training figures
+    reported to Tune. Evaluation happens later, in the worker that holds the cell's base model."""
     from ray import tune
 
     cfg = StudyConfig.model_validate(cfg_json)
     check_components(cfg)  # the user's modules register their components in this worker too
     cell = Cell(**params["cell"])
-    result = run_cell(cfg, cell, Workdir(Path(workdir)), Path(ds_path), ds_hash, Tracking(**tracking),
+    info = train_cell(cfg, cell, Workdir(Path(workdir)), Path(ds_path), ds_hash, Tracking(**tracking),
                       tune_session=True)
-    tune.report({"done": 1, **{k.replace("/", "_"): v for k, v in result["metrics"].items()}})
+    tune.report({"done": 1, **{k.replace("/", "_"): v for k, v in train_metrics(info).items()}})
 
 
 def flat_params(cfg: StudyConfig, cell: Cell) -> dict[str, str]:
@@ -63,39 +70,81 @@ def flat_params(cfg: StudyConfig, cell: Cell) -> dict[str, str]:
     return out
 
 
-def run_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_hash: str, tracking: Tracking,
-             tune_session: bool = False) -> dict[str, Any]:
+def _start_run(cfg: StudyConfig, cell: Cell, out: Path, tracking: Tracking) -> Any:
+    """The cell's nested MLflow run: the one an earlier half opened (cells/<hash>/run.json), or a new one."""
+    import mlflow
+
+    point_mlflow(tracking.uri)
+    # The store is named by a hash: a URI may carry a password, which no file may hold.
+    store = stable_hash(tracking.uri)
+    known = read_json(out / RUN_FILE) if (out / RUN_FILE).exists() else None
+    if known and known.get("store") == store and known.get("parent_run_id") == tracking.parent_run_id:
+        return mlflow.start_run(run_id=known["run_id"])
+    tags = {"safedrift.cell": cell.id, "safedrift.model": cell.model, "safedrift.ft_lang": cell.ft_lang,
+            "safedrift.cell_hash": out.name}
+    run = mlflow.start_run(run_name=cell.id, experiment_id=tracking.experiment_id,
+                           parent_run_id=tracking.parent_run_id, nested=tracking.parent_run_id is not None,
+                           tags=tags)
+    mlflow.log_params(flat_params(cfg, cell))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / RUN_FILE, {"run_id": run.info.run_id, "store": store,
+                                       "parent_run_id": tracking.parent_run_id})
+    return run
+
+
+def train_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_hash: str, tracking: Tracking,
+               tune_session: bool = False) -> dict[str, Any]:
+    """Fine-tunes a cell (unless its checkpoint exists) with its steps logged to the cell's MLflow run;
+    returns the checkpoint's manifest."""
+    out = cell_dir(wd, cfg, cell, ds_hash)
+    ckpt = checkpoint_dir(wd, cfg, cell, ds_hash)
+    progress_file = wd.progress() / f"{out.name}.json"
+    with _start_run(cfg, cell, out, tracking) as run, progress.for_cell(progress_file, cell.id):
+        progress.update("finetune")
+        return finetune_cell(cfg, cell, model_dir(cell.model), ds_path, ckpt, tracking.uri, run.info.run_id,
+                             tune_session=tune_session,
+                             loop_extras={"progress": str(progress_file), "cell_id": cell.id})
+
+
+def train_metrics(info: dict[str, Any]) -> dict[str, float]:
+    """The training figures a cell's record carries: its final loss and the fine-tune's seconds."""
+    out: dict[str, float] = {}
+    if info.get("train_seconds") is not None:
+        out["time/finetune_s"] = float(info["train_seconds"])
+    loss = float((info.get("metrics") or {}).get("train_loss", float("nan")))
+    if loss == loss:
+        out["train/final_loss"] = loss
+    return out
+
+
+def cell_weights(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_hash: str) -> tuple[Weights, dict[str, Any]]:
+    """What a cell answers with, and its training record (empty for the base model)."""
+    base = model_dir(cell.model)
+    if cell.is_base:
+        return Weights(base, base), {}
+    ckpt = checkpoint_dir(wd, cfg, cell, ds_hash)
+    info = read_manifest(ckpt)
+    if info is None:
+        raise FileNotFoundError(f"cell {cell.id} has no finished fine-tune at {ckpt}; rerun with --resume")
+    trained_dir, adapter = trained_weights(ckpt, cfg.finetune.method)
+    return Weights(base, trained_dir or base, adapter), info
+
+
+def finish_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_hash: str, tracking: Tracking,
+                session: EvalSession | None = None) -> dict[str, Any]:
+    """Evaluates a trained cell (with the worker's session), writes and logs its outputs, and writes its
+    manifest last. A cell that already has one is only logged again."""
     import mlflow
 
     out = cell_dir(wd, cfg, cell, ds_hash)
-    ckpt = None if cell.is_base else checkpoint_dir(wd, cfg, cell, ds_hash)
-    done = read_manifest(out)
-    point_mlflow(tracking.uri)
-    tags = {"safedrift.cell": cell.id, "safedrift.model": cell.model, "safedrift.ft_lang": cell.ft_lang,
-            "safedrift.cell_hash": out.name}
-    with mlflow.start_run(run_name=cell.id, experiment_id=tracking.experiment_id,
-                          parent_run_id=tracking.parent_run_id, nested=tracking.parent_run_id is not None,
-                          tags=tags) as run:
-        mlflow.log_params(flat_params(cfg, cell))
-        if done is not None:
-            # A cell finished by an earlier sweep: this sweep's parent still gets its numbers.
-            mlflow.set_tag("safedrift.reused", "true")
-            mlflow.log_metrics(done["metrics"])
-            log_cell_artifacts(out, ckpt)
-            return done | {"reused": True}
-
+    if read_manifest(out) is not None:
+        return relog_cell(cfg, cell, wd, ds_hash, tracking)
+    weights, train_info = cell_weights(cfg, cell, wd, ds_hash)
+    progress_file = wd.progress() / f"{out.name}.json"
+    with _start_run(cfg, cell, out, tracking) as run, progress.for_cell(progress_file, cell.id):
         t0 = time.time()
-        progress_file = wd.progress() / f"{out.name}.json"
-        with progress.for_cell(progress_file, cell.id):
-            weights, train_info = _weights(cfg, cell, ds_path, ckpt, tracking.uri, run.info.run_id, tune_session,
-                                           progress_file)
-            finetune_s = time.time() - t0
-            ev = evaluate_cell(cfg, cell, weights, ds_path, out)
-        metrics = ev.metrics | {"time/finetune_s": finetune_s} | ev.timing
-        if train_info.get("metrics"):
-            loss = float(train_info["metrics"].get("train_loss", float("nan")))
-            if loss == loss:
-                metrics["train/final_loss"] = loss
+        ev = evaluate_cell(cfg, cell, weights, ds_path, out, session=session)
+        metrics = ev.metrics | train_metrics(train_info) | ev.timing | {"time/evaluate_s": time.time() - t0}
         log.info("cell %s: %s", cell.id, ", ".join(f"{k.split('/')[1]} {v:.0f}s" for k, v in metrics.items()
                                                   if k.startswith("time/")))
         if ev.judge.get("heldout_n") is not None:
@@ -106,24 +155,50 @@ def run_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_hash: 
                            for key in ("mode", "route")})
         _write_outputs(ev, out)
         mlflow.log_metrics(metrics)
+        ckpt = None if cell.is_base else checkpoint_dir(wd, cfg, cell, ds_hash)
         log_cell_artifacts(out, ckpt)
         manifest = write_manifest(out, cell=cell.to_dict(), cell_id=cell.id, cell_hash=out.name, metrics=metrics,
                                   compliance=ev.compliance.to_dicts(), mlflow_run_id=run.info.run_id,
-                                  train=train_info)
+                                  train=train_info, evaluated_on=_placement(session))
     return manifest | {"reused": False}
 
 
-def _weights(cfg: StudyConfig, cell: Cell, ds_path: Path, ckpt: Path | None, tracking_uri: str, run_id: str,
-             tune_session: bool, progress_file: Path) -> tuple[Weights, dict[str, Any]]:
-    """What the cell answers with (training it first unless it is the base model) and the training record."""
-    base = model_dir(cell.model)
-    if ckpt is None:
-        return Weights(base, base), {}
-    progress.update("finetune")
-    info = finetune_cell(cfg, cell, base, ds_path, ckpt, tracking_uri, run_id, tune_session=tune_session,
-                         loop_extras={"progress": str(progress_file), "cell_id": cell.id})
-    trained_dir, adapter = trained_weights(ckpt, cfg.finetune.method)
-    return Weights(base, trained_dir or base, adapter), info
+def relog_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_hash: str, tracking: Tracking) -> dict[str, Any]:
+    """A cell finished by an earlier sweep: a nested run in this sweep too (its cached numbers), so a study
+    pointed at a new tracking store shows every cell there. No model, no Ray."""
+    import mlflow
+
+    out = cell_dir(wd, cfg, cell, ds_hash)
+    done = read_manifest(out)
+    assert done is not None, f"relog_cell on an unfinished cell {cell.id}"
+    point_mlflow(tracking.uri)
+    tags = {"safedrift.cell": cell.id, "safedrift.model": cell.model, "safedrift.ft_lang": cell.ft_lang,
+            "safedrift.cell_hash": out.name, "safedrift.reused": "true"}
+    with mlflow.start_run(run_name=cell.id, experiment_id=tracking.experiment_id,
+                          parent_run_id=tracking.parent_run_id, nested=tracking.parent_run_id is not None,
+                          tags=tags):
+        mlflow.log_params(flat_params(cfg, cell))
+        mlflow.log_metrics(done["metrics"])
+        log_cell_artifacts(out, None if cell.is_base else checkpoint_dir(wd, cfg, cell, ds_hash))
+    return done | {"reused": True}
+
+
+def _placement(session: EvalSession | None) -> dict[str, Any]:
+    """Where the evaluation ran: node and GPU ids as Ray gave them (none outside Ray), the process, and
+    how often each model was loaded in it."""
+    import os
+
+    info: dict[str, Any] = {"pid": os.getpid(), "loads": session.loads() if session else {}}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            info |= {"node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                     "worker_id": ctx.get_worker_id()}
+    except Exception as exc:  # placement is a record, never a reason to fail a cell
+        log.debug("no Ray placement to record: %s", exc)
+    return info
 
 
 def _write_outputs(ev: CellEvaluation, out: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -16,6 +17,8 @@ from pipelines.evaluate.backends import BACKENDS
 from pipelines.evaluate.backends.fastcpu import BF16_FLAGS, FastCpuBackend, cpu_flags, resolve_dtype
 from pipelines.evaluate.backends.transformers import TransformersBackend
 from pipelines.evaluate.generate import generate_cell
+from pipelines.evaluate.session import EvalSession
+from pipelines.evaluate.weights import LoadedModel
 from pipelines.registries.model_store import model_dir
 
 # Prompts of very different lengths, so every batch is left-padded.
@@ -26,6 +29,13 @@ HAS_BF16 = bool(cpu_flags() & BF16_FLAGS)
 
 def _gcfg(**kw: object) -> GenerateConfig:
     return GenerateConfig(**{"max_new_tokens": 10, "batch_size": 3, "threads": 1, **kw})
+
+
+def _make(cls: type, mdir: Path, adapter: Path | None, gcfg: GenerateConfig, **options: object) -> Any:
+    """A backend over its own LoadedModel, answering with `adapter`."""
+    backend = cls(LoadedModel(mdir, gcfg.threads), gcfg, **options)
+    backend.use(adapter)
+    return backend
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +65,8 @@ def test_fp32_greedy_answers_equal_the_transformers_backend(alias: str, varied: 
     # fp32 throughout and the same operations in the same order as transformers' Llama/Qwen2 modules, so
     # the greedy token choices are the same (qwen2 also covers the q/k/v biases).
     mdir = varied[alias]
-    ref = TransformersBackend(mdir, None, _gcfg()).answer(PROMPTS)
-    got = FastCpuBackend(mdir, None, _gcfg(), dtype="float32").answer(PROMPTS)
+    ref = _make(TransformersBackend, mdir, None, _gcfg()).answer(PROMPTS)
+    got = _make(FastCpuBackend, mdir, None, _gcfg(), dtype="float32").answer(PROMPTS)
     assert got == ref
     assert len(set(got)) == len(PROMPTS)  # a non-trivial comparison: every prompt gets its own answer
 
@@ -74,10 +84,47 @@ def test_adapter_is_honoured(tmp_path: Path, varied: dict[str, Path]) -> None:
                                      init_lora_weights=False))
     peft.save_pretrained(tmp_path / "adapter")
     adapter = tmp_path / "adapter"
-    base = FastCpuBackend(mdir, None, _gcfg(), dtype="float32").answer(PROMPTS)
-    with_adapter = FastCpuBackend(mdir, adapter, _gcfg(), dtype="float32").answer(PROMPTS)
+    base = _make(FastCpuBackend, mdir, None, _gcfg(), dtype="float32").answer(PROMPTS)
+    with_adapter = _make(FastCpuBackend, mdir, adapter, _gcfg(), dtype="float32").answer(PROMPTS)
     assert with_adapter != base
-    assert with_adapter == TransformersBackend(mdir, adapter, _gcfg()).answer(PROMPTS)
+    assert with_adapter == _make(TransformersBackend, mdir, adapter, _gcfg()).answer(PROMPTS)
+
+
+@pytest.mark.parametrize("backend", ["transformers", "fastcpu"])
+def test_one_loaded_copy_serves_every_adapter(backend: str, tmp_path: Path, varied: dict[str, Path]) -> None:
+    """An evaluation worker's session loads the base once and switches adapters on it: each answer equals
+    the one a separately loaded, merged model gives (load_for_generation), in any order of switching, and
+    detaching an adapter leaves the base model's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.evaluate.backends.transformers import generate_answers, load_for_generation
+
+    mdir = varied["tiny-llama"]
+    adapters = []
+    for i, targets in enumerate((["q_proj", "v_proj", "down_proj"], ["k_proj", "o_proj", "gate_proj", "up_proj"])):
+        torch.manual_seed(10 + i)
+        peft = get_peft_model(AutoModelForCausalLM.from_pretrained(mdir),
+                              LoraConfig(r=4, lora_alpha=16, target_modules=targets, init_lora_weights=False))
+        peft.save_pretrained(tmp_path / f"a{i}")
+        adapters.append(tmp_path / f"a{i}")
+    gcfg = _gcfg(backend=backend, options={"dtype": "float32"} if backend == "fastcpu" else {})
+    expect = {}
+    for a in (None, *adapters):
+        model, tok = load_for_generation(mdir, a, 1)
+        expect[a] = generate_answers(model, tok, PROMPTS, gcfg)
+    assert len({tuple(v) for v in expect.values()}) == 3  # the adapters change the answers
+    session = EvalSession(threads=1)
+    b = session.backend(mdir, gcfg)
+    for a in (None, adapters[0], None, adapters[1], adapters[0]):
+        b.use(a)
+        assert b.answer(PROMPTS) == expect[a], a
+    assert session.loads() == {mdir.name: 1}
+    for a in adapters:
+        session.model(mdir).forget(a)
+    b.use(None)
+    assert b.answer(PROMPTS) == expect[None] and session.model(mdir).adapters == []
 
 
 def test_generate_cell_keeps_prompt_order_through_length_batches(tmp_path: Path, varied: dict[str, Path]) -> None:
@@ -97,7 +144,7 @@ def test_generate_cell_keeps_prompt_order_through_length_batches(tmp_path: Path,
 def test_rows_that_stop_leave_the_batch_without_changing_the_others(varied: dict[str, Path]) -> None:
     import torch
 
-    backend = FastCpuBackend(varied["tiny-llama"], None, _gcfg(), dtype="float32")
+    backend = _make(FastCpuBackend, varied["tiny-llama"], None, _gcfg(), dtype="float32")
     enc = backend.tok.apply_chat_template([[{"role": "user", "content": p}] for p in PROMPTS],
                                           add_generation_prompt=True, return_tensors="pt", padding=True,
                                           return_dict=True)
@@ -118,7 +165,7 @@ def test_rows_that_stop_leave_the_batch_without_changing_the_others(varied: dict
 
 
 def test_sampling_is_seeded_and_bounded(varied: dict[str, Path]) -> None:
-    backend = FastCpuBackend(varied["tiny-llama"], None, _gcfg(), dtype="float32")
+    backend = _make(FastCpuBackend, varied["tiny-llama"], None, _gcfg(), dtype="float32")
     backend.gcfg = _gcfg(temperature=1.0, top_p=0.9, seed=3)
     a, b = backend.answer(PROMPTS), backend.answer(PROMPTS)
     assert a == b
@@ -137,9 +184,9 @@ def test_bf16_needs_the_isa_and_says_how_to_fix_it(tmp_path: Path, caplog: pytes
     plain.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma avx512f\n\nprocessor\t: 1\n")
     assert "avx2" in cpu_flags(plain) and not cpu_flags(plain) & BF16_FLAGS
     with pytest.raises(ConfigError, match="avx512_bf16 or amx_bf16.*dtype=auto"):
-        FastCpuBackend(model_dir("tiny-llama"), None, _gcfg(), dtype="bfloat16", cpuinfo=str(plain))
+        _make(FastCpuBackend, model_dir("tiny-llama"), None, _gcfg(), dtype="bfloat16", cpuinfo=str(plain))
     with caplog.at_level(logging.INFO, logger="pipelines.evaluate.backends.fastcpu"):
-        auto = FastCpuBackend(model_dir("tiny-llama"), None, _gcfg(), dtype="auto", cpuinfo=str(plain))
+        auto = _make(FastCpuBackend, model_dir("tiny-llama"), None, _gcfg(), dtype="auto", cpuinfo=str(plain))
     assert auto.dtype == "float32" and "float32" in caplog.text
     assert resolve_dtype("auto", frozenset({"amx_bf16"})) == "bfloat16"
     assert resolve_dtype("float32", frozenset({"amx_bf16"})) == "float32"
@@ -156,8 +203,8 @@ def test_bf16_logits_stay_close_to_fp32(varied: dict[str, Path]) -> None:
     import torch
 
     mdir = varied["tiny-llama"]
-    fp32 = FastCpuBackend(mdir, None, _gcfg(), dtype="float32")
-    bf16 = FastCpuBackend(mdir, None, _gcfg(), dtype="bfloat16")
+    fp32 = _make(FastCpuBackend, mdir, None, _gcfg(), dtype="float32")
+    bf16 = _make(FastCpuBackend, mdir, None, _gcfg(), dtype="bfloat16")
     enc = fp32.tok.apply_chat_template([[{"role": "user", "content": p}] for p in PROMPTS],
                                        add_generation_prompt=True, return_tensors="pt", padding=True, return_dict=True)
     valid = enc["attention_mask"].bool()

@@ -11,8 +11,10 @@ Llama-family decoders (llama, qwen2, qwen3). What it saves against transformers'
 - rows that have emitted EOS leave the batch (their cache rows are dropped), and the loop stops when every
   row has, instead of computing every row for max_new_tokens steps.
 
-A LoRA adapter is merged into the base weights once (as in the transformers backend), so adapters are
-honoured exactly as there. The prompts go through the same chat template and left padding."""
+The worker's one copy of the base model serves every cell: switching to a cell's LoRA adapter rebuilds
+the fused weights with peft's own delta (W + scale·B·A) added, from the untouched base weights (a
+fraction of a second for a 135M model), so adapters are honoured as peft computes them. The prompts go
+through the same chat template ids (pipelines/evaluate/chat.py) and left padding."""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from typing import Any
 from pipelines.config import GenerateConfig
 from pipelines.errors import ConfigError
 from pipelines.evaluate.backends import Backend
-from pipelines.evaluate.backends.transformers import length_batches, load_for_generation, prompt_lengths
+from pipelines.evaluate.backends.transformers import length_batches, prompt_lengths
+from pipelines.evaluate.chat import batch_encoding
+from pipelines.evaluate.weights import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +69,35 @@ def resolve_dtype(requested: str, flags: frozenset[str]) -> str:
 class FastCpuBackend(Backend):
     """The hand-written decoding loop below, batches of similar prompt length (as the transformers backend)."""
 
-    def __init__(self, model_dir: Path, adapter_dir: Path | None, gcfg: GenerateConfig, dtype: str = "auto",
+    def __init__(self, model: LoadedModel, gcfg: GenerateConfig, dtype: str = "auto",
                  cpuinfo: str = "/proc/cpuinfo") -> None:
-        super().__init__(model_dir, adapter_dir, gcfg)
+        super().__init__(model, gcfg)
         # Checked before the model loads, so a CPU without bf16 fails at once.
         self.dtype = resolve_dtype(dtype, cpu_flags(Path(cpuinfo)))
-        model, self.tok = load_for_generation(model_dir, adapter_dir, gcfg.threads)
-        self.decoder = Decoder(model, self.dtype)
-        eos = model.generation_config.eos_token_id
+        self.tok = model.tok
+        self._decoder: Decoder | None = None
+        self._built_for: tuple[Path | None] | None = None  # the adapter the fused weights include
+
+    @property
+    def decoder(self) -> Decoder:
+        if self._decoder is None or self._built_for != (self.adapter,):
+            self.model.activate(self.adapter)
+            self._decoder = None  # free the previous cell's fused copy before building the next
+            self._decoder = Decoder(self.model.base_model(), self.dtype)
+            self._built_for = (self.adapter,)
+        return self._decoder
+
+    @property
+    def eos(self) -> list[int]:
+        eos = self.model.hf.generation_config.eos_token_id
         eos = self.tok.eos_token_id if eos is None else eos
-        self.eos = [eos] if isinstance(eos, int) else list(eos)
-        del model  # the decoder holds its own (fused) copies of the weights
+        return [eos] if isinstance(eos, int) else list(eos)
 
     def batches(self, prompts: list[str]) -> list[list[int]]:
         return length_batches(prompt_lengths(self.tok, prompts), self.gcfg.batch_size)
 
     def answer(self, prompts: list[str]) -> list[str]:
-        enc = self.tok.apply_chat_template([[{"role": "user", "content": p}] for p in prompts],
-                                           add_generation_prompt=True, return_tensors="pt", padding=True,
-                                           return_dict=True)
+        enc = batch_encoding(self.tok, prompts)
         rows = self.decoder.generate(enc["input_ids"], enc["attention_mask"], self.gcfg, self.eos)
         return self.tok.batch_decode(rows, skip_special_tokens=True)
 
@@ -114,19 +128,19 @@ class Decoder:
 
         at, mlp = lay.self_attn, lay.mlp
 
-        def cat(*ws: Any) -> Any:
-            return torch.cat([w.detach() for w in ws]).to(self.mm).contiguous()
+        def cat(*mods: Any) -> Any:
+            return torch.cat([_weight(m) for m in mods]).to(self.mm).contiguous()
 
         bias = None
-        if at.q_proj.bias is not None:  # qwen2
-            bias = torch.cat([at.q_proj.bias, at.k_proj.bias, at.v_proj.bias]).detach().to(self.mm)
+        if _base(at.q_proj).bias is not None:  # qwen2
+            bias = torch.cat([_base(m).bias for m in (at.q_proj, at.k_proj, at.v_proj)]).detach().to(self.mm)
         return {"in_norm": (lay.input_layernorm.weight.detach(), lay.input_layernorm.variance_epsilon),
-                "qkv": cat(at.q_proj.weight, at.k_proj.weight, at.v_proj.weight), "qkv_bias": bias,
-                "o": cat(at.o_proj.weight),
+                "qkv": cat(at.q_proj, at.k_proj, at.v_proj), "qkv_bias": bias,
+                "o": cat(at.o_proj),
                 "q_norm": _norm_of(getattr(at, "q_norm", None)), "k_norm": _norm_of(getattr(at, "k_norm", None)),
                 "post_norm": (lay.post_attention_layernorm.weight.detach(), lay.post_attention_layernorm.variance_epsilon),
-                "gate_up": cat(mlp.gate_proj.weight, mlp.up_proj.weight), "down": cat(mlp.down_proj.weight),
-                "inter": mlp.gate_proj.weight.shape[0]}
+                "gate_up": cat(mlp.gate_proj, mlp.up_proj), "down": cat(mlp.down_proj),
+                "inter": _base(mlp.gate_proj).weight.shape[0]}
 
     def _linear(self, x: Any, w: Any, b: Any = None) -> Any:
         import torch.nn.functional as F
@@ -238,6 +252,26 @@ class Decoder:
         # Keep the smallest prefix whose mass reaches top_p (the top token always).
         sp = sp.masked_fill(sp.cumsum(-1) - sp > gcfg.top_p, 0.0)
         return si.gather(-1, torch.multinomial(sp, 1, generator=gen)).squeeze(1)
+
+
+def _base(mod: Any) -> Any:
+    """The plain Linear under a peft LoRA layer (or the Linear itself)."""
+    return getattr(mod, "base_layer", mod)
+
+
+def _weight(mod: Any) -> Any:
+    """A Linear's weight with the active LoRA adapters' deltas added (peft's get_delta_weight: scale,
+    rsLoRA and fan-in/fan-out as peft applies them), or the plain weight without an active adapter."""
+    import torch
+
+    w = _base(mod).weight.detach()
+    if not hasattr(mod, "base_layer") or getattr(mod, "disable_adapters", False):
+        return w
+    with torch.no_grad():
+        for name in mod.active_adapters:
+            if name in getattr(mod, "lora_A", {}):
+                w = w + mod.get_delta_weight(name).to(w.dtype)
+    return w
 
 
 def _norm_of(mod: Any) -> tuple[Any, float] | None:

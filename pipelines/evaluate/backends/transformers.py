@@ -1,6 +1,7 @@
-"""transformers batched generation (CPU by default): left padding, the model's chat template, greedy
-unless generate.temperature > 0; a LoRA adapter is merged into the base weights once, so each forward
-pass costs what the base model's does."""
+"""transformers batched generation (CPU by default, a GPU where torch sees one): left padding, the model's
+chat template, greedy unless generate.temperature > 0. The worker's one copy of the base model answers for
+every cell, the cell's LoRA adapter switched in by peft (unmerged: an r-8 adapter adds a few per cent to a
+forward pass, against a model load per cell)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ from typing import Any
 
 from pipelines.config import GenerateConfig
 from pipelines.evaluate.backends import Backend
+from pipelines.evaluate.chat import batch_encoding
+from pipelines.evaluate.weights import LoadedModel, load_tokenizer
 
 
 class TransformersBackend(Backend):
     """transformers generate() on CPU (or whatever torch finds), batches of similar prompt length."""
 
-    def __init__(self, model_dir: Path, adapter_dir: Path | None, gcfg: GenerateConfig,
-                 sort_by_length: bool = True) -> None:
-        super().__init__(model_dir, adapter_dir, gcfg)
+    def __init__(self, model: LoadedModel, gcfg: GenerateConfig, sort_by_length: bool = True) -> None:
+        super().__init__(model, gcfg)
         # False keeps the prompt order in the batches (the batching benchmark's baseline).
         self.sort_by_length = sort_by_length
-        self.model, self.tok = load_for_generation(model_dir, adapter_dir, gcfg.threads)
+        self.tok = model.tok
 
     def batches(self, prompts: list[str]) -> list[list[int]]:
         if not self.sort_by_length:
@@ -29,18 +31,17 @@ class TransformersBackend(Backend):
         return length_batches(prompt_lengths(self.tok, prompts), self.gcfg.batch_size)
 
     def answer(self, prompts: list[str]) -> list[str]:
-        return generate_answers(self.model, self.tok, prompts, self.gcfg)
+        return generate_answers(self.model.activate(self.adapter), self.tok, prompts, self.gcfg)
 
 
 def load_for_generation(model_dir: Path, adapter_dir: Path | None, threads: int | None = None) -> tuple[Any, Any]:
+    """A model on its own, outside an evaluation worker (a judge's LM, the aligned base's recipe), with a
+    LoRA adapter merged in."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "left"  # decoder-only batches must be left-padded for generation
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    tok = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if adapter_dir is not None:
         from peft import PeftModel
@@ -53,9 +54,8 @@ def load_for_generation(model_dir: Path, adapter_dir: Path | None, threads: int 
 def generate_answers(model: Any, tok: Any, prompts: list[str], gcfg: GenerateConfig) -> list[str]:
     import torch
 
-    messages = [[{"role": "user", "content": p}] for p in prompts]
-    enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", padding=True,
-                                  return_dict=True)
+    # The ids chat.py builds for every backend (thinking off where the template has the switch).
+    enc = batch_encoding(tok, prompts).to(model.device)
     kwargs: dict[str, Any] = {"max_new_tokens": gcfg.max_new_tokens, "pad_token_id": tok.pad_token_id}
     if gcfg.temperature > 0:
         torch.manual_seed(gcfg.seed)  # sampled answers are reproducible per config

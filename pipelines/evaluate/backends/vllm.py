@@ -12,21 +12,28 @@ from pipelines.config import GenerateConfig
 from pipelines.errors import BackendMissingError
 from pipelines.evaluate.backends import Backend
 from pipelines.evaluate.chat import chat_template_kwargs, prompt_token_ids, user_turn
+from pipelines.evaluate.weights import LoadedModel
 
 
 class VllmBackend(Backend):
     """vLLM on a CUDA GPU, multi-LoRA: one engine per base model answers for all of its cells."""
 
-    def __init__(self, model_dir: Path, adapter_dir: Path | None, gcfg: GenerateConfig, max_loras: int = 4,
+    def __init__(self, model: LoadedModel, gcfg: GenerateConfig, max_loras: int = 4,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None) -> None:
-        super().__init__(model_dir, adapter_dir, gcfg)
+        super().__init__(model, gcfg)
         self.engine_kwargs: dict[str, Any] = {"max_loras": max_loras, "gpu_memory_utilization": gpu_memory_utilization}
         if max_model_len is not None:
             self.engine_kwargs["max_model_len"] = max_model_len
         require_vllm()  # fail before any work on a machine without vLLM
 
     def answer(self, prompts: list[str]) -> list[str]:
-        return generate_vllm_many(self.model_dir, [(self.adapter_dir, prompts)], self.gcfg, **self.engine_kwargs)[0]
+        # The engine (one per base model in this worker) is never the LoadedModel's transformers copy:
+        # that one is loaded only if capability or drift asks for it.
+        return generate_vllm_many(self.model_dir, [(self.adapter, prompts)], self.gcfg, **self.engine_kwargs)[0]
+
+    def close(self) -> None:
+        # Engines are released between models: the worker moves on to the next base model's engine.
+        _ENGINES.pop(str(Path(self.model_dir).resolve()), None)
 
 
 def require_vllm() -> Any:

@@ -1,0 +1,102 @@
+"""The evaluation stage: after the training grid, one Ray task per base model evaluates all of that
+model's pending cells (the base cell first) in a worker that reserves what evaluation uses
+(``evaluate.num_gpus``, ``num_cpus``, ``memory_gb``) as Ray resources — never inside a 0.01-CPU Tune
+trial, and never beside a training worker (the grid has finished). The worker loads the base model once
+and serves every cell's adapter from that copy: one vLLM engine per base model with a LoRARequest per
+cell on a GPU, peft adapters switched on one transformers copy on CPU (pipelines/evaluate/session.py).
+Each task runs in a fresh worker process (max_calls=1), so a model's engine and weights are released
+before the next model's task takes the GPU.
+
+A task that fails leaves the cells it finished done (each has its manifest); a rerun evaluates the rest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipelines.cells import Cell
+from pipelines.config import StudyConfig
+from pipelines.errors import SweepError
+from pipelines.evaluate import EvalSession
+from pipelines.layout import Workdir
+from pipelines.presets import check_components
+from pipelines.sweep.trial import Tracking, finish_cell
+
+log = logging.getLogger(__name__)
+
+_GIB = 1024**3
+
+
+def worker_resources(cfg: StudyConfig) -> dict[str, Any]:
+    """The Ray resources of one evaluation worker (ray.remote options)."""
+    ev = cfg.evaluate
+    out: dict[str, Any] = {"num_cpus": ev.num_cpus, "num_gpus": ev.num_gpus}
+    if ev.memory_gb:
+        out["memory"] = int(ev.memory_gb * _GIB)
+    return out
+
+
+def by_model(cells: list[Cell]) -> dict[str, list[Cell]]:
+    """Cells grouped by base model in study order, each group's base cell first (its answers are the
+    reference the others are compared with, and a partial run then has it)."""
+    groups: dict[str, list[Cell]] = {}
+    for c in cells:
+        groups.setdefault(c.model, []).append(c)
+    return {m: sorted(cs, key=lambda c: not c.is_base) for m, cs in groups.items()}
+
+
+def evaluate_model(cfg_json: dict[str, Any], workdir: str, ds_path: str, ds_hash: str, tracking: dict[str, Any],
+                   cells: list[dict[str, Any]]) -> list[str]:
+    """In the evaluation worker: every given cell of one base model, with one session (one model copy,
+    the judges made once). Returns the ids of the cells it finished."""
+    cfg = StudyConfig.model_validate(cfg_json)
+    check_components(cfg)  # the user's modules register their components in this worker too
+    wd, track = Workdir(Path(workdir)), Tracking(**tracking)
+    session = EvalSession(cfg.generate.threads)
+    done = []
+    try:
+        for c in cells:
+            cell = Cell(**c)
+            finish_cell(cfg, cell, wd, Path(ds_path), ds_hash, track, session)
+            done.append(cell.id)
+    finally:
+        session.close()
+    return done
+
+
+def run_evaluation(cfg: StudyConfig, wd: Workdir, ds_path: Path, ds_hash: str, tracking: Tracking,
+                   cells: list[Cell]) -> None:
+    """One evaluation task per base model, all submitted at once: Ray runs as many side by side as the
+    cluster holds workers of ``worker_resources``."""
+    import ray
+
+    if not cells:
+        return
+    groups = by_model(cells)
+    task = ray.remote(max_calls=1, max_retries=cfg.sweep.max_failures)(evaluate_model)
+    opts = worker_resources(cfg)
+    log.info("evaluation: %d cell(s) of %d model(s), one worker per model holding %s", len(cells), len(groups),
+             ", ".join(f"{k}={v}" for k, v in opts.items()))
+    refs = {task.options(**opts, name=f"evaluate-{model}").remote(
+                cfg.model_dump(mode="json"), str(wd.root), str(ds_path), ds_hash, tracking.__dict__,
+                [c.to_dict() for c in cs]): model for model, cs in groups.items()}
+    failed: list[str] = []
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        model = refs[ready[0]]
+        try:
+            ids = ray.get(ready[0])
+            log.info("evaluated %d cell(s) of %s", len(ids), model)
+        except Exception as exc:  # a worker's error: the other models' workers carry on
+            log.error("evaluating %s failed: %s", model, _first_line(exc))
+            failed.append(model)
+    if failed:
+        raise SweepError(f"evaluation failed for model(s) {', '.join(failed)}; see {wd.logs()} for the "
+                         "worker's error, then rerun with --resume (finished cells are kept)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
