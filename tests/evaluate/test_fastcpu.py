@@ -209,8 +209,42 @@ def test_bf16_logits_stay_close_to_fp32(varied: dict[str, Path]) -> None:
                                        add_generation_prompt=True, return_tensors="pt", padding=True, return_dict=True)
     valid = enc["attention_mask"].bool()
     with torch.inference_mode():
-        logits = [b.decoder.prefill(enc["input_ids"], valid, valid.shape[1])[0] for b in (fp32, bf16)]
+        logits = [b.decoder.logits(b.decoder.prefill(enc["input_ids"], valid, valid.shape[1])[0]) for b in (fp32, bf16)]
     assert bf16.decoder.mm == torch.bfloat16 and bf16.decoder.layers[0]["qkv"].dtype == torch.bfloat16
     cos_sim = torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=-1)
     assert float(cos_sim.min()) > 0.99
     assert bf16.answer(PROMPTS) == bf16.answer(PROMPTS)  # deterministic
+
+
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=pytest.mark.skipif(
+    not HAS_BF16, reason="this CPU has no native bf16"))])
+def test_chunked_prefill_decodes_as_one_batch_does(dtype: str, varied: dict[str, Path]) -> None:
+    """Prompts' passes in chunks of 2 rows (each chunk cut to its own longest prompt, written into one
+    aligned cache) give the same tokens as one pass over the whole padded batch, and as each prompt alone."""
+    b = _make(FastCpuBackend, varied["tiny-llama"], None, _gcfg(batch_size=6), dtype=dtype)
+    enc = b.tok.apply_chat_template([[{"role": "user", "content": p}] for p in PROMPTS], add_generation_prompt=True,
+                                    return_tensors="pt", padding=True, return_dict=True)
+    whole = b.decoder.generate(enc["input_ids"], enc["attention_mask"], _gcfg(), eos=[])
+    chunked = b.decoder.generate(enc["input_ids"], enc["attention_mask"], _gcfg(), eos=[], prefill_batch=2)
+    assert chunked == whole
+    if dtype == "float32":  # bf16 rounding may differ with the padding; fp32 must not
+        alone = [_make(FastCpuBackend, varied["tiny-llama"], None, _gcfg(batch_size=1), dtype=dtype).answer([p])[0]
+                 for p in PROMPTS]
+        b.prefill_batch = 2
+        assert b.answer(PROMPTS) == alone
+
+
+def test_greedy_shortlist_picks_the_fp32_argmax(varied: dict[str, Path]) -> None:
+    """The bf16 shortlist + fp32 rescoring of the vocabulary projection chooses the full fp32 argmax."""
+    import torch
+
+    b = _make(FastCpuBackend, varied["tiny-qwen2"], None, _gcfg(), dtype="float32")
+    dec = b.decoder
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(64, dec.embed.shape[1], generator=gen)
+    full = dec.logits(h).argmax(-1)
+    dec.lm_head_lp = dec.lm_head.to(torch.bfloat16)  # the shortlist path, whatever this CPU has
+    dec.mm = torch.bfloat16
+    assert torch.equal(dec.greedy(h), full)
+    dec.lm_head_lp = None
+    assert torch.equal(dec.greedy(h), full)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 SUPPORTED_TYPES = ("llama", "qwen2", "qwen3")
 DTYPES = ("auto", "bfloat16", "float32")
+# Candidates per row the bf16 vocabulary projection shortlists for the fp32 argmax (Decoder.greedy).
+RESCORE_K = 8
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -70,8 +72,12 @@ class FastCpuBackend(Backend):
     """The hand-written decoding loop below, batches of similar prompt length (as the transformers backend)."""
 
     def __init__(self, model: LoadedModel, gcfg: GenerateConfig, dtype: str = "auto",
-                 cpuinfo: str = "/proc/cpuinfo") -> None:
+                 cpuinfo: str = "/proc/cpuinfo", prefill_batch: int = 32) -> None:
         super().__init__(model, gcfg)
+        if prefill_batch < 1:
+            raise ConfigError(f"generate.options.prefill_batch={prefill_batch} must be at least 1")
+        # generate.batch_size rows decode together; their prompts' pass runs prefill_batch at a time.
+        self.prefill_batch = prefill_batch
         # Checked before the model loads, so a CPU without bf16 fails at once.
         self.dtype = resolve_dtype(dtype, cpu_flags(Path(cpuinfo)))
         self.tok = model.tok
@@ -98,7 +104,8 @@ class FastCpuBackend(Backend):
 
     def answer(self, prompts: list[str]) -> list[str]:
         enc = batch_encoding(self.tok, prompts)
-        rows = self.decoder.generate(enc["input_ids"], enc["attention_mask"], self.gcfg, self.eos)
+        rows = self.decoder.generate(enc["input_ids"], enc["attention_mask"], self.gcfg, self.eos,
+                                     prefill_batch=self.prefill_batch)
         return self.tok.batch_decode(rows, skip_special_tokens=True)
 
 
@@ -119,8 +126,10 @@ class Decoder:
         self.embed = inner.embed_tokens.weight.detach()
         self.layers = [self._layer(lay) for lay in inner.layers]
         self.norm, self.eps = inner.norm.weight.detach(), inner.norm.variance_epsilon
-        # fp32 logits: the argmax over 49k tokens is where a rounding flips a greedy answer.
+        # fp32 logits decide: the argmax over 49k tokens is where a rounding flips a greedy answer. A bf16
+        # copy only shortlists the candidates (greedy()).
         self.lm_head = model.lm_head.weight.detach()
+        self.lm_head_lp = self.lm_head.to(self.mm) if self.mm != torch.float32 else None
         self.rotary = inner.rotary_emb
 
     def _layer(self, lay: Any) -> dict[str, Any]:
@@ -174,63 +183,113 @@ class Decoder:
         return h
 
     def logits(self, h: Any) -> Any:
+        """fp32 logits over the whole vocabulary (sampling, and the tests' reference)."""
         import torch.nn.functional as F
 
         return F.linear(_rms(h, self.norm, self.eps), self.lm_head)
 
-    def generate(self, ids: Any, attn: Any, gcfg: GenerateConfig, eos: list[int]) -> list[list[int]]:
-        """New token ids per row (EOS and what follows left out), for left-padded ids/attn [B, T]."""
+    def greedy(self, h: Any) -> Any:
+        """The argmax of the fp32 logits. With bf16 matmuls the vocabulary projection — the largest matmul
+        of a decoding step for a small model (49k x 576: more than all 30 layers together at batch 64) —
+        runs in bf16 to shortlist RESCORE_K candidates per row, and the fp32 logits of those alone decide:
+        the same token as the full fp32 argmax unless the winner falls outside a bf16 top-k, which the
+        rounding (relative 2^-8) cannot do short of a near-tie among more than k tokens."""
+        import torch
+        import torch.nn.functional as F
+
+        x = _rms(h, self.norm, self.eps)
+        if self.lm_head_lp is None:
+            return F.linear(x, self.lm_head).argmax(-1)
+        cand = F.linear(x.to(self.mm), self.lm_head_lp).topk(RESCORE_K, dim=-1).indices
+        exact = torch.einsum("bd,bkd->bk", x, self.lm_head[cand])
+        return cand.gather(1, exact.argmax(-1, keepdim=True)).squeeze(1)
+
+    def generate(self, ids: Any, attn: Any, gcfg: GenerateConfig, eos: list[int],
+                 prefill_batch: int | None = None) -> list[list[int]]:
+        """New token ids per row (EOS and what follows left out), for left-padded ids/attn [B, T]. The
+        prompts' pass runs in chunks of `prefill_batch` rows (all at once when None), each cut to its own
+        longest prompt, so a decoding batch much larger than the prefill's wastes no padding there; then
+        every row decodes in one batch (a step costs little more at 256 rows than at 32)."""
         import torch
 
         with torch.inference_mode():
-            return self._generate(ids, attn.bool(), gcfg, torch.tensor(eos))
+            return self._generate(ids, attn.bool(), gcfg, torch.tensor(eos), prefill_batch or ids.shape[0])
 
     def prefill(self, ids: Any, valid: Any, S: int) -> tuple[Any, list[tuple[Any, Any]], Any, Any]:
-        """The prompts' pass: last-position logits, the cache (room for S tokens), which of its slots hold a
-        real token, and each row's last position."""
+        """The prompts' pass on its own: the last position's hidden state, the cache (room for S tokens),
+        which of its slots hold a real token, and each row's last position."""
         import torch
 
         B, T = ids.shape
-        cos_t, sin_t = self._rope_table(S)
-        cache = [(torch.zeros(B, self.n_kv, S, self.head_dim), torch.zeros(B, self.n_kv, S, self.head_dim))
-                 for _ in self.layers]
+        cache = self._cache(B, S)
         keys = torch.zeros(B, S, dtype=torch.bool)
+        h, last = self._prefill_into(ids, valid, cache, keys)
+        return h, cache, keys, last
+
+    def _cache(self, B: int, S: int) -> list[tuple[Any, Any]]:
+        import torch
+
+        return [(torch.zeros(B, self.n_kv, S, self.head_dim), torch.zeros(B, self.n_kv, S, self.head_dim))
+                for _ in self.layers]
+
+    def _prefill_into(self, ids: Any, valid: Any, cache: list[tuple[Any, Any]], keys: Any) -> tuple[Any, Any]:
+        """Runs ids [b, T] through the model writing cache slots 0..T-1 of the given (views of the) cache and
+        marking real tokens in keys; returns the last position's hidden state and each row's position."""
+        import torch
+
+        _, T = ids.shape
+        cos_t, sin_t = self._rope_table(T)
         keys[:, :T] = valid
         pos = (valid.long().cumsum(-1) - 1).clamp(min=0)  # positions as transformers derives them from the mask
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         # A padding query may attend to itself, so that no row of the softmax is empty (NaN).
         mask = (causal & keys[:, None, None, :T]) | torch.eye(T, dtype=torch.bool)
         h = self.forward(ids, cos_t[pos][:, None], sin_t[pos][:, None], cache, 0, mask)
-        return self.logits(h[:, -1]), cache, keys, pos[:, -1]
+        return h[:, -1], pos[:, -1]
 
-    def _generate(self, ids: Any, valid: Any, gcfg: GenerateConfig, eos: Any) -> list[list[int]]:
+    def _generate(self, ids: Any, valid: Any, gcfg: GenerateConfig, eos: Any, prefill_batch: int) -> list[list[int]]:
         import torch
 
         B, T = ids.shape
         S = T + gcfg.max_new_tokens
         cos_t, sin_t = self._rope_table(S)
-        logits, cache, keys, last = self.prefill(ids, valid, S)
+        cache = self._cache(B, S)
+        keys = torch.zeros(B, S, dtype=torch.bool)
+        h = torch.empty(B, self.embed.shape[1])
+        last = torch.empty(B, dtype=torch.long)
+        for r0 in range(0, B, prefill_batch):
+            r1 = min(B, r0 + prefill_batch)
+            # Left padding: this chunk's real tokens sit in its last t columns; its cache slots are the
+            # same columns of the batch's cache (a view), so the decoding steps see one aligned cache.
+            t = int(valid[r0:r1].sum(-1).max())
+            off = T - t
+            views = [(kc[r0:r1, :, off:], vc[r0:r1, :, off:]) for kc, vc in cache]
+            h[r0:r1], last[r0:r1] = self._prefill_into(ids[r0:r1, off:], valid[r0:r1, off:], views,
+                                                      keys[r0:r1, off:])
         rows = torch.arange(B)  # original row of each row still in the batch
+        alive = torch.ones(B, dtype=torch.bool)
         out: list[list[int]] = [[] for _ in range(B)]
         gen = torch.Generator().manual_seed(gcfg.seed)
         for step in range(gcfg.max_new_tokens):
-            nxt = self._pick(logits, gcfg, gen)
-            done = torch.isin(nxt, eos)
-            for r, t, d in zip(rows.tolist(), nxt.tolist(), done.tolist(), strict=True):
-                if not d:
-                    out[r].append(t)
-            if step == gcfg.max_new_tokens - 1 or bool(done.all()):
+            nxt = self.greedy(h) if gcfg.temperature <= 0 else self._sample(self.logits(h), gcfg, gen)
+            done = torch.isin(nxt, eos) & alive
+            for r, tok, a in zip(rows.tolist(), nxt.tolist(), (alive & ~done).tolist(), strict=True):
+                if a:
+                    out[r].append(tok)
+            alive &= ~done
+            if step == gcfg.max_new_tokens - 1 or not bool(alive.any()):
                 break
-            if bool(done.any()):  # finished rows leave the batch: each step costs what the live rows do
-                keep = (~done).nonzero().squeeze(1)
-                rows, nxt, last, keys = rows[keep], nxt[keep], last[keep], keys[keep]
+            # Finished rows leave the batch once they are a quarter of it: every step then costs about
+            # what the live rows do, without copying the cache at every step some row finishes.
+            if 4 * int((~alive).sum()) >= alive.numel():
+                keep = alive.nonzero().squeeze(1)
+                rows, nxt, last, keys, alive = rows[keep], nxt[keep], last[keep], keys[keep], alive[keep]
                 cache = [(kc[keep], vc[keep]) for kc, vc in cache]
             t = T + step
             keys[:, t] = True
             last = last + 1
             h = self.forward(nxt[:, None], cos_t[last][:, None, None], sin_t[last][:, None, None], cache, t,
-                             keys[:, None, None, :t + 1])
-            logits = self.logits(h[:, -1])
+                             keys[:, None, None, :t + 1])[:, -1]
         return out
 
     def _rope_table(self, n: int) -> tuple[Any, Any]:
@@ -241,12 +300,10 @@ class Decoder:
         return cos[0].float(), sin[0].float()
 
     @staticmethod
-    def _pick(logits: Any, gcfg: GenerateConfig, gen: Any) -> Any:
-        """Greedy, or temperature + top-p sampling (seeded; not the same draws as transformers')."""
+    def _sample(logits: Any, gcfg: GenerateConfig, gen: Any) -> Any:
+        """Temperature + top-p sampling (seeded; not the same draws as transformers')."""
         import torch
 
-        if gcfg.temperature <= 0:
-            return logits.argmax(-1)
         probs = torch.softmax(logits / gcfg.temperature, -1)
         sp, si = probs.sort(-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the top token always).
