@@ -53,7 +53,8 @@ def train_hash(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> str:
     adding an eval language or changing the judge retrains nothing)."""
     # How a cell runs (retries, CPUs, checkpoint cadence) does not change what it learns.
     ft = hash_view(cfg.finetune.model_dump(mode="json",
-                                           exclude={"max_failures", "cpus_per_worker", "checkpoint_every_steps"}))
+                                           exclude={"max_failures", "cpus_per_worker", "checkpoint_every_steps",
+                                                    "dist_backend"}))
     return stable_hash({"cell": cell.to_dict(), "datasets": datasets_hash, "finetune": ft})
 
 

@@ -96,6 +96,9 @@ class FinetuneConfig(_Strict):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1, gt=0)
     use_gpu: bool = False
+    # The process group's backend: auto = nccl with GPUs, gloo without. gloo with use_gpu reserves GPUs
+    # but trains where torch finds none on CPU: a cluster that only advertises logical GPUs (tests).
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     max_failures: int = Field(1, ge=0)
     # Concatenate examples up to max_length (per-example attention and positions, response-only loss)
     # instead of padding each to the longest in its batch: fewer, full sequences.

@@ -132,7 +132,8 @@ def finetune_cell(cfg: StudyConfig, cell: Cell, model_dir: Path, datasets_path: 
                 if (Path(d) / sub).exists():
                     shutil.copytree(Path(d) / sub, tmp / sub)
             manifest = write_manifest(tmp, cell=cell.to_dict(), method=ft.method, metrics=state["metrics"],
-                                      losses=state["losses"], train_seconds=round(time.time() - t0, 1))
+                                      losses=state["losses"], train_seconds=round(time.time() - t0, 1),
+                                      workers=state.get("workers", []))
     # The run's checkpoints (optimizer state, a second copy of the export) were only for resuming.
     shutil.rmtree(storage / name, ignore_errors=True)
     return manifest | {"reused": False}

@@ -22,11 +22,21 @@ def deepspeed_config(ft: FinetuneConfig, world_size: int) -> dict[str, Any]:
         "zero_optimization": zero,
         # A client torch AdamW: DeepSpeed's own optimizer block would JIT-build another op on CPU.
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": ft.use_gpu},
+        "bf16": {"enabled": on_gpu(ft)},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
 
 
 def dist_backend(ft: FinetuneConfig) -> str:
+    if ft.dist_backend != "auto":
+        return ft.dist_backend
     return "nccl" if ft.use_gpu else "gloo"
+
+
+def on_gpu(ft: FinetuneConfig) -> bool:
+    """Whether this worker computes on a GPU: it reserved one (use_gpu) and torch sees a device. A logical
+    GPU torch cannot see (a local cluster that advertises GPUs) reserves without computing: CPU, fp32."""
+    import torch
+
+    return ft.use_gpu and torch.cuda.is_available()

@@ -30,7 +30,7 @@ from pipelines.finetune.data import (
     plan_steps,
     real_tokens,
 )
-from pipelines.finetune.deepspeed_config import deepspeed_config, dist_backend
+from pipelines.finetune.deepspeed_config import deepspeed_config, dist_backend, on_gpu
 from pipelines.finetune.metrics import MetricLogger, StepStats, gpu_peak_flops, mfu
 from pipelines.translate import read_split
 
@@ -146,7 +146,7 @@ def train_loop_per_worker(lc: dict[str, Any]) -> None:
     threads = torch.get_num_threads()
     set_env: list[bool] = []
     try:
-        _train(lc, set_env)
+        _train({**lc, "_loop_started": time.time()}, set_env)
     finally:
         # Local mode shares the caller's process: give back its threads, and drop the one-rank
         # environment so the next local run gets a fresh port rather than Ray's torchrun path.
@@ -235,7 +235,7 @@ def _prepare_process(ft: FinetuneConfig, lc: dict[str, Any], set_env: list[bool]
     from transformers import set_seed
 
     set_seed(int(lc["seed"]))  # python, numpy, torch: LoRA initialisation and dropout are part of the cell
-    if not ft.use_gpu:
+    if not on_gpu(ft):
         torch.set_num_threads(max(1, int(ft.cpus_per_worker)))
     set_env.append(_init_distributed(ft))
 
@@ -256,7 +256,7 @@ def setup(ft: FinetuneConfig, lc: dict[str, Any], ds_config: dict[str, Any], res
     seqs = build_sequences(tok, benign_rows(Path(lc["datasets_path"]), lc["ft_lang"]), ft)
     plan = plan_steps(len(seqs), world, ft, epochs)
     shard = seqs[rank * plan.per_rank:(rank + 1) * plan.per_rank]
-    dtype = torch.bfloat16 if ft.use_gpu else torch.float32
+    dtype = torch.bfloat16 if on_gpu(ft) else torch.float32
     model = AutoModelForCausalLM.from_pretrained(lc["model_dir"], dtype=dtype)
     facts = _partition_facts(model)
     if ft.method == "lora":
@@ -271,7 +271,7 @@ def setup(ft: FinetuneConfig, lc: dict[str, Any], ds_config: dict[str, Any], res
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, plan.optimizer_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     logger = MetricLogger(lc.get("tracking_uri"), lc.get("mlflow_run_id")) if rank == 0 else MetricLogger(None, None)
-    run = Run(ft, lc, rank, world, seed, tok, shard, plan, engine, facts, logger, dtype, gpu_peak_flops(ft.use_gpu))
+    run = Run(ft, lc, rank, world, seed, tok, shard, plan, engine, facts, logger, dtype, gpu_peak_flops(on_gpu(ft)))
     if restore is not None:
         with restore.as_directory() as d:
             run.state = ck.load_resume_state(engine, Path(d), rank)
@@ -328,6 +328,24 @@ def maybe_checkpoint(run: Run) -> None:
     _report({"step": step, "loss": run.state["losses"][-1]}, staging)
 
 
+def _gather_placement(run: Run) -> list[dict[str, Any]]:
+    """Where every rank trained: its node and the GPU ids Ray gave it (logical ones on a cluster that only
+    advertises GPUs), whether torch computed on a GPU, and when it started and finished, for the cell's
+    record (and the simulated-cluster test that no two GPU holders shared a GPU)."""
+    import ray
+    import torch.distributed as dist
+
+    in_ray = ray.is_initialized()  # Ray Train's local mode runs this loop outside any worker
+    mine = {"rank": run.rank, "node_id": ray.get_runtime_context().get_node_id() if in_ray else None,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()] if in_ray else [], "on_gpu": on_gpu(run.ft),
+            "pid": os.getpid(), "started": run.lc.get("_loop_started", run.t_start), "finished": time.time()}
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [mine]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
+
+
 def export(run: Run, final_weights: Any, optimizer_steps: int) -> None:
     """The run's metrics from every rank; rank 0 also writes the final adapter (and a merged export when
     asked) or the full fine-tuned weights, as the checkpoint of the last report."""
@@ -341,11 +359,12 @@ def export(run: Run, final_weights: Any, optimizer_steps: int) -> None:
         "resumed_from_step": run.resumed_from,
         "train_seconds": round(time.time() - run.t_start, 2), **run.stats.summary(), **run.facts,
     }
+    workers = _gather_placement(run)  # a collective: every rank takes part
     if run.rank != 0:
         _report(metrics, None)  # every rank reports; only rank 0 carries the checkpoint
         return
     staging = _staging_dir()
-    ck.write_state(staging, {**state, "final": True, "metrics": metrics})
+    ck.write_state(staging, {**state, "final": True, "metrics": metrics, "workers": workers})
     model_dir = Path(run.lc["model_dir"])
     if ft.method == "lora":
         ck.save_adapter(run.engine.module, final_weights, run.tok, staging / ck.ADAPTER)

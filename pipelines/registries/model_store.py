@@ -14,7 +14,7 @@ from pipelines.layout import models_cache
 from pipelines.registries import datasets
 from pipelines.registries.models import (
     ALIGNED_BUILDER,
-    CHATML_TEMPLATE,
+    TINY_STYLES,
     ModelSpec,
     hub_local_dir,
     model_spec,
@@ -55,6 +55,8 @@ def spec_key(spec: ModelSpec) -> dict[str, Any]:
     for name in ("base", "align"):
         if not key[name]:
             key.pop(name)
+    if key["tiny_style"] == "chatml":
+        key.pop("tiny_style")
     return key
 
 
@@ -100,22 +102,26 @@ def _tokenizer_corpus() -> list[str]:
 def build_tiny(spec: ModelSpec, out: Path, vocab_size: int = 512) -> None:
     """A random-initialised model of ~100k parameters with a byte-level BPE tokenizer trained here."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    specials, bos, eos, pad, template = TINY_STYLES[spec.tiny_style]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<|im_end|>",
-                                  bos_token="<|im_start|>")
-    tok.chat_template = CHATML_TEMPLATE
+    if spec.tiny_style == "llama3":
+        # What Llama-3's tokenizer does with add_special_tokens=True: a BOS before the text.
+        bpe.post_processor = processors.TemplateProcessing(single=f"{bos} $A",
+                                                           special_tokens=[(bos, bpe.token_to_id(bos))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=pad, eos_token=eos,
+                                  **({"bos_token": bos} if bos else {}))
+    tok.chat_template = template
     tok.save_pretrained(out)
 
-    model_type = {"llama": "llama", "qwen2": "qwen2"}[spec.family]
+    model_type = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[spec.family]
     config = AutoConfig.for_model(
         model_type, vocab_size=len(tok), max_position_embeddings=512, num_key_value_heads=2,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,

