@@ -16,10 +16,17 @@ from typing import Any
 
 from pipelines.cells import study_cells
 from pipelines.config import StudyConfig
-from pipelines.errors import SafedriftError
+from pipelines.errors import ClusterTooSmallError, SafedriftError
 from pipelines.evaluate.judges import JUDGES
 from pipelines.registries.models import MODELS, hub_facts, hub_local_dir, model_spec
-from pipelines.sweep.resources import Capacity, CellNeeds, NodeShape, worker_slots
+from pipelines.sweep.resources import (
+    Capacity,
+    CellNeeds,
+    NodeShape,
+    check_evaluation_fits,
+    evaluation_needs,
+    worker_slots,
+)
 from pipelines.translate.plan import plan as plan_jobs
 from pipelines.translate.translators import TRANSLATORS, make_translator, plan_route, route_name
 
@@ -42,7 +49,7 @@ ASSUMED = {
     "template_tokens": 20,  # chat template around each training example
     "padding_factor": 1.3,  # batches padded to their longest example
     "finetune_startup_s": 45,  # Ray Train + DeepSpeed start and model load per fine-tuned cell
-    "engine_load_s": 30,  # a vLLM engine (generation, judge) per cell's process
+    "engine_load_s": 30,  # a vLLM engine (generation, judge): one per base model's evaluation worker
 }
 GPU_MEMORY_GIB = {"H100": 80, "H200": 141, "A100-80GB": 80, "A100-40GB": 40, "L40S": 48, "A10G": 24}
 # The GPU worker group of infra/base/rayjob.yaml: 8 CPUs, 64 GiB, one GPU.
@@ -198,10 +205,13 @@ def gpu_hours(cfg: StudyConfig, splits: list[dict[str, Any]]) -> dict[str, Any]:
             tps = RECORDED["lora_tokens_per_s"] * _scale(c.model, RECORDED["lora_params_b"])
             m["finetune"] += tokens / tps + a["finetune_startup_s"]
         gen_tps = a["vllm_decode_tokens_per_s_at_1.24b"] * _scale(c.model, 1.24)
-        m["generate"] += answers * ans_tokens / gen_tps + a["engine_load_s"]
+        # One engine per base model answers for all its cells (pipelines/sweep/evaluation.py): its load
+        # is paid once per model, with the model's base cell.
+        m["generate"] += answers * ans_tokens / gen_tps + (a["engine_load_s"] if c.is_base else 0)
         if judge_b:
             judge_tps = a["judge_prefill_tokens_per_s_at_7.24b"] * 7.24 / judge_b
-            m["judge"] += answers * (ans_tokens + a["judge_prompt_overhead_tokens"]) / judge_tps + a["engine_load_s"]
+            m["judge"] += (answers * (ans_tokens + a["judge_prompt_overhead_tokens"]) / judge_tps
+                           + (a["engine_load_s"] if c.is_base else 0))
         if cfg.judge.back_translate and any(h == "nllb" for h in cfg.judge.translate_prefer):
             m["back_translate"] += answers_bt * ans_tokens / a["nllb_tokens_per_s"]
     for m in per_model.values():
@@ -255,7 +265,18 @@ def _resources(cfg: StudyConfig, gpu: str, node: dict[str, float], problems: lis
         if cfg.generate.backend == "vllm" and w * 1.2 > (1 - gen_util - 0.05) * gpu_gib:
             problems.append(Problem(f"the judge {jm} ({w:.0f} GiB) does not fit beside the generation engine",
                                     "lower generate.options.gpu_memory_utilization"))
-    return {"gpu": gpu, "gpu_memory_gib": gpu_gib, "node": node,
+    ev_need = evaluation_needs(cfg)
+    try:
+        check_evaluation_fits(ev_need, Capacity([NodeShape({"CPU": node["CPU"], "GPU": node["GPU"],
+                                                            "memory": node["memory_gib"] * _GIB})]))
+    except ClusterTooSmallError as exc:
+        problems.append(Problem(str(exc).split(":")[0], "lower evaluate.num_cpus/num_gpus/memory_gb or use "
+                                                        "bigger nodes (--node-cpus)"))
+    evaluate = {"workers": len(cfg.models), "per_worker": {"CPU": cfg.evaluate.num_cpus, "GPU": cfg.evaluate.num_gpus,
+                                                           "memory_gib": cfg.evaluate.memory_gb},
+                "note": "one worker per base model after the training grid: it loads the model once and "
+                        "serves every cell's adapter (vLLM multi-LoRA on a GPU), then releases it"}
+    return {"gpu": gpu, "gpu_memory_gib": gpu_gib, "node": node, "evaluate": evaluate,
             "translate": {"actors": cfg.translate.concurrency, "cpus_per_actor": 0.5,
                           "gpus_per_actor": 1 if any(TRANSLATORS.get(t).prefers_gpu for t in cfg.translate.prefer
                                                      if t != "reference") else 0},
@@ -334,6 +355,8 @@ def render_text(p: dict[str, Any]) -> str:
     lines.append(f"  finetune: {r['finetune']['per_cell']} per cell; GPU memory upper bound (GiB): "
                  f"{r['finetune']['gpu_memory_upper_bound_gib']}")
     lines.append(f"  generate: {r['generate']['backend']}, gpu_memory_utilization {r['generate']['gpu_memory_utilization']}")
+    e = r["evaluate"]
+    lines.append(f"  evaluate: {e['workers']} worker(s), one per base model, each holding {e['per_worker']}")
     lines.append(f"  judge: {r['judge']}")
     lines.append(f"  cluster: {r['cluster']}")
     lines.append(f"GPU-hours (H100): {g['total_h100_hours']} (goal <= {g['goal_h100_hours']}: "

@@ -102,8 +102,11 @@ def _run(study: Study, resume: bool, until: Literal["translate", "sweep", "repor
     cfg, wd, ds_hash, study_hash = study.cfg, study.wd, study.ds_hash, study.study_hash
 
     connect(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard)
-    if any(not c.is_base and read_manifest(cell_dir(wd, cfg, c, ds_hash)) is None for c in study_cells(cfg)):
-        check_fits(cfg)  # a cell the cluster can never hold fails now, not after the translation
+    pending = [c for c in study_cells(cfg) if read_manifest(cell_dir(wd, cfg, c, ds_hash)) is None]
+    if pending:
+        # A cell the cluster can never hold (its training workers, its evaluation worker) fails now, not
+        # after the translation.
+        check_fits(cfg, train=any(not c.is_base for c in pending))
     stages: dict[str, Stage] = {"translate": timed(translate_stage, study)}
     ds: DatasetsOutput = stages["translate"].output
     if until == "translate":

@@ -21,6 +21,7 @@ from pipelines.errors import SweepError
 from pipelines.evaluate import EvalSession
 from pipelines.layout import Workdir
 from pipelines.presets import check_components
+from pipelines.sweep.resources import check_cluster
 from pipelines.sweep.trial import Tracking, finish_cell
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ _GIB = 1024**3
 
 
 def worker_resources(cfg: StudyConfig) -> dict[str, Any]:
-    """The Ray resources of one evaluation worker (ray.remote options)."""
+    """The Ray resources of one evaluation worker (ray.remote options; resources.evaluation_needs is the
+    same as node resource keys)."""
     ev = cfg.evaluate
     out: dict[str, Any] = {"num_cpus": ev.num_cpus, "num_gpus": ev.num_gpus}
     if ev.memory_gb:
@@ -74,6 +76,7 @@ def run_evaluation(cfg: StudyConfig, wd: Workdir, ds_path: Path, ds_hash: str, t
     if not cells:
         return
     groups = by_model(cells)
+    check_cluster(cfg, train=False)  # a worker no node can hold would wait forever
     task = ray.remote(max_calls=1, max_retries=cfg.sweep.max_failures)(evaluate_model)
     opts = worker_resources(cfg)
     log.info("evaluation: %d cell(s) of %d model(s), one worker per model holding %s", len(cells), len(groups),

@@ -138,12 +138,40 @@ def read_capacity() -> Capacity:
     return Capacity(live, groups)
 
 
-def check_cluster(cfg: StudyConfig) -> Capacity:
-    """Fails before any training when one cell of `cfg` cannot fit the connected cluster."""
+def evaluation_needs(cfg: StudyConfig) -> dict[str, float]:
+    """One evaluation worker's Ray resources, as node resource keys (memory in bytes)."""
+    ev = cfg.evaluate
+    need = {"CPU": ev.num_cpus, "GPU": ev.num_gpus}
+    if ev.memory_gb:
+        need["memory"] = ev.memory_gb * 1024**3
+    return {k: v for k, v in need.items() if v}
+
+
+def check_evaluation_fits(need: Mapping[str, float], capacity: Capacity, local_cluster: bool = False) -> None:
+    """Fails, naming the fix, when no node (live, or one the autoscaler may add) holds an evaluation worker:
+    Ray would otherwise queue the worker forever after the whole grid has trained."""
+    nodes = capacity.live + capacity.autoscale
+    if any(all(n.resources.get(k, 0.0) + _EPS >= v for k, v in need.items()) for n in nodes):
+        return
+    shown = ", ".join(f"{k} {v / 1024**3:g} GiB" if k == "memory" else f"{k} {v:g}" for k, v in need.items())
+    fixes = ["lower evaluate.num_cpus", "lower evaluate.memory_gb"]
+    if need.get("GPU"):
+        fixes = ["add GPU nodes", "set evaluate.num_gpus=0 with a CPU backend (generate.backend=transformers)"] + fixes
+    if local_cluster:
+        fixes.append("raise ray.num_cpus (the local cluster's logical CPUs)")
+    raise ClusterTooSmallError(f"an evaluation worker needs {shown} on one node, but no node of the cluster "
+                               f"holds that ({capacity.describe()}): " + ", or ".join(fixes))
+
+
+def check_cluster(cfg: StudyConfig, train: bool = True) -> Capacity:
+    """Fails before any work when one cell's training workers (train=True) or one evaluation worker of
+    `cfg` cannot fit the connected cluster."""
     capacity = read_capacity()
     # On a cluster this run started itself, its logical CPUs are a setting the user can raise.
     local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-    check_fits(CellNeeds.of(cfg.finetune), capacity, local_cluster=local)
+    if train:
+        check_fits(CellNeeds.of(cfg.finetune), capacity, local_cluster=local)
+    check_evaluation_fits(evaluation_needs(cfg), capacity, local_cluster=local)
     return capacity
 
 
