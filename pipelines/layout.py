@@ -27,6 +27,13 @@ from pipelines.secrets import redact_uri
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def repo_path(path: str | Path) -> Path:
+    """A path as given when it exists (absolute, or relative to the working directory), else relative to
+    the repository: presets name files shipped with it (serving/judge-paper.yaml) from any directory."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
 # ---- environment ---------------------------------------------------------------------------------------
 
 def env(name: str) -> str | None:

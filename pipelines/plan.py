@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pipelines.cells import study_cells
 from pipelines.config import StudyConfig
 from pipelines.errors import ClusterTooSmallError, SafedriftError
 from pipelines.evaluate.judges import JUDGES
+from pipelines.layout import repo_path
 from pipelines.registries.models import MODELS, hub_facts, hub_local_dir, model_spec
 from pipelines.sweep.resources import (
     Capacity,
@@ -306,15 +309,33 @@ def deviations(cfg: StudyConfig) -> list[str]:
     return out
 
 
+def served_judge(cfg: StudyConfig) -> tuple[StudyConfig, str | None]:
+    """The config with the judge that actually labels: a ``remote`` judge that the study deploys
+    (judge.options.deploy, a Serve config) labels with that file's judge and language policy, so the plan
+    counts its model, routes and GPU-hours. Returns (config, the Serve config's path or None)."""
+    deploy = cfg.judge.options.get("deploy") if cfg.judge.name == "remote" else None
+    if not deploy:
+        return cfg, None
+    data = yaml.safe_load(repo_path(deploy).read_text(encoding="utf-8")) or {}
+    args = (data.get("applications") or [{}])[0].get("args", data)
+    spec = args.get("judge") or {}
+    judge = cfg.judge.model_copy(update={
+        "name": spec.get("name", "refusal-phrase"), "options": spec.get("options") or {},
+        "back_translate": spec.get("back_translate", True),
+        "translate_prefer": spec.get("translate_prefer") or ["apertium"]})
+    return cfg.model_copy(update={"judge": judge}), deploy
+
+
 def build_plan(cfg: StudyConfig, gpu: str = "H100", node: dict[str, float] | None = None) -> dict[str, Any]:
     node = node or dict(DEFAULT_NODE)
+    cfg, deployed_from = served_judge(cfg)
     problems: list[Problem] = []
     token = _hub_token_present()
     cells = study_cells(cfg)
     splits, skipped = _split_rows(cfg, problems)
     models = [weights_status(a, token, problems) for a in cfg.models]
     jm = cfg.judge.options.get("model")
-    judge = {"name": cfg.judge.name, "options": cfg.public()["judge"]["options"],
+    judge = {"name": cfg.judge.name, "options": cfg.public()["judge"]["options"], "served_by": deployed_from,
              "back_translation": _back_translation(cfg, problems),
              "weights": weights_status(jm, token, problems) if isinstance(jm, str) and jm in MODELS.names() else None}
     routes = {t for s in splits for r in (s["route"], s["qa_back_route"]) if r for t in
@@ -348,7 +369,9 @@ def render_text(p: dict[str, Any]) -> str:
     lines.append(f"models (hub token {p['hub_token']}):")
     lines += [f"  {m['alias']}: {m['weights']}{' [gated]' if m['gated'] else ''}" for m in p["models"]]
     j = p["judge"]
-    lines.append(f"judge: {j['name']} {j['options']}" + (f"; weights: {j['weights']['weights']}" if j["weights"] else ""))
+    lines.append(f"judge: {j['name']} {j['options']}" + (f"; weights: {j['weights']['weights']}" if j["weights"] else "")
+                 + (f"; served by the Serve application of {j['served_by']} (deployed by the study unless running)"
+                    if j.get("served_by") else ""))
     lines.append("back-translation for the judge: " + ", ".join(f"{k}: {v}" for k, v in j["back_translation"].items()))
     lines.append(f"resources ({r['gpu']}, {r['gpu_memory_gib']} GiB):")
     lines.append(f"  translate: {r['translate']}")

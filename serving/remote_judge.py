@@ -3,6 +3,11 @@
 Two transports: HTTP through ``JudgeClient`` (from outside the cluster: give ``url``), or a Serve
 deployment handle on the batched judge deployment (inside the Ray cluster: give no ``url``; no HTTP,
 no auth hop). Either way the verdicts are those of the judge the service is configured with.
+
+A study judges with the same application other teams call: with ``deploy`` (a Serve config such as
+serving/judge.yaml or serving/judge-paper.yaml) the study's driver deploys it on the cluster before the
+evaluation workers start, unless an application of that name is running already (a RayService's);
+without ``deploy`` it must be running, and the study fails before any evaluation if it is not.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pipelines.errors import ConfigError
 from pipelines.evaluate.judges import Judge, JudgeItem, Verdict
+from pipelines.layout import repo_path
 from pipelines.secrets import read_secret
 from serving.auth import load_token
 from serving.client import JudgeAPIError, JudgeClient
@@ -42,7 +49,11 @@ class RemoteJudge(Judge):
         max_concurrency: int = 4,
         token_file: str | None = None,
         token_env: str | None = None,
+        deploy: str | None = None,
+        deploy_host: str = "127.0.0.1",
+        deploy_port: int = 8000,
     ) -> None:
+        self._deploy, self._deploy_host, self._deploy_port = deploy, deploy_host, deploy_port
         self._client: JudgeClient | None = None
         self._handle = handle
         self._app_name, self._deployment = app_name, deployment
@@ -56,6 +67,25 @@ class RemoteJudge(Judge):
                 batch_size=batch_size, max_concurrency=max_concurrency,
             )
         self._served: dict[str, str] | None = None
+
+    def prepare(self) -> None:
+        """On the driver: the application is running, or is deployed now from ``deploy``."""
+        if self._client is not None or self._handle is not None:
+            return  # HTTP: the service is someone else's; a handle given: it exists
+        from ray import serve
+
+        app = serve.status().applications.get(self._app_name)
+        if app is not None and str(app.status).endswith("RUNNING"):
+            return
+        if not self._deploy:
+            raise ConfigError(
+                f"judge 'remote' judges through the Serve application '{self._app_name}', which is not running "
+                "on this cluster: deploy it first (`safedrift serve`, or the RayService of infra/), or set "
+                "judge.options.deploy to its Serve config (e.g. serving/judge.yaml) for the study to deploy it")
+        from serving.app import serve_judge
+
+        serve_judge(repo_path(self._deploy), host=self._deploy_host, port=self._deploy_port,
+                      app_name=self._app_name)
 
     def _backend(self) -> Any:
         if self._handle is None:

@@ -19,6 +19,7 @@ from pipelines.cells import Cell
 from pipelines.config import StudyConfig
 from pipelines.errors import SweepError
 from pipelines.evaluate import EvalSession
+from pipelines.evaluate.judges import make_judge
 from pipelines.layout import Workdir
 from pipelines.presets import check_components
 from pipelines.sweep.resources import check_cluster
@@ -77,6 +78,10 @@ def run_evaluation(cfg: StudyConfig, wd: Workdir, ds_path: Path, ds_hash: str, t
         return
     groups = by_model(cells)
     check_cluster(cfg, train=False)  # a worker no node can hold would wait forever
+    # A judge that is a service (the Serve application other teams call) is up before any worker asks.
+    for name, options in ((cfg.judge.name, cfg.judge.options), (cfg.judge.second, cfg.judge.second_options)):
+        if name:
+            make_judge(name, **options).prepare()
     task = ray.remote(max_calls=1, max_retries=cfg.sweep.max_failures)(evaluate_model)
     opts = worker_resources(cfg)
     log.info("evaluation: %d cell(s) of %d model(s), one worker per model holding %s", len(cells), len(groups),

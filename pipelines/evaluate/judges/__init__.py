@@ -48,6 +48,11 @@ class Judge(ABC):
     def describe(self) -> dict[str, str]:
         return {"judge": self.name, "judge_version": self.version}
 
+    def prepare(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
+        """Called once on the study's driver, with Ray connected, before any evaluation worker starts: a
+        judge that is a service brings it up here (``remote`` with ``deploy``). Default: nothing."""
+        return None
+
 
 JUDGES: Registry[type[Judge]] = Registry("judge", {
     "refusal-phrase": "pipelines.evaluate.judges.phrase:RefusalPhraseJudge",
