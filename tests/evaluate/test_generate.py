@@ -92,12 +92,16 @@ def test_vllm_request_building(tmp_path) -> None:
 
     from pipelines.evaluate.backends.vllm import chat_prompts, lora_request_args, sampling_kwargs
 
-    a, b = tmp_path / "a", tmp_path / "b"
-    args = lora_request_args([None, a, b, a, None])
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    ids: dict[str, int] = {}
+    args = lora_request_args([None, a, b, a, None], ids)
     # One integer id per distinct adapter, from 1 (vLLM reserves 0); the base model has no request.
     assert args[0] is None and args[4] is None
     assert args[1] == ("adapter-1", 1, str(a.resolve())) and args[3] == args[1]
     assert args[2] == ("adapter-2", 2, str(b.resolve()))
+    # The next cell's call to the same engine: a new adapter gets a new id (vLLM caches by id, so a
+    # reused id would answer with the previous cell's adapter), a known one keeps its own.
+    assert lora_request_args([c, a], ids) == [("adapter-3", 3, str(c.resolve())), args[1]]
     assert sampling_kwargs(GenerateConfig(max_new_tokens=9)) == {"max_tokens": 9, "temperature": 0.0, "seed": 0}
     assert sampling_kwargs(GenerateConfig(temperature=0.7, top_p=0.8))["top_p"] == 0.8
     tok = AutoTokenizer.from_pretrained(model_dir("tiny-llama"))

@@ -90,6 +90,7 @@ def test_backend_calls_bind_to_the_recorded_vllm_api(shapes, tmp_path, monkeypat
     for name, m in (("vllm", mod), ("vllm.lora", lora), ("vllm.lora.request", req)):
         monkeypatch.setitem(sys.modules, name, m)
     monkeypatch.setattr(backend, "_ENGINES", {})
+    monkeypatch.setattr(backend, "_LORA_IDS", {})  # ids are per engine: a fresh one starts at 1
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}))

@@ -72,10 +72,13 @@ def sampling_kwargs(gcfg: GenerateConfig) -> dict[str, Any]:
     return kw
 
 
-def lora_request_args(adapter_dirs: list[Path | None]) -> list[tuple[str, int, str] | None]:
+def lora_request_args(adapter_dirs: list[Path | None],
+                      ids: dict[str, int] | None = None) -> list[tuple[str, int, str] | None]:
     """(name, int id, path) per prompt for vllm.lora.request.LoRARequest: one id per distinct adapter,
-    starting at 1 (vLLM reserves 0), None for the base model."""
-    ids: dict[str, int] = {}
+    starting at 1 (vLLM reserves 0), None for the base model. vLLM caches a loaded adapter by its int
+    id, so the ids must stay distinct across calls to one engine (a worker answers cell after cell):
+    `ids` is the engine's registry, kept between calls (default: this process's)."""
+    ids = _LORA_IDS if ids is None else ids
     out: list[tuple[str, int, str] | None] = []
     for a in adapter_dirs:
         if a is None:
@@ -85,6 +88,9 @@ def lora_request_args(adapter_dirs: list[Path | None]) -> list[tuple[str, int, s
         ids.setdefault(key, len(ids) + 1)
         out.append((f"adapter-{ids[key]}", ids[key], key))
     return out
+
+
+_LORA_IDS: dict[str, int] = {}
 
 
 def adapter_rank(adapter_dirs: list[Path | None]) -> int:
