@@ -248,3 +248,24 @@ def test_greedy_shortlist_picks_the_fp32_argmax(varied: dict[str, Path]) -> None
     assert torch.equal(dec.greedy(h), full)
     dec.lm_head_lp = None
     assert torch.equal(dec.greedy(h), full)
+
+
+def test_shared_prefix_is_computed_once_with_the_same_answers(varied: dict[str, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts that open alike (as every chat prompt opens with its template's system turn): the common
+    prefix's cache is computed once and copied to every row, and the answers equal the transformers
+    backend's and the decoder's own without sharing."""
+    import torch
+
+    prompts = ["Please answer in one short sentence, and be kind: " + p for p in PROMPTS]
+    b = _make(FastCpuBackend, varied["tiny-llama"], None, _gcfg(batch_size=6), dtype="float32")
+    b.prefill_batch = 4
+    enc = b.tok.apply_chat_template([[{"role": "user", "content": p}] for p in prompts], add_generation_prompt=True,
+                                    return_tensors="pt", padding=True, return_dict=True)
+    shared = b.decoder.shared_prefix(enc["input_ids"], enc["attention_mask"].bool())
+    assert shared >= 10  # the template's opening plus the common words
+    with_sharing = b.answer(prompts)
+    assert with_sharing == _make(TransformersBackend, varied["tiny-llama"], None, _gcfg(batch_size=6)).answer(prompts)
+    monkeypatch.setattr(type(b.decoder), "shared_prefix", staticmethod(lambda ids, valid: 0))
+    assert b.answer(prompts) == with_sharing
+    assert torch.get_num_threads() == 1
