@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from pipelines.layout import data_dir, model_dir_root
+from pipelines.plan import served_judge
 from pipelines.presets import load_config
 from pipelines.registries import datasets
 from pipelines.registries.models import model_spec
@@ -21,7 +22,9 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 
 
 def hub_models(cfg) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """Folder name under SAFEDRIFT_MODEL_DIR -> hub id, for every hub model the study loads."""
+    """Folder name under SAFEDRIFT_MODEL_DIR -> hub id, for every hub model the study loads (the judge's
+    too when the study deploys the judge service: its Serve config names the model)."""
+    cfg, _ = served_judge(cfg)
     out = {a: model_spec(a).hub_id for a in cfg.models if model_spec(a).source == "hub"}
     judge_model = cfg.judge.options.get("model")
     if isinstance(judge_model, str) and model_spec(judge_model).source == "hub":

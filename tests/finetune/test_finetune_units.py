@@ -116,11 +116,17 @@ def test_packed_loss_equals_separate_examples(tiny_tok) -> None:
     assert abs(crossed - alone) > 1e-3
 
 
-def test_deepspeed_configs() -> None:
+def test_deepspeed_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
     z2 = deepspeed_config(FinetuneConfig(batch_size=4, grad_accum=2), world_size=2)
     assert z2["train_batch_size"] == 16 and z2["zero_optimization"] == {"stage": 2}
     assert z2["gradient_accumulation_steps"] == 2
     assert z2["bf16"]["enabled"] is False  # fp32 on CPU
+    # A reserved GPU that torch cannot see (a cluster advertising logical GPUs) trains in fp32 on CPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert deepspeed_config(FinetuneConfig(use_gpu=True), world_size=1)["bf16"]["enabled"] is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     z3 = deepspeed_config(FinetuneConfig(zero_stage=3, use_gpu=True), world_size=1)
     assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert z3["bf16"]["enabled"] is True
