@@ -2,11 +2,12 @@
 everything logged to a real `mlflow server` over HTTP.
 
 One scenario, run for real in subprocesses that each start their own local Ray cluster: the smoke grid
-(base, en, es) in a new workdir seeded with the session smoke study's data sets and the en cell's
-fine-tuned weights (so base and en only evaluate, and es really trains), one cell at a time. When two
-cells have their manifests, the driver is SIGKILLed while es trains, and every process it started is
-killed with it. `safedrift sweep --resume` then finishes es and must not touch base or en. The tests below
-check the outcome on disk and in MLflow over HTTP; the sqlite store is checked on the session study."""
+(base, en, es) in a new workdir seeded with the session smoke study's data sets, its finished base cell
+and the en cell's fine-tuned weights (so base is done, en only evaluates, and es really trains). While es
+trains (the sweep's first stage, before any evaluation) the driver is SIGKILLed, and every process it
+started is killed with it. `safedrift sweep --resume` then trains es, evaluates en and es, and must not
+touch base or en's weights. The tests below check the outcome on disk and in MLflow over HTTP; the sqlite
+store is checked on the session study."""
 
 from __future__ import annotations
 
@@ -27,23 +28,26 @@ pytestmark = pytest.mark.e2e
 BASE, EN, ES = "tiny-llama__base", "tiny-llama__en__s0__e1", "tiny-llama__es__s0__e1"
 
 
-def _wait_for_manifests(proc: subprocess.Popen, dirs: dict[str, Path], log: Path, n: int,
-                        timeout: float = 420) -> list[str]:
+def _wait_for_training(proc: subprocess.Popen, progress: Path, log: Path, timeout: float = 420) -> dict[str, Any]:
+    """Waits until the cell whose progress file is `progress` reports its fine-tune started."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = [cid for cid, d in dirs.items() if (d / "manifest.json").exists()]
-        if len(done) >= n:
-            return done
+        try:
+            record = json.loads(progress.read_text())
+        except (OSError, ValueError):
+            record = {}
+        if str(record.get("stage", "")).startswith("finetune"):
+            return record
         if proc.poll() is not None:
-            raise AssertionError(f"the sweep exited ({proc.returncode}) before {n} cells were done:\n{tail(log)}")
+            raise AssertionError(f"the sweep exited ({proc.returncode}) before es trained:\n{tail(log)}")
         time.sleep(0.25)
-    raise AssertionError(f"fewer than {n} cells done after {timeout:.0f} s:\n{tail(log)}")
+    raise AssertionError(f"es did not start training within {timeout:.0f} s:\n{tail(log)}")
 
 
 @pytest.fixture(scope="module")
 def resumed(smoke_study, tmp_path_factory, require_tool) -> dict[str, Any]:
     require_tool("apertium")  # back-translation of the es answers
-    from pipelines.cells import cell_dir, study_cells
+    from pipelines.cells import cell_dir, checkpoint_dir, study_cells
     from pipelines.presets import load_config
 
     root = tmp_path_factory.mktemp("resume")
@@ -55,8 +59,11 @@ def resumed(smoke_study, tmp_path_factory, require_tool) -> dict[str, Any]:
             cfg = load_config("smoke", overrides)
             cells = {c.id: c for c in study_cells(cfg)}
             assert list(cells) == [BASE, EN, ES]
-            ds_hash = seed_workdir(smoke_study["result"].workdir, workdir, cfg, checkpoints=[cells[EN]], cells=[])
+            ds_hash = seed_workdir(smoke_study["result"].workdir, workdir, cfg, checkpoints=[cells[EN]],
+                                   cells=[cells[BASE]])
             dirs = {cid: cell_dir(workdir, cfg, c, ds_hash) for cid, c in cells.items()}
+            ckpts = {cid: checkpoint_dir(workdir, cfg, cells[cid], ds_hash) for cid in (EN, ES)}
+            en_weights = file_snapshot(ckpts[EN])
             cmd = [sys.executable, "-m", "pipelines.cli", "-v", "sweep", "-c", "smoke", *overrides]
 
             first_log = root / "first.log"
@@ -64,10 +71,12 @@ def resumed(smoke_study, tmp_path_factory, require_tool) -> dict[str, Any]:
                 first = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ray.env(), cwd=REPO,
                                          start_new_session=True)
                 try:
-                    done_at_kill = _wait_for_manifests(first, dirs, first_log, n=2)
+                    at_kill = _wait_for_training(first, workdir / "progress" / f"{dirs[ES].name}.json", first_log)
                 finally:
                     survivors = ray.kill_all(first)
-            assert len(done_at_kill) == 2, f"all cells finished before the kill: {done_at_kill}"
+            done_at_kill = [cid for cid, d in dirs.items() if (d / "manifest.json").exists()]
+            assert done_at_kill == [BASE], f"cells finished before the kill: {done_at_kill}"
+            assert not (ckpts[ES] / "manifest.json").exists(), "es finished training before the kill"
             before = {cid: file_snapshot(dirs[cid]) for cid in done_at_kill}
 
             t0 = time.time()
@@ -101,7 +110,8 @@ def resumed(smoke_study, tmp_path_factory, require_tool) -> dict[str, Any]:
             # Reused cells in this sweep carry their adapter and answers too (re-logged, not recomputed).
             reused_artifacts = {r.info.run_name: sorted(a.path for a in client.list_artifacts(r.info.run_id))
                                 for r in children if r.data.tags.get("safedrift.reused") == "true"}
-            return {"statuses": statuses, "reused_artifacts": reused_artifacts, "cfg": cfg, "workdir": workdir, "dirs": dirs, "done_at_kill": done_at_kill,
+            return {"at_kill": at_kill, "en_weights": (en_weights, file_snapshot(ckpts[EN])), "ckpts": ckpts,
+                    "statuses": statuses, "reused_artifacts": reused_artifacts, "cfg": cfg, "workdir": workdir, "dirs": dirs, "done_at_kill": done_at_kill,
                     "before": before, "after": after, "second": second, "resume_seconds": time.time() - t0,
                     "survivors": survivors, "url": url, "server_root": root / "mlflow", "parent_id": parent_id,
                     "children": children, "history": history, "adapters": adapters,
@@ -112,33 +122,33 @@ def resumed(smoke_study, tmp_path_factory, require_tool) -> dict[str, Any]:
 
 def test_killed_sweep_resumes_without_redoing_finished_cells(resumed) -> None:
     done, dirs, out = resumed["done_at_kill"], resumed["dirs"], resumed["second"]
-    # Finished cells: every file (manifest, generations, judged answers, metrics) byte- and mtime-identical.
+    # The finished cell: every file (manifest, generations, judged answers, metrics) byte- and mtime-identical.
     for cid in done:
         assert resumed["after"][cid] == resumed["before"][cid], f"{cid} was touched by the resumed sweep"
         assert any(p.startswith("generations/") for p in resumed["before"][cid])
+    # en's seeded weights were evaluated, not trained again.
+    assert resumed["en_weights"][0] == resumed["en_weights"][1]
     # Every cell is done in the end, and the resume says which cells it reused and which it ran.
     assert all((d / "manifest.json").exists() for d in dirs.values())
-    (left,) = [cid for cid in dirs if cid not in done]
-    for cid in done:
-        assert f"cell {cid}: reused" in out.stdout
-    assert f"cell {left}: ran" in out.stdout
+    assert f"cell {BASE}: reused" in out.stdout
+    assert f"cell {EN}: ran" in out.stdout and f"cell {ES}: ran" in out.stdout
     # The driver's own log lines went to the run's log file in the workdir, whose path it printed.
     log = Path(re.search(r"^full log: (\S+)$", out.stdout, re.M).group(1)).read_text()
-    assert f"reused (finished earlier): {', '.join(c for c in dirs if c in done)}; to run: {left}" in log
+    assert f"reused (finished earlier): {BASE}; to train: {ES}; to evaluate: {EN}, {ES}" in log
     # Tune's state was either restored or (half-written by the kill) replaced by a new grid of the rest.
     assert ("resuming the interrupted Tune grid" in log) or ("starting a new Tune grid of 1" in log)
+    # One evaluation worker evaluated en and es with one load of the model.
+    places = {json.loads((dirs[c] / "manifest.json").read_text())["evaluated_on"]["pid"] for c in (EN, ES)}
+    assert len(places) == 1
 
 
 def test_the_interrupted_cell_trained_after_the_kill(resumed) -> None:
-    from pipelines.cells import Cell, train_hash
-
-    left = next(cid for cid in resumed["dirs"] if cid not in resumed["done_at_kill"])
-    manifest = json.loads((resumed["dirs"][left] / "manifest.json").read_text())
-    assert manifest["cell_id"] == left
-    if left != BASE:
-        ckpt = resumed["workdir"] / "checkpoints" / train_hash(resumed["cfg"], Cell(**manifest["cell"]), resumed["ds_hash"])
-        assert (ckpt / "adapter" / "adapter_model.safetensors").exists()
-        assert manifest["train"]["reused"] is False  # trained by the resumed sweep, not copied
+    manifest = json.loads((resumed["dirs"][ES] / "manifest.json").read_text())
+    assert manifest["cell_id"] == ES
+    ckpt = resumed["ckpts"][ES]
+    assert (ckpt / "adapter" / "adapter_model.safetensors").exists()
+    assert manifest["train"]["train_seconds"] > 0  # its training record, from the resumed sweep's fine-tune
+    assert (ckpt / "manifest.json").stat().st_mtime > resumed["at_kill"]["updated"]
 
 
 def test_mlflow_over_http_has_the_sweep(resumed) -> None:
@@ -154,10 +164,8 @@ def test_mlflow_over_http_has_the_sweep(resumed) -> None:
         for lang in ("en", "es"):
             assert 0.0 <= run.data.metrics[f"safety/compliance_rate/{lang}"] <= 1.0
     # The cell trained by this sweep logged its steps (loss, learning rate, tokens/s) from the rank-0
-    # training worker straight to the server.
-    (left,) = [cid for cid in resumed["dirs"] if cid not in resumed["done_at_kill"]]
-    assert left != BASE, "the base cell was the one left: nothing trained after the kill"
-    hist = resumed["history"][left]
+    # training worker straight to the server, into the run its evaluation then completed.
+    hist = resumed["history"][ES]
     steps = [m.step for m in hist["train/loss"]]
     assert steps and steps == sorted(set(steps))
     assert [m.step for m in hist["train/lr"]] == steps and [m.step for m in hist["train/tokens_per_s"]] == steps
