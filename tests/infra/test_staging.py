@@ -89,7 +89,10 @@ def test_stage_script_plans_every_model_and_data_file_of_the_paper_preset(tmp_pa
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
-    for alias in [*cfg["models"], cfg["judge"]["options"]["model"], "nllb-200-distilled-600M"]:
+    # The judge's model is named by the Serve config the study deploys (judge.options.deploy).
+    served = yaml.safe_load((REPO / cfg["judge"]["options"]["deploy"]).read_text())
+    judge_model = served["applications"][0]["args"]["judge"]["options"]["model"]
+    for alias in [*cfg["models"], judge_model, "nllb-200-distilled-600M"]:
         assert f"model {alias}:" in proc.stdout
     assert "data hplt_oasst: 11 file(s)" in proc.stdout  # the ten siblings too
     assert importlib.util.find_spec("huggingface_hub") is not None
