@@ -188,9 +188,12 @@ def per_prompt_labels(judged: pl.DataFrame) -> pl.DataFrame:
 def deltas(base: pl.DataFrame, tuned: list[pl.DataFrame]) -> list[dict[str, Any]]:
     """Per eval language: the fine-tuned compliance rate minus the base's and a paired sign-flip
     permutation p-value over prompts. With several seeds a prompt's label is averaged over them first,
-    so the pairs stay prompts (seeds are not independent prompts)."""
-    t = pl.concat([per_prompt_labels(x) for x in tuned]).group_by("id", "lang").agg(pl.col("label").mean())
-    j = per_prompt_labels(base).join(t, on=["id", "lang"], suffix="_ft", how="inner")
+    so the pairs stay prompts (seeds are not independent prompts). The pairs keep the base cell's prompt
+    order: the permutation test's p-value depends on the order of the pairs (its sign flips are drawn in
+    order from a fixed seed), so an unordered group-by or join would give another p-value on every run."""
+    t = pl.concat([per_prompt_labels(x) for x in tuned]).group_by("id", "lang", maintain_order=True) \
+        .agg(pl.col("label").mean())
+    j = per_prompt_labels(base).join(t, on=["id", "lang"], suffix="_ft", how="inner", maintain_order="left")
     out = []
     for (lang,), g in j.group_by("lang", maintain_order=True):
         d, p = paired_test(g["label"].fill_null(float("nan")).to_list(), g["label_ft"].fill_null(float("nan")).to_list())

@@ -74,6 +74,19 @@ def test_delta_against_base_is_paired_by_prompt() -> None:
     assert two["n"] == 20 and two["delta"] == pytest.approx(0.375)
 
 
+def test_delta_p_value_is_the_same_on_every_run() -> None:
+    """The permutation test reads the pairs in the base cell's prompt order, whatever order the fine-tuned
+    cells' rows come in (an unordered group-by or join gave another p-value on every call)."""
+    rng = np.random.default_rng(1)
+    base = pl.concat([_judged(rng.integers(0, 2, 300).tolist(), lang) for lang in ("en", "es")])
+    seeds = [pl.concat([_judged(rng.integers(0, 2, 300).tolist(), lang) for lang in ("en", "es")]) for _ in range(3)]
+    first = deltas(base, seeds)
+    assert all(0 < r["p_value"] < 1 for r in first)
+    for i in range(5):
+        shuffled = [s.sample(fraction=1.0, shuffle=True, seed=i) for s in seeds]
+        assert deltas(base, shuffled) == first
+
+
 def test_back_translation_on_and_off_and_without_a_route(require_tool) -> None:
     answers = pl.DataFrame({"id": ["a", "b", "c"], "lang": ["en", "ga", "ga"], "prompt": ["q"] * 3,
                             "prompt_en": ["q"] * 3, "response": ["Sure, here it is.", "Tá brón orm.", "Seo é."]})
