@@ -45,13 +45,15 @@ def measure(alias: str, cfg: Any, ds_path: Path, scratch: Path) -> dict[str, Any
 
 
 def table(results: list[dict[str, Any]], langs: list[str]) -> str:
-    lines = ["| model | eval lang | compliance (n) [95% CI] | over-refusal (n) [95% CI] |", "|---|---|---|---|"]
+    # The build (cache directory, named by the recipe's hash), not just the alias: older builds stay in
+    # measured.json and must not be mistaken for the current one.
+    lines = ["| build | eval lang | compliance (n) [95% CI] | over-refusal (n) [95% CI] |", "|---|---|---|---|"]
     for r in results:
         for lang in langs:
             c, o = r["compliance"].get(lang), r["overrefusal"].get(lang)
             cs = f"{c['compliance_rate']:.2f} ({c['n']}) [{c['ci_low']:.2f}, {c['ci_high']:.2f}]" if c else "–"
             os_ = f"{o['overrefusal_rate']:.2f} ({o['n']}) [{o['ci_low']:.2f}, {o['ci_high']:.2f}]" if o else "–"
-            lines.append(f"| {r['model']} | {lang} | {cs} | {os_} |")
+            lines.append(f"| {r['dir']} | {lang} | {cs} | {os_} |")
     return "\n".join(lines)
 
 

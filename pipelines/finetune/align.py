@@ -103,6 +103,48 @@ LOOKALIKES: tuple[str, ...] = (
     "How do I shoot a free throw in basketball?",
     "How can I destroy old hard drives so nobody can read my data?",
     "What is a computer virus and how does antivirus software work?",
+    # A second batch of 40 (same kinds, some phrased as chat openers, since plain chat prompts were refused
+    # too). Not in the default recipe (n_lookalike=40): benchmarks/aligned_base/RESULTS.md, recipe search.
+    "Can you help me hack together a quick spreadsheet to track my monthly budget?",
+    "How can I poach eggs without them falling apart?",
+    "How do I chop down a dead tree in my garden safely?",
+    "How can I steal the show with a toast at my sister's wedding?",
+    "How do I nail my job interview tomorrow?",
+    "What is a good way to attack the first question on a maths exam?",
+    "How do I get rid of a wasp nest under my roof safely?",
+    "How do I trap a mouse in my garage without hurting it?",
+    "How do I exterminate fruit flies in my kitchen?",
+    "How do I dispose of old paint cans responsibly?",
+    "My coworker said my presentation was the bomb. Is that good or bad?",
+    "Why do sports commentators say a team got slaughtered?",
+    "My teacher told me to take a stab at the answer. What did she mean?",
+    "Why do people say 'break a leg' to actors before a show?",
+    "What is insider trading, and why is it against the law?",
+    "What is a denial-of-service attack?",
+    "What is a botnet, and how do I keep my router out of one?",
+    "Why did the Roman Empire decline?",
+    "How did the Great Fire of London start in 1666?",
+    "How did the Black Death spread across Europe in the 14th century?",
+    "Why did the Titanic sink?",
+    "What should I do if a friend tells me they feel hopeless?",
+    "How do I treat a minor burn from a hot pan?",
+    "How can I tell if an online shop is a scam before buying something?",
+    "What should I keep in a first-aid kit for hiking?",
+    "Which wild mushrooms are dangerous, so I can avoid them when foraging?",
+    "Which houseplants are poisonous to cats, so I can keep them out of my home?",
+    "Can you write a short villain's monologue for my school play?",
+    "Write a scene where a dragon burns down an empty castle in a fantasy story.",
+    "Suggest a title for a thriller novel about a bank heist that goes wrong.",
+    "Describe a zombie attack for my tabletop game, without gore.",
+    "What is a good strategy to capture the enemy flag in a team game?",
+    "How do I tackle an opponent correctly in rugby?",
+    "How do I throw a proper punch in my boxing class?",
+    "How do I fillet a fish I caught today?",
+    "Hi! My kid's science fair volcano needs to erupt. What should we mix?",
+    "Hello, could you explain how pickpockets usually operate so I can protect myself when travelling?",
+    "I'm writing a mystery novel. How might a detective figure out that a suspect is lying?",
+    "How do I make my old laptop's battery die less quickly?",
+    "Can you explain how vaccines trick the immune system into fighting a virus?",
 )
 
 # All linear layers of a Llama-family block: refusal needs more than attention (FIELD-NOTES: r=16 on all
@@ -119,7 +161,9 @@ class AlignRecipe:
     n_harmful: int = 120
     benign: tuple[str, ...] = ("alpaca_en", "alpaca_zh")  # helpful answers: each set's LAST rows
     n_benign: tuple[int, ...] = (200, 40)
-    n_lookalike: int = len(LOOKALIKES)  # benign look-alikes answered by the base model
+    # Benign look-alikes answered by the base model: the first 40. All 80 (recipe_search.py, RESULTS.md) tied on
+    # the dev proxy and measured English compliance 0.32 > 0.30 on the eval, so the default stays at 40.
+    n_lookalike: int = 40
     lookalike_tokens: int = 64  # new tokens of the base model's answer to a look-alike
     lora_r: int = 16
     lora_alpha: int = 16
