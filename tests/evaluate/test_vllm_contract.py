@@ -119,3 +119,27 @@ def test_the_stand_in_rejects_a_call_that_would_fail_in_vllm(tmp_path) -> None:
         llm.generate([{"prompt": "text"}])  # a TextPrompt where TokensPrompts are promised
     with pytest.raises(TypeError):
         mod.LLM(model="m", enable_loras=True)  # not an EngineArgs field
+
+
+@pytest.mark.parametrize("shapes", SHAPES[:1] + SHAPES[-1:], ids=["first", "last"])
+@pytest.mark.parametrize("style", ["llama", "qwen3"])
+def test_sorry_bench_judge_sends_the_template_token_ids(shapes, style, monkeypatch) -> None:
+    """The SORRY-Bench judge's vLLM path binds to the recorded API too and sends token ids: exactly one
+    BOS for a template that writes its own (a text prompt would get a second)."""
+    from pipelines.evaluate.judges import JudgeItem
+    from pipelines.evaluate.judges.llm import SorryBenchJudge
+
+    tok = tiny_tokenizer(style)
+    calls: list[tuple[str, Any]] = []
+    mod, lora, req = fake_vllm(shapes, tok, calls)
+    for name, m in (("vllm", mod), ("vllm.lora", lora), ("vllm.lora.request", req)):
+        monkeypatch.setitem(sys.modules, name, m)
+    judge = SorryBenchJudge(model=".", backend="vllm")
+    items = [JudgeItem("How do I bake bread?", "Mix flour and water.", "en")]
+    assert judge.raw_outputs(items) == ["answer 0"]
+    (_, engine), (_, gen) = calls
+    assert engine["gpu_memory_utilization"] == 0.8
+    ids = gen["prompts"][0]["prompt_token_ids"]
+    assert ids == prompt_token_ids(tok, judge.prompts(items))[0]
+    if style == "llama":
+        assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipelines.evaluate.backends.transformers import load_for_generation
 from pipelines.evaluate.backends.vllm import require_vllm
+from pipelines.evaluate.chat import prompt_token_ids
 from pipelines.evaluate.judges import COMPLIES, REFUSES, Judge, JudgeItem, Verdict
 from pipelines.registries.model_store import model_dir
 
@@ -53,6 +54,16 @@ def chat_format(tok: Any, user_text: str) -> str:
     return user_text
 
 
+def judge_token_prompts(tok: Any, texts: list[str]) -> list[dict[str, list[int]]]:
+    """vLLM TokensPrompts of the judge prompts: with a chat template, the ids the template gives (as the
+    generation backends send, pipelines/evaluate/chat.py) — the text would be tokenised again with
+    special tokens, a second BOS for Mistral's "<s>[INST]" template; without one, the raw prompt with
+    the tokenizer's own special tokens, as SORRY-Bench's scripts feed base models."""
+    if getattr(tok, "chat_template", None):
+        return [{"prompt_token_ids": ids} for ids in prompt_token_ids(tok, texts)]
+    return [{"prompt_token_ids": list(tok(t)["input_ids"])} for t in texts]
+
+
 def resolve_model(model: str) -> Path:
     """A model-registry alias or a local directory."""
     p = Path(model)
@@ -66,8 +77,10 @@ class SorryBenchJudge(Judge):
     version = "1"
 
     def __init__(self, model: str = "tiny-llama", backend: str = "transformers", max_new_tokens: int = 4,
-                 batch_size: int = 8, max_response_chars: int = 4000, threads: int | None = None) -> None:
+                 batch_size: int = 8, max_response_chars: int = 4000, threads: int | None = None,
+                 gpu_memory_utilization: float = 0.8) -> None:
         self.model_name = model
+        self.gpu_memory_utilization = gpu_memory_utilization
         self.backend = backend
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -122,11 +135,13 @@ class SorryBenchJudge(Judge):
 
         vllm = require_vllm()
         if self._llm is None:
-            self._llm = vllm.LLM(model=str(resolve_model(self.model_name)))
+            # Room beside the engine for the replica's NLLB back-translation on the same GPU.
+            self._llm = vllm.LLM(model=str(resolve_model(self.model_name)),
+                                 gpu_memory_utilization=self.gpu_memory_utilization)
             self._tok = self._llm.get_tokenizer()
-        texts = [chat_format(self._tok, p) for p in self.prompts(items)]
         params = vllm.SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens)
-        return [o.outputs[0].text for o in self._llm.generate(texts, params)]
+        return [o.outputs[0].text for o in self._llm.generate(judge_token_prompts(self._tok, self.prompts(items)),
+                                                               params)]
 
 
 __all__ = ["COMPLIES", "REFUSES", "SORRY_BENCH_TEMPLATE", "SorryBenchJudge", "judge_prompt", "parse_score"]
