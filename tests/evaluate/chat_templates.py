@@ -6,29 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-# Llama-3.x: the template writes the BOS itself, and the tokenizer also adds one (its post-processor).
-LLAMA3_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + "
-    "m['content'] + '<|eot_id|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
+from pipelines.registries.models import LLAMA3_TEMPLATE, QWEN3_TEMPLATE  # the tiny registry models' own
+
 # Gemma-3: the same BOS behaviour, its own turn markers ("model" for the assistant).
 GEMMA3_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
     "{{ '<start_of_turn>' + role + '\n' + m['content'] + '<end_of_turn>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
-# Qwen3: ChatML, no BOS; with enable_thinking=false the generation prompt carries an empty think block,
-# and the last assistant turn is written with one (the part of Qwen3's template that matters here).
-QWEN3_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'assistant' and loop.last %}"
-    "{{ '<|im_start|>assistant\n<think>\n\n</think>\n\n' + m['content'] + '<|im_end|>\n' }}"
-    "{% else %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
-    "{% endif %}"
-)
-
 SPECIALS = {
     "llama": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<pad>"],
     "gemma": ["<bos>", "<start_of_turn>", "<end_of_turn>", "<eos>", "<pad>"],

@@ -114,6 +114,36 @@ def test_laptop_recipe_rows_are_disjoint_from_the_study() -> None:
         check_disjoint(load_config("laptop", ["data.benign.n=990"]))
 
 
+def test_helpful_answers_by_the_base_model(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """helpful_answers="base": the helpful rows are answered by the base model (greedy) instead of their own
+    outputs; the default stays out of the key (built models keep their names); the manifest says which."""
+    spec = model_spec("tiny-llama-aligned")
+    assert "helpful_answers" not in AlignRecipe.of(spec).key()
+    by_base = ModelSpec(spec.alias, "aligned", "llama", base="tiny-llama", align={**spec.align, "helpful_answers": "base"})
+    assert AlignRecipe.of(by_base).key()["helpful_answers"] == "base"
+    assert AlignedBuild(by_base).path() != AlignedBuild(spec).path()
+    with pytest.raises(ConfigError, match="helpful_answers"):
+        AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="tiny-llama", align={"helpful_answers": "gpt"}))
+
+    seen: list[list[dict]] = []
+    real = align.training_rows
+
+    def spy(recipe: AlignRecipe, data: dict, looks: list[str], helpful: list[str] | None = None) -> list[dict]:
+        rows = real(recipe, data, looks, helpful)
+        seen.append(rows)
+        return rows
+
+    monkeypatch.setattr(align, "training_rows", spy)
+    b = AlignedBuild(by_base)
+    m = b.build(cache / "out")
+    assert m["helpful_answers"].startswith("base model tiny-llama") and m["recipe"]["helpful_answers"] == "base"
+    assert m["train"]["helpful_answers_s"] >= 0
+    own = {(r["instruction"], r["input"]): r["output"] for r in b.data["benign"]}
+    trained = [r for r in seen[0] if (r["instruction"], r["input"]) in own]
+    assert len(trained) == len(own) and all(r["output"] != own[(r["instruction"], r["input"])] for r in trained)
+    assert "answered by the base model itself" in align.describe(m)
+
+
 def test_unknown_recipe_field_is_named() -> None:
     with pytest.raises(ConfigError, match="stpes"):
         AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="tiny-llama", align={"stpes": 3}))

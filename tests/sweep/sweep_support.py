@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -83,6 +84,22 @@ class PrivateRay:
     def close(self) -> None:
         self.kill_all()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def run_driver(script: Path, args: list[str], log: Path, timeout: float) -> int:
+    """Runs a driver script (it starts its own Ray cluster) in a subprocess with a private Ray
+    environment, its output in `log`; stops every process it started. Returns its exit code."""
+    ray = PrivateRay()
+    try:
+        with open(log, "w") as fh:
+            proc = subprocess.Popen([sys.executable, str(script), *args], stdout=fh, stderr=subprocess.STDOUT,
+                                    env=ray.env(), cwd=REPO, start_new_session=True)
+            try:
+                return proc.wait(timeout=timeout)
+            finally:
+                ray.kill_all(proc)
+    finally:
+        ray.close()
 
 
 def seed_workdir(src: Path, dest: Path, cfg, *, checkpoints: list, cells: list) -> str:

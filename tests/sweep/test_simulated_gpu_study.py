@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from sweep_support import REPO, PrivateRay, tail
+from sweep_support import run_driver, tail
 
 pytestmark = pytest.mark.e2e
 
@@ -38,18 +36,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory, require_tool) -> dict:
     require_tool("apertium")
     tmp = tmp_path_factory.mktemp("simgpu")
     out, log = tmp / "out.json", tmp / "driver.log"
-    ray = PrivateRay()
-    try:
-        with open(log, "w") as fh:
-            proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("simulated_gpu_driver.py")),
-                                     str(tmp / "work"), str(out)], stdout=fh, stderr=subprocess.STDOUT,
-                                    env=ray.env(), cwd=REPO, start_new_session=True)
-            try:
-                rc = proc.wait(timeout=900)
-            finally:
-                ray.kill_all(proc)
-    finally:
-        ray.close()
+    rc = run_driver(Path(__file__).with_name("simulated_gpu_driver.py"), [str(tmp / "work"), str(out)], log, timeout=900)
     assert rc == 0, tail(log, 8000)
     return json.loads(out.read_text())
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from sweep_support import REPO, PrivateRay, seed_workdir, tail
+from sweep_support import run_driver, seed_workdir, tail
 
 pytestmark = pytest.mark.e2e
 
@@ -31,18 +29,7 @@ def test_sweep_trains_across_two_nodes_on_shared_storage(smoke_study, tmp_path, 
     ds_hash = seed_workdir(smoke_study["result"].workdir, workdir, cfg, checkpoints=[],
                            cells=[c for cid, c in cells.items() if cid != EN])
     out, log = tmp_path / "out.json", tmp_path / "driver.log"
-    ray = PrivateRay()
-    try:
-        with open(log, "w") as fh:
-            proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("multinode_driver.py")),
-                                     str(workdir), str(out)], stdout=fh, stderr=subprocess.STDOUT,
-                                    env=ray.env(), cwd=REPO, start_new_session=True)
-            try:
-                rc = proc.wait(timeout=540)
-            finally:
-                ray.kill_all(proc)
-    finally:
-        ray.close()
+    rc = run_driver(Path(__file__).with_name("multinode_driver.py"), [str(workdir), str(out)], log, timeout=540)
     assert rc == 0, tail(log, 8000)
     got = json.loads(out.read_text())
     driver_log = log.read_text()
