@@ -159,12 +159,27 @@ def sweep_stage(study: Study, ds: DatasetsOutput, tracking: Tracking, resume: bo
                         sweep_name=f"sweep-{study.study_hash}", resume=resume)
     # A cell's manifest names the MLflow run that first evaluated it, possibly in another store: the
     # runs of *this* sweep are the parent's children, found by their cell tag.
-    children = mlflow.MlflowClient(tracking.uri).search_runs(
-        [tracking.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{tracking.parent_run_id}'")
-    run_ids = {r.data.tags.get("safedrift.cell"): r.info.run_id for r in children}
+    run_ids = _child_runs(mlflow.MlflowClient(tracking.uri), tracking.experiment_id, tracking.parent_run_id)
+    missing = [r["cell_id"] for r in results if r["cell_id"] not in run_ids]
+    if missing:
+        log.warning("no MLflow run of this sweep for cell(s) %s: their deltas are not logged", ", ".join(missing))
     results = [r | {"mlflow_run_id": run_ids.get(r["cell_id"])} for r in results]
     tidy = write_sweep_tidy(results, study.wd, study.sweep_dir, tracking.uri)
     return (results, tidy), all(r["reused"] for r in results)
+
+
+def _child_runs(client: Any, experiment_id: str, parent_run_id: str | None) -> dict[str, str]:
+    """Cell tag -> run id of the parent's child runs, every page of them (a server returns at most
+    1,000 runs a page, fewer if it is configured so; the paper grid has 330 cells)."""
+    out: dict[str, str] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                  max_results=1000, page_token=token)
+        out |= {r.data.tags.get("safedrift.cell"): r.info.run_id for r in page}
+        token = page.token
+        if not token:
+            return out
 
 
 def report_stage(study: Study, ds: DatasetsOutput, tidy: Any, parent_run_id: str) -> tuple[Path, bool]:
