@@ -12,6 +12,7 @@ without ``deploy`` it must be running, and the study fails before any evaluation
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,6 +110,23 @@ class RemoteJudge(Judge):
         if results and self._served is None:
             self._served = {"judge": results[0]["judge"], "judge_version": results[0]["judge_version"]}
         return [_verdict(r) for r in results]
+
+    def served_languages(self, languages: Sequence[str], wait_s: float = 900.0) -> list[dict[str, Any]]:
+        """The service's own per-language policy and κ (GET /v1/info), for the eval languages: the service
+        back-translates or reads natively as its config says, so the pipeline reports what it did. Waits
+        (up to wait_s) while the replica is still measuring its validity; a language the service does not
+        list is reported unjudgeable here."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            info = self._client.info() if self._client else self._backend().info.remote().result(
+                timeout_s=self._timeout)
+            if info.get("validity") != "computing" or time.monotonic() > deadline:
+                break
+            time.sleep(5.0)
+        listed = {r["language"]: r for r in info.get("languages") or []}
+        return [listed.get(lang) or {"language": lang, "mode": "refuse", "route": None, "validated": False,
+                                     "kappa": None, "accuracy": None, "n": 0, "labels": None}
+                for lang in languages]
 
     def describe(self) -> dict[str, str]:
         """The judge that actually labels (the service's), not this adapter."""

@@ -124,10 +124,17 @@ def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
                                  ("judge2", second, cfg.judge.second_options, True)):
         if j is None:
             continue
-        judging = judging_of(cfg.judge, j, second=sec)
-        rows = judge_validity(j, opts, cfg.eval_langs, cfg.judge.translate_prefer, cfg.judge.labels,
-                              cfg.judge.agreement_limit)
-        langs = judging.languages_info(cfg.eval_langs, rows)
+        served = j.served_languages(cfg.eval_langs)
+        if served is not None:
+            # A judge service: its own policy and κ per language, as it measured them.
+            rows: list[dict[str, Any]] = [{"lang": r["language"], "source": "human", **r} for r in served
+                                          if r["language"] == "en" and r.get("validated")]
+            langs = served
+        else:
+            judging = judging_of(cfg.judge, j, second=sec)
+            rows = judge_validity(j, opts, cfg.eval_langs, cfg.judge.translate_prefer, cfg.judge.labels,
+                                  cfg.judge.agreement_limit)
+            langs = judging.languages_info(cfg.eval_langs, rows)
         for r in langs:
             lang, ok = r["language"], r["validated"]
             metrics[f"{prefix}/validated/{lang}"] = float(ok)
@@ -142,7 +149,7 @@ def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
             metrics[f"{prefix}_en/kappa" if sec else "judge/kappa"] = en["kappa"]
             metrics[f"{prefix}_en/accuracy" if sec else "judge/accuracy"] = en["accuracy"]
             if not sec:
-                metrics["judge/heldout_unparseable"] = float(en["unparseable"])
+                metrics["judge/heldout_unparseable"] = float(en.get("unparseable", float("nan")))
                 info["heldout_n"] = int(en["n"])
         info[f"{prefix}_languages"] = langs
     return metrics, info

@@ -63,6 +63,11 @@ def test_study_deploys_the_judge_app_once_and_workers_judge_through_it(serve_on_
     assert {v.label for v in local} == {0, 1}  # both labels occur: the comparison is not trivial
     info = serve.get_deployment_handle("JudgeBackend", app_name=APP).info.remote().result(timeout_s=30)
     assert info["stats"]["items"] >= len(ITEMS)
+    # The report takes how the service judges each language (and its κ there) from the service itself;
+    # a language it does not list is unjudgeable.
+    served = make_judge("remote", app_name=APP).served_languages(["en", "xx"], wait_s=0)
+    assert served[0] == next(r for r in info["languages"] if r["language"] == "en")
+    assert served[1]["language"] == "xx" and served[1]["mode"] == "refuse" and not served[1]["validated"]
     serve.delete(APP)
 
 

@@ -48,6 +48,12 @@ class Judge(ABC):
     def describe(self) -> dict[str, str]:
         return {"judge": self.name, "judge_version": self.version}
 
+    def served_languages(self, languages: Sequence[str]) -> list[dict[str, Any]] | None:
+        """A judge that is a service: how it judges each language and its κ there, as the service measured
+        it (mode, route, validated, kappa, accuracy, n per language, policy.languages_info's rows). None:
+        the pipeline applies the policy itself and measures the judge (validity.py)."""
+        return None
+
     def prepare(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Called once on the study's driver, with Ray connected, before any evaluation worker starts: a
         judge that is a service brings it up here (``remote`` with ``deploy``). Default: nothing."""
