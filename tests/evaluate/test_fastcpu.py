@@ -269,3 +269,25 @@ def test_shared_prefix_is_computed_once_with_the_same_answers(varied: dict[str, 
     monkeypatch.setattr(type(b.decoder), "shared_prefix", staticmethod(lambda ids, valid: 0))
     assert b.answer(prompts) == with_sharing
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no native bf16")
+def test_bf16_kv_cache_stays_close_and_is_checked(varied: dict[str, Path], tmp_path: Path) -> None:
+    """A bf16 key/value cache (half the bytes each decoding step reads): the cache is bf16, the prefill
+    logits stay close to the fp32 cache's, answers are deterministic; a CPU without bf16 refuses it."""
+    import torch
+
+    fp = _make(FastCpuBackend, varied["tiny-llama"], None, _gcfg(), dtype="float32")
+    kv = _make(FastCpuBackend, varied["tiny-llama"], None, _gcfg(), dtype="float32", kv_dtype="bfloat16")
+    enc = fp.tok.apply_chat_template([[{"role": "user", "content": p}] for p in PROMPTS], add_generation_prompt=True,
+                                     return_tensors="pt", padding=True, return_dict=True)
+    valid = enc["attention_mask"].bool()
+    outs = [b.decoder.prefill(enc["input_ids"], valid, valid.shape[1] + 2) for b in (fp, kv)]
+    assert outs[1][1][0][0].dtype == torch.bfloat16 and outs[0][1][0][0].dtype == torch.float32
+    lf, lk = (b.decoder.logits(o[0]) for b, o in zip((fp, kv), outs, strict=True))
+    assert float(torch.nn.functional.cosine_similarity(lf, lk, dim=-1).min()) > 0.99
+    assert kv.answer(PROMPTS) == kv.answer(PROMPTS)
+    plain = tmp_path / "cpuinfo"
+    plain.write_text("flags\t\t: fpu sse avx2\n")
+    with pytest.raises(ConfigError, match="kv_dtype=bfloat16"):
+        _make(FastCpuBackend, varied["tiny-llama"], None, _gcfg(), kv_dtype="bfloat16", cpuinfo=str(plain))

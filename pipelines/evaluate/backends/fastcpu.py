@@ -51,16 +51,16 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
-def resolve_dtype(requested: str, flags: frozenset[str]) -> str:
+def resolve_dtype(requested: str, flags: frozenset[str], option: str = "dtype") -> str:
     """The matmul dtype to run: bf16 only where the CPU computes it natively (emulated bf16 is slower than
     fp32). "auto" falls back to fp32 with a log line; an explicit "bfloat16" on such a CPU is an error."""
     if requested not in DTYPES:
-        raise ConfigError(f"generate.options.dtype={requested!r} is not one of {', '.join(DTYPES)}")
+        raise ConfigError(f"generate.options.{option}={requested!r} is not one of {', '.join(DTYPES)}")
     has_bf16 = bool(flags & BF16_FLAGS)
     if requested == "bfloat16" and not has_bf16:
         raise ConfigError(
-            "generate.options.dtype=bfloat16 needs a CPU with native bf16 (the avx512_bf16 or amx_bf16 flag in "
-            "/proc/cpuinfo), which this one lacks: set generate.options.dtype=auto (fp32 here) or float32")
+            f"generate.options.{option}=bfloat16 needs a CPU with native bf16 (the avx512_bf16 or amx_bf16 flag "
+            f"in /proc/cpuinfo), which this one lacks: set generate.options.{option}=auto (fp32 here) or float32")
     if requested == "auto":
         if not has_bf16:
             log.info("fastcpu: no avx512_bf16/amx_bf16 in /proc/cpuinfo, so matmuls run in float32 (slower)")
@@ -72,7 +72,7 @@ class FastCpuBackend(Backend):
     """The hand-written decoding loop below, batches of similar prompt length (as the transformers backend)."""
 
     def __init__(self, model: LoadedModel, gcfg: GenerateConfig, dtype: str = "auto",
-                 cpuinfo: str = "/proc/cpuinfo", prefill_batch: int = 32) -> None:
+                 cpuinfo: str = "/proc/cpuinfo", prefill_batch: int = 32, kv_dtype: str = "float32") -> None:
         super().__init__(model, gcfg)
         if prefill_batch < 1:
             raise ConfigError(f"generate.options.prefill_batch={prefill_batch} must be at least 1")
@@ -80,6 +80,7 @@ class FastCpuBackend(Backend):
         self.prefill_batch = prefill_batch
         # Checked before the model loads, so a CPU without bf16 fails at once.
         self.dtype = resolve_dtype(dtype, cpu_flags(Path(cpuinfo)))
+        self.kv_dtype = resolve_dtype(kv_dtype, cpu_flags(Path(cpuinfo)), "kv_dtype")
         self.tok = model.tok
         self._decoder: Decoder | None = None
         self._built_for: tuple[Path | None] | None = None  # the adapter the fused weights include
@@ -89,7 +90,7 @@ class FastCpuBackend(Backend):
         if self._decoder is None or self._built_for != (self.adapter,):
             self.model.activate(self.adapter)
             self._decoder = None  # free the previous cell's fused copy before building the next
-            self._decoder = Decoder(self.model.base_model(), self.dtype)
+            self._decoder = Decoder(self.model.base_model(), self.dtype, self.kv_dtype)
             self._built_for = (self.adapter,)
         return self._decoder
 
@@ -112,7 +113,7 @@ class FastCpuBackend(Backend):
 class Decoder:
     """A Llama-family decoder's forward pass in plain torch, weights taken from a loaded transformers model."""
 
-    def __init__(self, model: Any, dtype: str) -> None:
+    def __init__(self, model: Any, dtype: str, kv_dtype: str = "float32") -> None:
         import torch
 
         cfg = model.config
@@ -120,6 +121,9 @@ class Decoder:
             raise ConfigError(f"generate.backend=fastcpu runs {', '.join(SUPPORTED_TYPES)} models, not "
                               f"{cfg.model_type!r}: set generate.backend=transformers for this model")
         self.mm = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        # The key/value cache: read whole at every decoding step, so at a large batch its bytes cost as
+        # much as the matmuls; bf16 halves them (attention then runs on bf16 inputs, fp32 accumulation).
+        self.kv = torch.bfloat16 if kv_dtype == "bfloat16" else torch.float32
         inner = model.model
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -175,7 +179,7 @@ class Decoder:
             q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)
             kc[:, :, t0:t0 + T] = k
             vc[:, :, t0:t0 + T] = v.transpose(1, 2)
-            att = F.scaled_dot_product_attention(q, kc[:, :, :t0 + T], vc[:, :, :t0 + T], attn_mask=mask,
+            att = F.scaled_dot_product_attention(q.to(self.kv), kc[:, :, :t0 + T], vc[:, :, :t0 + T], attn_mask=mask,
                                                  enable_gqa=self.n_kv != self.n_heads)
             h = h + self._linear(att.transpose(1, 2).reshape(B, T, -1), lay["o"])
             gu = self._linear(_rms(h, *lay["post_norm"]), lay["gate_up"])
@@ -229,7 +233,8 @@ class Decoder:
     def _cache(self, B: int, S: int) -> list[tuple[Any, Any]]:
         import torch
 
-        return [(torch.zeros(B, self.n_kv, S, self.head_dim), torch.zeros(B, self.n_kv, S, self.head_dim))
+        return [(torch.zeros(B, self.n_kv, S, self.head_dim, dtype=self.kv),
+                 torch.zeros(B, self.n_kv, S, self.head_dim, dtype=self.kv))
                 for _ in self.layers]
 
     def _prefill_into(self, ids: Any, valid: Any, cache: list[tuple[Any, Any]], keys: Any, t0: int = 0,
