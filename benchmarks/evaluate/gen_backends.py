@@ -5,9 +5,10 @@ with the baseline's.
 
     .venv/bin/python benchmarks/evaluate/gen_backends.py [-c laptop] [--workdir /tmp/fastgen] [--rounds 3] \
         [--variant fastcpu] [--variant fastcpu:dtype=float32] [--variant fastcpu:threads=1] [--batch-size N] \
-        [--model smollm2-135m-instruct] [--per-lang 8]
+        [--model smollm2-135m-instruct | --model-dir DIR] [--per-lang 8] [--baseline-batch 32]
 
-The baseline is the preset's generate config on the transformers backend. Rounds alternate the
+The baseline is the preset's generate config on the transformers backend at batch 32; a variant takes
+the preset's batch size unless it sets its own (fastcpu:batch_size=32). Rounds alternate the
 variants (A B C A B C ...) so the shared machine's drift hits each alike; model load included, as in a cell.
 Prints and appends numbers only (never a prompt or an answer) to benchmarks/evaluate/gen_backends.jsonl;
 each row notes the 1-minute load average, so a loaded round can be read as such. Quote medians of the
@@ -82,6 +83,9 @@ def main() -> None:
     ap.add_argument("--per-lang", type=int, default=None,
                     help="only the first N prompts per eval language of each suite (a shorter run; default all)")
     ap.add_argument("--model", default=None, help="a model alias (default: the preset's first model)")
+    ap.add_argument("--model-dir", type=Path, default=None, help="a model directory instead of an alias")
+    ap.add_argument("--baseline-batch", type=int, default=32,
+                    help="the transformers baseline's batch size (32: the issue's 1.0x reference)")
     args = ap.parse_args()
     cfg = load_config(args.config)
     ds = build_datasets(cfg, args.workdir)
@@ -89,16 +93,17 @@ def main() -> None:
               "safe": safe_prompts(cfg, ds.path).select("id", "lang", "category", "prompt", "prompt_en")}
     if args.per_lang:
         suites = {k: f.filter(pl.int_range(pl.len()).over("lang") < args.per_lang) for k, f in suites.items()}
-    model = args.model or cfg.models[0]
-    mdir = model_dir(model)
+    model = str(args.model_dir) if args.model_dir else args.model or cfg.models[0]
+    mdir = args.model_dir or model_dir(model)
     # The baseline is the transformers path with the preset's other generate settings (the laptop preset
     # itself now runs fastcpu), so "today's transformers path" stays what every variant is measured against.
-    base = cfg.generate.model_copy(update={"backend": "transformers", "options": {}})
+    base = cfg.generate.model_copy(update={"backend": "transformers", "options": {},
+                                           "batch_size": args.baseline_batch})
     variants = {"baseline": base}
     for spec in args.variant or ["fastcpu"]:
         update = parse_variant(spec)
-        if args.batch_size and "batch_size" not in update:
-            update["batch_size"] = args.batch_size
+        if "batch_size" not in update:
+            update["batch_size"] = args.batch_size or cfg.generate.batch_size
         variants[spec] = base.model_copy(update=update)
     answers: dict[str, pl.DataFrame] = {}
     seconds: dict[str, list[float]] = {k: [] for k in variants}
