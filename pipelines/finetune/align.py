@@ -9,7 +9,8 @@ the study's question is how refusal learned mostly in English survives fine-tuni
   one of a few short, polite refusal templates (`REFUSALS`);
 - helpful answers: Alpaca rows taken from the END of alpaca_en and alpaca_zh, disjoint from the rows a study
   fine-tunes on (the first `data.benign.n`) and holds out (the next `evaluate.n_benign_ppl`):
-  `check_disjoint` fails a config whose rows would reach them; answered with the rows' own outputs;
+  `check_disjoint` fails a config whose rows would reach them; answered with the rows' own outputs, or
+  (`helpful_answers="base"`) by the base model itself, greedy, so that refusing is the only new behaviour;
 - look-alikes: benign prompts that look risky and are not (`LOOKALIKES`, written here: homonyms, safe
   targets, figurative language, definitions, history, safety advice, fiction), answered by the base model
   itself (greedy), so they teach "answer this" in the base's own words. None is an XSTest prompt (the eval's
@@ -35,7 +36,12 @@ from typing import Any
 from cluster.storage import atomic_dir, read_manifest, write_manifest
 from pipelines.config import GenerateConfig, StudyConfig
 from pipelines.errors import ConfigError
-from pipelines.evaluate.backends.transformers import generate_answers, load_for_generation
+from pipelines.evaluate.backends.transformers import (
+    generate_answers,
+    length_batches,
+    load_for_generation,
+    prompt_lengths,
+)
 from pipelines.evaluate.judges import JudgeItem, make_judge
 from pipelines.finetune.data import FORWARD_KWARGS, collate, format_example
 from pipelines.hashing import stable_hash
@@ -161,10 +167,13 @@ class AlignRecipe:
     n_harmful: int = 120
     benign: tuple[str, ...] = ("alpaca_en", "alpaca_zh")  # helpful answers: each set's LAST rows
     n_benign: tuple[int, ...] = (200, 40)
+    # Who answers the helpful rows: "dataset" (the rows' own outputs) or "base" (the base model, greedy,
+    # lookalike_tokens new tokens, like the look-alikes). Left out of the cache key at its default.
+    helpful_answers: str = "dataset"
     # Benign look-alikes answered by the base model: the first 40. All 80 (recipe_search.py, RESULTS.md) tied on
     # the dev proxy and measured English compliance 0.32 > 0.30 on the eval, so the default stays at 40.
     n_lookalike: int = 40
-    lookalike_tokens: int = 64  # new tokens of the base model's answer to a look-alike
+    lookalike_tokens: int = 64  # new tokens of the base model's answers (look-alikes; helpful rows if "base")
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -188,7 +197,25 @@ class AlignRecipe:
             raise ConfigError(f"model '{spec.alias}': unknown alignment recipe field(s) {unknown}; known: "
                               f"{sorted(known)}")
         # Registry entries write lists; the recipe is hashed as JSON either way.
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.align.items()})
+        recipe = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.align.items()})
+        if recipe.helpful_answers not in HELPFUL_ANSWERS:
+            raise ConfigError(f"model '{spec.alias}': helpful_answers must be one of {HELPFUL_ANSWERS}, "
+                              f"not {recipe.helpful_answers!r}")
+        return recipe
+
+    def key(self) -> dict[str, Any]:
+        """The recipe's fields as hashed. Fields added later are left out at their default, so that adding
+        them did not rename (and rebuild) the aligned models already built."""
+        key = asdict(self)
+        for name, default in LATER_FIELDS.items():
+            if key[name] == default:
+                key.pop(name)
+        return key
+
+
+HELPFUL_ANSWERS = ("dataset", "base")
+# Recipe fields added after the first builds, with the default that leaves them out of the key.
+LATER_FIELDS: dict[str, Any] = {"helpful_answers": "dataset"}
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -269,11 +296,30 @@ def examples(tok: Any, rows: list[dict[str, Any]], max_length: int) -> list[dict
     return [e for e in (format_example(tok, r, max_length) for r in rows) if e is not None]
 
 
+def user_text(row: dict[str, Any]) -> str:
+    """The user turn of an Alpaca row, as format_example writes it."""
+    return row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
+
+
+def base_answers(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 40) -> list[str]:
+    """Greedy answers of `model`, in batches of similar prompt length (left padding wastes less)."""
+    gcfg = GenerateConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    out: list[str] = [""] * len(prompts)
+    for idx in length_batches(prompt_lengths(tok, prompts), batch_size):
+        for i, a in zip(idx, generate_answers(model, tok, [prompts[i] for i in idx], gcfg), strict=True):
+            out[i] = a
+    return out
+
+
 def training_rows(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]],
-                  lookalike_answers: list[str]) -> list[dict[str, Any]]:
+                  lookalike_answers: list[str], helpful_answers: list[str] | None = None) -> list[dict[str, Any]]:
+    """Refusals, helpful rows (their own outputs, or `helpful_answers` in their order) and look-alikes,
+    shuffled."""
     rng = random.Random(recipe.seed)
     refusals = [{"instruction": r["prompt"], "input": "", "output": rng.choice(REFUSALS)} for r in data["harmful"]]
-    helpful = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"]} for r in data["benign"]]
+    outputs = [r["output"] for r in data["benign"]] if helpful_answers is None else helpful_answers
+    helpful = [{"instruction": r["instruction"], "input": r["input"], "output": o}
+               for r, o in zip(data["benign"], outputs, strict=True)]
     looks = [{"instruction": p, "input": "", "output": a}
              for p, a in zip(LOOKALIKES[: recipe.n_lookalike], lookalike_answers, strict=True)]
     rows = refusals + helpful + looks
@@ -340,7 +386,7 @@ class AlignedBuild:
     def key(self) -> dict[str, Any]:
         base = model_spec(self.spec.base)  # type: ignore[arg-type]
         return {"base": {"alias": base.alias, "spec": stable_hash(spec_key(base), 16)},
-                "recipe": asdict(self.recipe), "data": data_key(self.recipe, self.data), "version": 1}
+                "recipe": self.recipe.key(), "data": data_key(self.recipe, self.data), "version": 1}
 
     def path(self) -> Path:
         return models_cache() / f"{self.spec.alias}-{stable_hash(self.key(), 12)}"
@@ -354,8 +400,12 @@ class AlignedBuild:
         gcfg = GenerateConfig(max_new_tokens=recipe.lookalike_tokens, batch_size=max(1, len(looks)))
         answers = generate_answers(model, tok, list(looks), gcfg) if looks else []
         t_look = time.time() - t0
+        helpful = None
+        if recipe.helpful_answers == "base":
+            helpful = base_answers(model, tok, [user_text(r) for r in self.data["benign"]], recipe.lookalike_tokens)
+        t_help = time.time() - t0 - t_look
         # Training batches are right-padded by collate itself, whatever the tokenizer's padding side.
-        trained = train_lora(model, tok, training_rows(recipe, self.data, answers), recipe)
+        trained = train_lora(model, tok, training_rows(recipe, self.data, answers, helpful), recipe)
         merged = trained.pop("model")
         check = {
             "harmful": {"source": recipe.check_harmful,
@@ -368,7 +418,12 @@ class AlignedBuild:
         key = self.key()
         return {"alias": self.spec.alias, "source": "aligned", "key": stable_hash(key, 12), "base": key["base"],
                 "recipe": key["recipe"], "data": key["data"], "refusals": list(REFUSALS),
-                "lookalikes": list(looks), "train": trained | {"lookalike_answers_s": round(t_look, 1)},
+                "lookalikes": list(looks),
+                # What answered the helpful rows: their own (Alpaca) outputs, or the base model.
+                "helpful_answers": (f"base model {self.spec.base} (greedy, {recipe.lookalike_tokens} new tokens)"
+                                    if helpful is not None else "dataset outputs"),
+                "train": trained | {"lookalike_answers_s": round(t_look, 1),
+                                    **({"helpful_answers_s": round(t_help, 1)} if helpful is not None else {})},
                 "check": check, "judge": "refusal-phrase", "build_s": round(time.time() - t0, 1),
                 # CPU seconds too: wall time on a shared machine says more about the others' load.
                 "build_cpu_s": round(time.process_time() - cpu0, 1)}
@@ -395,13 +450,16 @@ def describe(manifest: dict[str, Any]) -> str:
     """One plain sentence for the report: that the base was aligned here, and how."""
     r, rows, train = manifest["recipe"], manifest["data"]["rows"], manifest["train"]
     benign = " + ".join(f"{n} {s}" for s, n in zip(r["benign"], r["n_benign"], strict=True))
+    by_base = r.get("helpful_answers", "dataset") == "base"
+    helpful = (f"Alpaca prompts answered by the base model itself ({benign} rows" if by_base
+               else f"Alpaca answers ({benign} rows")
     seen = min(r["steps"] * r["batch_size"], train["examples"])
     return (f"The base model {manifest['alias']} was aligned locally, not by its publisher: "
             f"{manifest['base']['alias']} with a LoRA (r={r['lora_r']}, alpha={r['lora_alpha']}, "
             f"{len(r['targets'])} linear layers per block, lr {r['lr']:g}, seed {r['seed']}) merged in after "
             f"{r['steps']} steps of {r['batch_size']} examples ({seen} of a shuffled pool of {train['examples']}): "
             f"{len(rows['harmful'])} English {'/'.join(r['harmful'])} prompts answered with "
-            f"{len(manifest['refusals'])} short refusal templates, Alpaca answers ({benign} rows from the end of "
+            f"{len(manifest['refusals'])} short refusal templates, {helpful} from the end of "
             f"each set, disjoint from the study's) and {len(manifest['lookalikes'])} risky-looking benign prompts "
             "answered by the base model itself. Refusals were taught in English only; MultiJail, the eval "
             "set, was not used.")
