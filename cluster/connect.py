@@ -55,3 +55,20 @@ def connect(address: str | None = None, num_cpus: int | None = None, include_das
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
         log.info("started a local Ray cluster (num_cpus=%s)", num_cpus)
+
+
+def placement() -> dict[str, Any]:
+    """Where this process runs as Ray placed it: its pid, and inside Ray its node, worker and the GPU ids
+    Ray gave it (logical ones on a cluster that only advertises GPUs); outside Ray (Ray Train's local mode,
+    a plain process) only the pid. A record, so it never raises."""
+    info: dict[str, Any] = {"pid": os.getpid(), "node_id": None, "worker_id": None, "gpu_ids": []}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            info |= {"node_id": ctx.get_node_id(), "worker_id": ctx.get_worker_id(),
+                     "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    except Exception as exc:  # placement is a record, never a reason to fail the work it describes
+        log.debug("no Ray placement to record: %s", exc)
+    return info

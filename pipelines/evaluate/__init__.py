@@ -124,17 +124,14 @@ def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
                                  ("judge2", second, cfg.judge.second_options, True)):
         if j is None:
             continue
-        served = j.served_languages(cfg.eval_langs)
-        if served is not None:
-            # A judge service: its own policy and κ per language, as it measured them.
-            rows: list[dict[str, Any]] = [{"lang": r["language"], "source": "human", **r} for r in served
-                                          if r["language"] == "en" and r.get("validated")]
-            langs = served
+        langs = j.served_languages(cfg.eval_langs)  # a judge service: its own policy and κ per language
+        if langs is not None:
+            en = next((r for r in langs if r["language"] == "en" and r["validated"]), None)
         else:
-            judging = judging_of(cfg.judge, j, second=sec)
             rows = judge_validity(j, opts, cfg.eval_langs, cfg.judge.translate_prefer, cfg.judge.labels,
                                   cfg.judge.agreement_limit)
-            langs = judging.languages_info(cfg.eval_langs, rows)
+            langs = judging_of(cfg.judge, j, second=sec).languages_info(cfg.eval_langs, rows)
+            en = next((r for r in rows if r["lang"] == "en" and r["source"] == "human"), None)
         for r in langs:
             lang, ok = r["language"], r["validated"]
             metrics[f"{prefix}/validated/{lang}"] = float(ok)
@@ -144,7 +141,6 @@ def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
                 metrics[f"{prefix}/accuracy/{lang}"] = r["accuracy"]
             tidy.add(lang, f"{prefix}/kappa", r["kappa"] if ok else None, n=r["n"])
             tidy.add(lang, f"{prefix}/accuracy", r["accuracy"] if ok else None, n=r["n"])
-        en = next((r for r in rows if r["lang"] == "en" and r["source"] == "human"), None)
         if en is not None:
             metrics[f"{prefix}_en/kappa" if sec else "judge/kappa"] = en["kappa"]
             metrics[f"{prefix}_en/accuracy" if sec else "judge/accuracy"] = en["accuracy"]

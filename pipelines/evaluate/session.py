@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from pipelines.config import GenerateConfig, StudyConfig
 from pipelines.evaluate.backends import Backend, make_backend
@@ -63,6 +62,3 @@ class EvalSession:
     def close(self) -> None:
         for key in list(self._models):
             self.release(Path(key))
-
-    def info(self) -> dict[str, Any]:
-        return {"loads": self.loads()}

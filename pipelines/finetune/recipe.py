@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import progress
+from cluster.connect import placement
 from pipelines.config import FinetuneConfig
 from pipelines.finetune import checkpoints as ck
 from pipelines.finetune.data import (
@@ -332,13 +333,10 @@ def _gather_placement(run: Run) -> list[dict[str, Any]]:
     """Where every rank trained: its node and the GPU ids Ray gave it (logical ones on a cluster that only
     advertises GPUs), whether torch computed on a GPU, and when it started and finished, for the cell's
     record (and the simulated-cluster test that no two GPU holders shared a GPU)."""
-    import ray
     import torch.distributed as dist
 
-    in_ray = ray.is_initialized()  # Ray Train's local mode runs this loop outside any worker
-    mine = {"rank": run.rank, "node_id": ray.get_runtime_context().get_node_id() if in_ray else None,
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()] if in_ray else [], "on_gpu": on_gpu(run.ft),
-            "pid": os.getpid(), "started": run.lc.get("_loop_started", run.t_start), "finished": time.time()}
+    mine = placement() | {"rank": run.rank, "on_gpu": on_gpu(run.ft),
+                          "started": run.lc.get("_loop_started", run.t_start), "finished": time.time()}
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return [mine]
     out: list[Any] = [None] * dist.get_world_size()

@@ -22,22 +22,16 @@ from pipelines.evaluate import EvalSession
 from pipelines.evaluate.judges import make_judge
 from pipelines.layout import Workdir
 from pipelines.presets import check_components
-from pipelines.sweep.resources import check_cluster
+from pipelines.sweep.resources import check_cluster, evaluation_needs
 from pipelines.sweep.trial import Tracking, finish_cell
 
 log = logging.getLogger(__name__)
 
-_GIB = 1024**3
-
-
 def worker_resources(cfg: StudyConfig) -> dict[str, Any]:
-    """The Ray resources of one evaluation worker (ray.remote options; resources.evaluation_needs is the
-    same as node resource keys)."""
-    ev = cfg.evaluate
-    out: dict[str, Any] = {"num_cpus": ev.num_cpus, "num_gpus": ev.num_gpus}
-    if ev.memory_gb:
-        out["memory"] = int(ev.memory_gb * _GIB)
-    return out
+    """The Ray resources of one evaluation worker as ray.remote options (resources.evaluation_needs in
+    node resource keys: the one place they are read from the config)."""
+    keys = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
+    return {keys[k]: int(v) if k == "memory" else v for k, v in evaluation_needs(cfg).items()}
 
 
 def by_model(cells: list[Cell]) -> dict[str, list[Cell]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import progress
+from cluster.connect import placement
 from cluster.storage import read_json, read_manifest, write_json_atomic, write_manifest, write_parquet_atomic
 from cluster.tracking import point_mlflow
 from pipelines.cells import Cell, cell_dir, checkpoint_dir
@@ -160,7 +161,8 @@ def finish_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_has
         manifest = write_manifest(out, cell=cell.to_dict(), cell_id=cell.id, cell_hash=out.name, metrics=metrics,
                                   compliance=ev.compliance.to_dicts(), mlflow_run_id=run.info.run_id,
                                   train=train_info,
-                                  evaluated_on=_placement(session) | {"started": t0, "finished": time.time()})
+                                  evaluated_on=placement() | {"loads": session.loads() if session else {},
+                                                             "started": t0, "finished": time.time()})
     return manifest | {"reused": False}
 
 
@@ -182,24 +184,6 @@ def relog_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_hash: str, tracking
         mlflow.log_metrics(done["metrics"])
         log_cell_artifacts(out, None if cell.is_base else checkpoint_dir(wd, cfg, cell, ds_hash))
     return done | {"reused": True}
-
-
-def _placement(session: EvalSession | None) -> dict[str, Any]:
-    """Where the evaluation ran: node and GPU ids as Ray gave them (none outside Ray), the process, and
-    how often each model was loaded in it."""
-    import os
-
-    info: dict[str, Any] = {"pid": os.getpid(), "loads": session.loads() if session else {}}
-    try:
-        import ray
-
-        if ray.is_initialized():
-            ctx = ray.get_runtime_context()
-            info |= {"node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-                     "worker_id": ctx.get_worker_id()}
-    except Exception as exc:  # placement is a record, never a reason to fail a cell
-        log.debug("no Ray placement to record: %s", exc)
-    return info
 
 
 def _write_outputs(ev: CellEvaluation, out: Path) -> None:

@@ -79,19 +79,20 @@ class FastCpuBackend(Backend):
         # generate.batch_size rows decode together; their prompts' pass runs prefill_batch at a time.
         self.prefill_batch = prefill_batch
         # Checked before the model loads, so a CPU without bf16 fails at once.
-        self.dtype = resolve_dtype(dtype, cpu_flags(Path(cpuinfo)))
-        self.kv_dtype = resolve_dtype(kv_dtype, cpu_flags(Path(cpuinfo)), "kv_dtype")
+        flags = cpu_flags(Path(cpuinfo))
+        self.dtype = resolve_dtype(dtype, flags)
+        self.kv_dtype = resolve_dtype(kv_dtype, flags, "kv_dtype")
         self.tok = model.tok
         self._decoder: Decoder | None = None
-        self._built_for: tuple[Path | None] | None = None  # the adapter the fused weights include
+        self._built_for: Path | None = None  # the adapter the fused weights include (with _decoder set)
 
     @property
     def decoder(self) -> Decoder:
-        if self._decoder is None or self._built_for != (self.adapter,):
+        if self._decoder is None or self._built_for != self.adapter:
             self.model.activate(self.adapter)
             self._decoder = None  # free the previous cell's fused copy before building the next
             self._decoder = Decoder(self.model.base_model(), self.dtype, self.kv_dtype)
-            self._built_for = (self.adapter,)
+            self._built_for = self.adapter
         return self._decoder
 
     @property
