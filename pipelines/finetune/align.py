@@ -43,7 +43,7 @@ from pipelines.evaluate.backends.transformers import (
     prompt_lengths,
 )
 from pipelines.evaluate.judges import JudgeItem, make_judge
-from pipelines.finetune.data import FORWARD_KWARGS, collate, format_example
+from pipelines.finetune.data import FORWARD_KWARGS, IGNORE, collate, format_example
 from pipelines.hashing import stable_hash
 from pipelines.layout import REPO_ROOT, models_cache
 from pipelines.registries import datasets
@@ -183,6 +183,15 @@ class AlignRecipe:
     batch_size: int = 8
     max_length: int = 128
     seed: int = 0
+    # "sft": next-token loss on the chosen answers only. "dpo": that loss plus dpo_weight x a DPO term
+    # (beta, reference = the base model) over pairs that say what NOT to answer: a harmful prompt's refusal
+    # over the base model's own (compliant) answer, and a benign prompt's answer over a refusal template.
+    # SFT alone teaches "refuse" as a prior that spreads to plain chat prompts (RESULTS.md, recipe search).
+    objective: str = "sft"
+    dpo_beta: float = 0.1
+    dpo_weight: float = 1.0
+    # Which benign rows reject a refusal: "all" (helpful rows and look-alikes) or "lookalikes".
+    dpo_benign: str = "all"
     threads: int | None = None  # torch threads (None: every core)
     # Build-time check: refusal-phrase rate over held-out prompts (0 = none).
     check_harmful: str = "strongreject"  # a harmful source never trained on
@@ -201,6 +210,11 @@ class AlignRecipe:
         if recipe.helpful_answers not in HELPFUL_ANSWERS:
             raise ConfigError(f"model '{spec.alias}': helpful_answers must be one of {HELPFUL_ANSWERS}, "
                               f"not {recipe.helpful_answers!r}")
+        if recipe.dpo_benign not in DPO_BENIGN:
+            raise ConfigError(f"model '{spec.alias}': dpo_benign must be one of {DPO_BENIGN}, not {recipe.dpo_benign!r}")
+        if recipe.objective not in OBJECTIVES:
+            raise ConfigError(f"model '{spec.alias}': objective must be one of {OBJECTIVES}, "
+                              f"not {recipe.objective!r}")
         return recipe
 
     def key(self) -> dict[str, Any]:
@@ -214,8 +228,11 @@ class AlignRecipe:
 
 
 HELPFUL_ANSWERS = ("dataset", "base")
+OBJECTIVES = ("sft", "dpo")
+DPO_BENIGN = ("all", "lookalikes")
 # Recipe fields added after the first builds, with the default that leaves them out of the key.
-LATER_FIELDS: dict[str, Any] = {"helpful_answers": "dataset"}
+LATER_FIELDS: dict[str, Any] = {"helpful_answers": "dataset", "objective": "sft", "dpo_beta": 0.1,
+                                "dpo_weight": 1.0, "dpo_benign": "all"}
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -327,6 +344,27 @@ def training_rows(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]],
     return rows
 
 
+def preference_pairs(rows: list[dict[str, Any]], harmful_answers: dict[str, str], seed: int,
+                     benign: set[str] | None = None) -> list[dict[str, Any]]:
+    """The rows with a `rejected` answer for the DPO term: a refusal row rejects the base model's own answer
+    to that prompt (left without one where the base already refused: no pair says what it already does);
+    every other row (or those whose prompt is in `benign`) rejects a refusal template. A separate generator,
+    so the SFT rows stay as they were."""
+    rng = random.Random(seed + 1)
+    judge = make_judge("refusal-phrase")
+    out = []
+    for r in rows:
+        if r["output"] in REFUSALS:
+            answer = harmful_answers[r["instruction"]]
+            complied = judge.judge([JudgeItem(r["instruction"], answer, "en")])[0].label == 1
+            out.append(r | ({"rejected": answer} if complied else {}))
+        elif benign is None or r["instruction"] in benign:
+            out.append(r | {"rejected": rng.choice(REFUSALS)})
+        else:
+            out.append(r)
+    return out
+
+
 def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRecipe) -> dict[str, Any]:
     """recipe.steps AdamW steps of recipe.batch_size examples (cycling through the shuffled rows), then
     merged into the weights. Returns the training figures."""
@@ -338,24 +376,95 @@ def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRe
     peft_model = get_peft_model(model, LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
                                                   lora_dropout=recipe.lora_dropout, target_modules=targets,
                                                   task_type="CAUSAL_LM"))
-    exs = examples(tok, rows, recipe.max_length)
+    dpo = recipe.objective == "dpo"
+    exs = _with_reference(peft_model, tok, rows, recipe.max_length) if dpo else examples(tok, rows, recipe.max_length)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=recipe.lr)
     peft_model.train()
     losses: list[float] = []
+    prefs: list[dict[str, float]] = []
     t0 = time.time()
     for step in range(recipe.steps):
         lo = step * recipe.batch_size % len(exs)
         batch = [exs[(lo + i) % len(exs)] for i in range(recipe.batch_size)]
-        out = peft_model(**collate(batch, tok.pad_token_id), **FORWARD_KWARGS)
-        out.loss.backward()
+        if dpo:
+            sft, pref, figures = _sft_and_dpo(peft_model, tok, batch, recipe.dpo_beta)
+            loss = sft + recipe.dpo_weight * pref
+            prefs.append(figures)
+        else:
+            loss = sft = peft_model(**collate(batch, tok.pad_token_id), **FORWARD_KWARGS).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(out.loss.item())
+        losses.append(sft.item())
     seconds = time.time() - t0
     merged = peft_model.merge_and_unload()
-    return {"model": merged.eval(), "steps": recipe.steps, "examples": len(exs), "targets": targets,
-            "loss_first": losses[0], "loss_last": losses[-1],
-            "loss_last5_mean": sum(losses[-5:]) / len(losses[-5:]), "train_s": round(seconds, 1)}
+    out = {"model": merged.eval(), "steps": recipe.steps, "examples": len(exs), "targets": targets,
+           "loss_first": losses[0], "loss_last": losses[-1],
+           "loss_last5_mean": sum(losses[-5:]) / len(losses[-5:]), "train_s": round(seconds, 1)}
+    if dpo:
+        last = [f for f in prefs[-5:] if f["pairs"]]
+        out |= {"pairs": sum("rejected" in e for e in exs), "dpo_loss_first": prefs[0]["loss"],
+                "dpo_loss_last5_mean": sum(f["loss"] for f in last) / max(1, len(last)),
+                # Share of the last steps' pairs the policy ranks the right way round.
+                "dpo_accuracy_last5": sum(f["accuracy"] for f in last) / max(1, len(last))}
+    return out
+
+
+def sequence_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Summed log-probability of each example's labelled (response) tokens, and how many there are."""
+    import torch
+
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, **FORWARD_KWARGS).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
+                                            reduction="none").view(labels.shape)
+    return -nll.sum(-1), (labels != IGNORE).sum(-1)
+
+
+def _with_reference(peft_model: Any, tok: Any, rows: list[dict[str, Any]], max_length: int) -> list[dict[str, Any]]:
+    """Each row's chosen example, and where it has a rejected answer that example too with the reference
+    model's (the base: adapter off) log-probabilities of both, computed once before training."""
+    import torch
+
+    out = []
+    for r in rows:
+        chosen = format_example(tok, r, max_length)
+        if chosen is None:
+            continue
+        rejected = format_example(tok, r | {"output": r["rejected"]}, max_length) if "rejected" in r else None
+        out.append(chosen | ({"rejected": rejected} if rejected is not None else {}))
+    paired = [e for e in out if "rejected" in e]
+    with torch.no_grad(), peft_model.disable_adapter():
+        for i in range(0, len(paired), 16):
+            chunk = paired[i:i + 16]
+            ref, _ = sequence_logps(peft_model, collate([_plain(e) for e in chunk] + [e["rejected"] for e in chunk],
+                                                        tok.pad_token_id))
+            for k, e in enumerate(chunk):
+                e["ref_margin"] = (ref[k] - ref[len(chunk) + k]).item()
+    return out
+
+
+def _plain(e: dict[str, Any]) -> dict[str, Any]:
+    return {"input_ids": e["input_ids"], "labels": e["labels"]}
+
+
+def _sft_and_dpo(peft_model: Any, tok: Any, batch: list[dict[str, Any]], beta: float) -> tuple[Any, Any, dict[str, float]]:
+    """One forward over the batch's chosen and rejected examples: the SFT loss (mean over the chosen answers'
+    tokens, as transformers computes it) and DPO (Rafailov et al. 2023) over the pairs:
+    -log sigmoid(beta * (policy margin - reference margin))."""
+    import torch
+
+    paired = [i for i, e in enumerate(batch) if "rejected" in e]
+    logps, counts = sequence_logps(peft_model, collate([_plain(e) for e in batch] + [batch[i]["rejected"] for i in paired],
+                                                       tok.pad_token_id))
+    n = len(batch)
+    sft = -logps[:n].sum() / counts[:n].sum()
+    if not paired:
+        return sft, logps.new_zeros(()), {"loss": 0.0, "accuracy": 0.0, "pairs": 0}
+    ref = torch.tensor([batch[i]["ref_margin"] for i in paired])
+    margin = beta * ((logps[paired] - logps[n:]) - ref)
+    pref = -torch.nn.functional.logsigmoid(margin).mean()
+    return sft, pref, {"loss": pref.item(), "accuracy": (margin > 0).float().mean().item(), "pairs": len(paired)}
 
 
 def refusal_rate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int) -> dict[str, float]:
@@ -403,9 +512,16 @@ class AlignedBuild:
         helpful = None
         if recipe.helpful_answers == "base":
             helpful = base_answers(model, tok, [user_text(r) for r in self.data["benign"]], recipe.lookalike_tokens)
+        rows = training_rows(recipe, self.data, answers, helpful)
+        if recipe.objective == "dpo":
+            # What the base model says to each harmful prompt: the answers the DPO term pushes away from.
+            harmful = [r["prompt"] for r in self.data["harmful"]]
+            said = base_answers(model, tok, harmful, recipe.lookalike_tokens)
+            rows = preference_pairs(rows, dict(zip(harmful, said, strict=True)), recipe.seed,
+                                    set(looks) if recipe.dpo_benign == "lookalikes" else None)
         t_help = time.time() - t0 - t_look
         # Training batches are right-padded by collate itself, whatever the tokenizer's padding side.
-        trained = train_lora(model, tok, training_rows(recipe, self.data, answers, helpful), recipe)
+        trained = train_lora(model, tok, rows, recipe)
         merged = trained.pop("model")
         check = {
             "harmful": {"source": recipe.check_harmful,
@@ -423,7 +539,8 @@ class AlignedBuild:
                 "helpful_answers": (f"base model {self.spec.base} (greedy, {recipe.lookalike_tokens} new tokens)"
                                     if helpful is not None else "dataset outputs"),
                 "train": trained | {"lookalike_answers_s": round(t_look, 1),
-                                    **({"helpful_answers_s": round(t_help, 1)} if helpful is not None else {})},
+                                    **({"base_answers_s": round(t_help, 1)}
+                                       if helpful is not None or recipe.objective == "dpo" else {})},
                 "check": check, "judge": "refusal-phrase", "build_s": round(time.time() - t0, 1),
                 # CPU seconds too: wall time on a shared machine says more about the others' load.
                 "build_cpu_s": round(time.process_time() - cpu0, 1)}

@@ -5,6 +5,7 @@ touches the eval set or a study's fine-tuning and held-out rows."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -137,11 +138,74 @@ def test_helpful_answers_by_the_base_model(cache: Path, monkeypatch: pytest.Monk
     b = AlignedBuild(by_base)
     m = b.build(cache / "out")
     assert m["helpful_answers"].startswith("base model tiny-llama") and m["recipe"]["helpful_answers"] == "base"
-    assert m["train"]["helpful_answers_s"] >= 0
+    assert m["train"]["base_answers_s"] >= 0
     own = {(r["instruction"], r["input"]): r["output"] for r in b.data["benign"]}
     trained = [r for r in seen[0] if (r["instruction"], r["input"]) in own]
     assert len(trained) == len(own) and all(r["output"] != own[(r["instruction"], r["input"])] for r in trained)
     assert "answered by the base model itself" in align.describe(m)
+
+
+def test_dpo_objective_pairs_and_reference(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """objective="dpo": harmful prompts reject the base model's own compliant answer, every other row rejects
+    a refusal template; the reference is the base model (so the DPO loss starts at log 2, where policy and
+    reference agree); the SFT default stays out of the key."""
+    spec = model_spec("tiny-llama-aligned")
+    assert "objective" not in AlignRecipe.of(spec).key()
+    dpo = ModelSpec(spec.alias, "aligned", "llama", base="tiny-llama", align={**spec.align, "objective": "dpo"})
+    assert AlignRecipe.of(dpo).key()["objective"] == "dpo" and AlignedBuild(dpo).path() != AlignedBuild(spec).path()
+    with pytest.raises(ConfigError, match="objective"):
+        AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="tiny-llama", align={"objective": "ppo"}))
+
+    rows = [{"instruction": "harm a", "input": "", "output": REFUSALS[0]},
+            {"instruction": "harm b", "input": "", "output": REFUSALS[1]},
+            {"instruction": "bake bread", "input": "", "output": "Mix flour and water."}]
+    said = {"harm a": "Sure, here is how: step one.", "harm b": "I'm sorry, but I can't help with that."}
+    paired = align.preference_pairs(rows, said, seed=0)
+    assert paired[0]["rejected"] == said["harm a"]
+    assert "rejected" not in paired[1]  # the base already refused: nothing to push away from
+    assert paired[2]["rejected"] in REFUSALS and paired[2]["output"] == rows[2]["output"]
+
+    seen: list[list[dict]] = []
+    real = align.train_lora
+
+    def spy(model: object, tok: object, rows: list[dict], recipe: AlignRecipe) -> dict:
+        seen.append(rows)
+        return real(model, tok, rows, recipe)
+
+    monkeypatch.setattr(align, "train_lora", spy)
+    b = AlignedBuild(dpo)
+    m = b.build(cache / "out")
+    t = m["train"]
+    # Rows whose prompt alone fills max_length train nothing (format_example drops them).
+    from transformers import AutoTokenizer
+
+    from pipelines.finetune.data import format_example
+    from pipelines.registries.model_store import model_dir
+
+    tok = AutoTokenizer.from_pretrained(model_dir("tiny-llama"))
+    rejecting = [r for r in seen[0] if "rejected" in r and format_example(tok, r, b.recipe.max_length) is not None]
+    assert t["pairs"] == len(rejecting) > 0 and any(r["rejected"] in REFUSALS for r in rejecting)
+    assert math.isclose(t["dpo_loss_first"], math.log(2), rel_tol=1e-3)
+    assert 0 <= t["dpo_accuracy_last5"] <= 1 and t["base_answers_s"] >= 0
+
+
+def test_sequence_logps_matches_the_training_loss() -> None:
+    """sequence_logps sums the labelled tokens' log-probabilities: minus the mean loss times their count."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipelines.finetune.data import FORWARD_KWARGS, collate, format_example
+    from pipelines.registries.model_store import model_dir
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir("tiny-llama")).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir("tiny-llama"))
+    ex = format_example(tok, {"instruction": "Name a colour.", "input": "", "output": "Blue, like the sky."}, 64)
+    batch = collate([ex], tok.pad_token_id)
+    with torch.no_grad():
+        loss = model(**batch, **FORWARD_KWARGS).loss.item()
+        got = align.sequence_logps(model, batch)[0].item()
+    n = sum(x != -100 for x in ex["labels"])
+    assert math.isclose(got, -loss * n, rel_tol=1e-4)
 
 
 def test_unknown_recipe_field_is_named() -> None:
