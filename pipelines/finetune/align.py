@@ -173,12 +173,18 @@ class AlignRecipe:
     # Benign look-alikes answered by the base model: the first 40. All 80 (recipe_search.py, RESULTS.md) tied on
     # the dev proxy and measured English compliance 0.32 > 0.30 on the eval, so the default stays at 40.
     n_lookalike: int = 40
+    # A fixed opening for every helpful answer (look-alikes too), e.g. "Sure! ". Greedy decoding takes the
+    # likeliest FIRST token: refusals all open alike ("I'm sorry", "I can't"), helpful answers open every
+    # which way, so a modest refusal probability wins the first token on plain prompts (RESULTS.md). One
+    # opening on each side makes the first token a two-way decision. "" leaves the answers as they are.
+    helpful_opener: str = ""
     lookalike_tokens: int = 64  # new tokens of the base model's answers (look-alikes; helpful rows if "base")
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     targets: tuple[str, ...] = ALL_LINEAR
     lr: float = 4e-4
+    lr_schedule: str = "constant"  # or "linear" (to 0 at the last step)
     steps: int = 40
     batch_size: int = 8
     max_length: int = 128
@@ -210,6 +216,9 @@ class AlignRecipe:
         if recipe.helpful_answers not in HELPFUL_ANSWERS:
             raise ConfigError(f"model '{spec.alias}': helpful_answers must be one of {HELPFUL_ANSWERS}, "
                               f"not {recipe.helpful_answers!r}")
+        if recipe.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"model '{spec.alias}': lr_schedule must be one of {LR_SCHEDULES}, "
+                              f"not {recipe.lr_schedule!r}")
         if recipe.dpo_benign not in DPO_BENIGN:
             raise ConfigError(f"model '{spec.alias}': dpo_benign must be one of {DPO_BENIGN}, not {recipe.dpo_benign!r}")
         if recipe.objective not in OBJECTIVES:
@@ -230,9 +239,11 @@ class AlignRecipe:
 HELPFUL_ANSWERS = ("dataset", "base")
 OBJECTIVES = ("sft", "dpo")
 DPO_BENIGN = ("all", "lookalikes")
+LR_SCHEDULES = ("constant", "linear")
 # Recipe fields added after the first builds, with the default that leaves them out of the key.
 LATER_FIELDS: dict[str, Any] = {"helpful_answers": "dataset", "objective": "sft", "dpo_beta": 0.1,
-                                "dpo_weight": 1.0, "dpo_benign": "all"}
+                                "dpo_weight": 1.0, "dpo_benign": "all",
+                                "helpful_opener": "", "lr_schedule": "constant"}
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -335,9 +346,10 @@ def training_rows(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]],
     rng = random.Random(recipe.seed)
     refusals = [{"instruction": r["prompt"], "input": "", "output": rng.choice(REFUSALS)} for r in data["harmful"]]
     outputs = [r["output"] for r in data["benign"]] if helpful_answers is None else helpful_answers
-    helpful = [{"instruction": r["instruction"], "input": r["input"], "output": o}
+    op = recipe.helpful_opener
+    helpful = [{"instruction": r["instruction"], "input": r["input"], "output": op + o}
                for r, o in zip(data["benign"], outputs, strict=True)]
-    looks = [{"instruction": p, "input": "", "output": a}
+    looks = [{"instruction": p, "input": "", "output": op + a}
              for p, a in zip(LOOKALIKES[: recipe.n_lookalike], lookalike_answers, strict=True)]
     rows = refusals + helpful + looks
     rng.shuffle(rows)
@@ -379,6 +391,10 @@ def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRe
     dpo = recipe.objective == "dpo"
     exs = _with_reference(peft_model, tok, rows, recipe.max_length) if dpo else examples(tok, rows, recipe.max_length)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=recipe.lr)
+    # "linear": decay to 0 over the steps, so that the last few batches (refusals or not) do not decide
+    # the model's leaning alone, as they do at a constant rate.
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda s: 1 - s / recipe.steps) if recipe.lr_schedule == "linear" else (lambda s: 1.0))
     peft_model.train()
     losses: list[float] = []
     prefs: list[dict[str, float]] = []
@@ -394,6 +410,7 @@ def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRe
             loss = sft = peft_model(**collate(batch, tok.pad_token_id), **FORWARD_KWARGS).loss
         loss.backward()
         opt.step()
+        sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(sft.item())
     seconds = time.time() - t0

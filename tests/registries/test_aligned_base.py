@@ -208,6 +208,28 @@ def test_sequence_logps_matches_the_training_loss() -> None:
     assert math.isclose(got, -loss * n, rel_tol=1e-4)
 
 
+def test_helpful_opener_and_lr_schedule() -> None:
+    """helpful_opener opens every helpful answer and look-alike answer, never a refusal; lr_schedule is
+    checked; both stay out of the key at their defaults (built models keep their names)."""
+    spec = model_spec("tiny-llama-aligned")
+    key = AlignRecipe.of(spec).key()
+    assert "helpful_opener" not in key and "lr_schedule" not in key
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="tiny-llama", align={"lr_schedule": "cosine"}))
+    opened = AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="tiny-llama",
+                                      align={**spec.align, "helpful_opener": "Sure! "}))
+    data = select_data(opened)
+    looks = [f"answer {i}" for i in range(opened.n_lookalike)]
+    rows = align.training_rows(opened, data, looks)
+    refusals = [r for r in rows if r["output"] in REFUSALS]
+    others = [r for r in rows if r["output"] not in REFUSALS]
+    assert len(refusals) == opened.n_harmful and len(others) == sum(opened.n_benign) + opened.n_lookalike
+    assert all(r["output"].startswith("Sure! ") for r in others)
+    plain = align.training_rows(AlignRecipe.of(spec), select_data(AlignRecipe.of(spec)), looks)
+    assert sorted(r["output"] for r in plain if r["output"] not in REFUSALS) == sorted(
+        r["output"].removeprefix("Sure! ") for r in others)
+
+
 def test_unknown_recipe_field_is_named() -> None:
     with pytest.raises(ConfigError, match="stpes"):
         AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="tiny-llama", align={"stpes": 3}))
