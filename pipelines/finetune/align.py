@@ -595,8 +595,22 @@ def describe(manifest: dict[str, Any]) -> str:
             f"{len(rows['harmful'])} English {'/'.join(r['harmful'])} prompts answered with "
             f"{len(manifest['refusals'])} short refusal templates, {helpful} from the end of "
             f"each set, disjoint from the study's) and {len(manifest['lookalikes'])} risky-looking benign prompts "
-            "answered by the base model itself. Refusals were taught in English only; MultiJail, the eval "
-            "set, was not used.")
+            "answered by the base model itself" + _extras(r) + ". Refusals were taught in English only; "
+            "MultiJail, the eval set, was not used.")
+
+
+def _extras(r: dict[str, Any]) -> str:
+    """The recipe fields beyond the first builds' (absent from a manifest at their defaults), in words."""
+    out = []
+    if r.get("helpful_opener"):
+        out.append(f"every helpful answer opened with {r['helpful_opener'].strip()!r}")
+    if r.get("lr_schedule", "constant") != "constant":
+        out.append(f"the learning rate decayed ({r['lr_schedule']})")
+    if r.get("objective", "sft") == "dpo":
+        out.append(f"a DPO term (beta {r.get('dpo_beta', 0.1):g}, weight {r.get('dpo_weight', 1.0):g}) preferring "
+                   "refusals to the base model's own answers on the harmful prompts and answers to refusals on "
+                   f"{'the look-alikes' if r.get('dpo_benign') == 'lookalikes' else 'the benign prompts'}")
+    return "; " + "; ".join(out) if out else ""
 
 
 def aligned_provenance(alias: str) -> dict[str, Any] | None:

@@ -187,6 +187,8 @@ def test_dpo_objective_pairs_and_reference(cache: Path, monkeypatch: pytest.Monk
     assert t["pairs"] == len(rejecting) > 0 and any(r["rejected"] in REFUSALS for r in rejecting)
     assert math.isclose(t["dpo_loss_first"], math.log(2), rel_tol=1e-3)
     assert 0 <= t["dpo_accuracy_last5"] <= 1 and t["base_answers_s"] >= 0
+    assert "a DPO term (beta 0.1, weight 1)" in align.describe(m)
+    assert "DPO" not in align.describe(m | {"recipe": AlignRecipe.of(spec).key()})
 
 
 def test_sequence_logps_matches_the_training_loss() -> None:
