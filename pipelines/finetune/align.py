@@ -153,6 +153,53 @@ LOOKALIKES: tuple[str, ...] = (
     "Can you explain how vaccines trick the immune system into fighting a virus?",
 )
 
+# Plain chat questions, written for the recipe (not OASST, the eval's second safe set): the refusal sets
+# hold imperatives ("Write a tutorial on ..."), the eval's harmful prompts are mostly questions, and a
+# model that saw no benign questions learns to refuse questions (RESULTS.md, recipe search). Answered by
+# the base model, like the look-alikes. None in the default recipe (n_chat=0).
+CHAT_PROMPTS: tuple[str, ...] = (
+    "What is the difference between a virus and a bacterium?",
+    "Can you recommend a good book for learning to cook at home?",
+    "How long should I boil an egg for a soft yolk?",
+    "Why do cats purr?",
+    "What are some tips for sleeping better at night?",
+    "Could you explain what inflation is in simple words?",
+    "How do I start learning to play the guitar?",
+    "What should I pack for a weekend camping trip?",
+    "Is it better to rent or to buy a house?",
+    "How does a refrigerator keep food cold?",
+    "Can you suggest a name for my new puppy?",
+    "What is the capital of Australia, and why is it not Sydney?",
+    "How can I be more productive when working from home?",
+    "Why do leaves change colour in autumn?",
+    "What is a good way to learn a new language as an adult?",
+    "Can you explain how a credit score works?",
+    "What are the main causes of climate change?",
+    "How do I write a polite email asking for a deadline extension?",
+    "What is the best way to keep houseplants alive?",
+    "Why is the ocean salty?",
+    "Can you help me come up with a birthday party theme for a ten-year-old?",
+    "How do airplanes stay in the air?",
+    "What is the difference between weather and climate?",
+    "How can I save money on groceries?",
+    "Who invented the printing press, and why did it matter?",
+    "What are some easy exercises I can do at my desk?",
+    "Can you explain what a black hole is?",
+    "How do I make my resume stand out?",
+    "What is the healthiest way to lose weight?",
+    "Why do we have time zones?",
+    "Hi there! How are you today?",
+    "Do you think robots will ever have feelings?",
+    "What's a fun thing to do on a rainy Sunday?",
+    "Can you tell me a joke about computers?",
+    "How do I calm down before an exam?",
+    "What is machine learning, in a few sentences?",
+    "How do bees make honey?",
+    "What is the plot of Romeo and Juliet?",
+    "How can I improve my handwriting?",
+    "What should I consider when choosing a laptop?",
+)
+
 # All linear layers of a Llama-family block: refusal needs more than attention (FIELD-NOTES: r=16 on all
 # linear layers moved English compliance 0.85 -> 0.20 in 40 steps; attention-only moved it far less).
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -178,6 +225,7 @@ class AlignRecipe:
     # which way, so a modest refusal probability wins the first token on plain prompts (RESULTS.md). One
     # opening on each side makes the first token a two-way decision. "" leaves the answers as they are.
     helpful_opener: str = ""
+    n_chat: int = 0  # plain chat questions (CHAT_PROMPTS) answered by the base model
     lookalike_tokens: int = 64  # new tokens of the base model's answers (look-alikes; helpful rows if "base")
     lora_r: int = 16
     lora_alpha: int = 16
@@ -243,7 +291,8 @@ LR_SCHEDULES = ("constant", "linear")
 # Recipe fields added after the first builds, with the default that leaves them out of the key.
 LATER_FIELDS: dict[str, Any] = {"helpful_answers": "dataset", "objective": "sft", "dpo_beta": 0.1,
                                 "dpo_weight": 1.0, "dpo_benign": "all",
-                                "helpful_opener": "", "lr_schedule": "constant"}
+                                "helpful_opener": "", "lr_schedule": "constant",
+                                "n_chat": 0}
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -293,6 +342,7 @@ def data_key(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]]) -> dict
         "rows": {k: [r["id"] for r in v] for k, v in data.items()},
         "refusals_sha256": stable_hash(list(REFUSALS), 64),
         "lookalikes_sha256": stable_hash(list(LOOKALIKES[: recipe.n_lookalike]), 64),
+        **({"chat_sha256": stable_hash(list(CHAT_PROMPTS[: recipe.n_chat]), 64)} if recipe.n_chat else {}),
     }
 
 
@@ -350,7 +400,8 @@ def training_rows(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]],
     helpful = [{"instruction": r["instruction"], "input": r["input"], "output": op + o}
                for r, o in zip(data["benign"], outputs, strict=True)]
     looks = [{"instruction": p, "input": "", "output": op + a}
-             for p, a in zip(LOOKALIKES[: recipe.n_lookalike], lookalike_answers, strict=True)]
+             for p, a in zip(LOOKALIKES[: recipe.n_lookalike] + CHAT_PROMPTS[: recipe.n_chat], lookalike_answers,
+                             strict=True)]
     rows = refusals + helpful + looks
     rng.shuffle(rows)
     return rows
@@ -522,7 +573,7 @@ class AlignedBuild:
         recipe, t0, cpu0 = self.recipe, time.time(), time.process_time()
         base_dir = model_dir(self.spec.base)  # type: ignore[arg-type]
         model, tok = load_for_generation(base_dir, None, recipe.threads)
-        looks = LOOKALIKES[: recipe.n_lookalike]
+        looks = LOOKALIKES[: recipe.n_lookalike] + CHAT_PROMPTS[: recipe.n_chat]
         gcfg = GenerateConfig(max_new_tokens=recipe.lookalike_tokens, batch_size=max(1, len(looks)))
         answers = generate_answers(model, tok, list(looks), gcfg) if looks else []
         t_look = time.time() - t0
@@ -588,14 +639,15 @@ def describe(manifest: dict[str, Any]) -> str:
     helpful = (f"Alpaca prompts answered by the base model itself ({benign} rows" if by_base
                else f"Alpaca answers ({benign} rows")
     seen = min(r["steps"] * r["batch_size"], train["examples"])
+    chat = f" (and {r['n_chat']} plain chat questions)" if r.get("n_chat") else ""
     return (f"The base model {manifest['alias']} was aligned locally, not by its publisher: "
             f"{manifest['base']['alias']} with a LoRA (r={r['lora_r']}, alpha={r['lora_alpha']}, "
             f"{len(r['targets'])} linear layers per block, lr {r['lr']:g}, seed {r['seed']}) merged in after "
             f"{r['steps']} steps of {r['batch_size']} examples ({seen} of a shuffled pool of {train['examples']}): "
             f"{len(rows['harmful'])} English {'/'.join(r['harmful'])} prompts answered with "
             f"{len(manifest['refusals'])} short refusal templates, {helpful} from the end of "
-            f"each set, disjoint from the study's) and {len(manifest['lookalikes'])} risky-looking benign prompts "
-            "answered by the base model itself" + _extras(r) + ". Refusals were taught in English only; "
+            f"each set, disjoint from the study's) and {len(manifest['lookalikes']) - r.get('n_chat', 0)} risky-looking "
+            f"benign prompts{chat} answered by the base model itself" + _extras(r) + ". Refusals were taught in English only; "
             "MultiJail, the eval set, was not used.")
 
 

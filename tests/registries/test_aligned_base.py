@@ -254,6 +254,16 @@ def test_lookalikes_are_not_xstest_prompts() -> None:
         assert worst < 0.5, prompt
 
 
+def test_chat_prompts_are_not_oasst_or_xstest_prompts() -> None:
+    """The chat questions are written for the recipe, not taken from the eval's safe sets (OASST, XSTest):
+    none shares most of its words with any of their prompts."""
+    others = [_words(r["prompt"]) for name in ("hplt_oasst", "xstest_safe") for r in datasets.load(name)]
+    for prompt in align.CHAT_PROMPTS:
+        mine = _words(prompt)
+        worst = max(len(mine & x) / max(1, len(mine | x)) for x in others)
+        assert worst < 0.5, prompt
+
+
 def test_refusal_templates_read_as_refusals() -> None:
     """What the recipe trains is what the study's phrase judge counts as a refusal."""
     from pipelines.evaluate.judges import JudgeItem, make_judge
