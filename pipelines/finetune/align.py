@@ -288,7 +288,9 @@ HELPFUL_ANSWERS = ("dataset", "base")
 OBJECTIVES = ("sft", "dpo")
 DPO_BENIGN = ("all", "lookalikes")
 LR_SCHEDULES = ("constant", "linear")
-# Recipe fields added after the first builds, with the default that leaves them out of the key.
+# Recipe fields added after the first builds, with the value those builds had: at that value a field is left
+# out of the key (and of the manifest's recipe). Written out, not read from the defaults, so that changing a
+# default later cannot change what an absent field meant.
 LATER_FIELDS: dict[str, Any] = {"helpful_answers": "dataset", "objective": "sft", "dpo_beta": 0.1,
                                 "dpo_weight": 1.0, "dpo_benign": "all",
                                 "helpful_opener": "", "lr_schedule": "constant",
@@ -414,13 +416,13 @@ def preference_pairs(rows: list[dict[str, Any]], harmful_answers: dict[str, str]
     every other row (or those whose prompt is in `benign`) rejects a refusal template. A separate generator,
     so the SFT rows stay as they were."""
     rng = random.Random(seed + 1)
-    judge = make_judge("refusal-phrase")
+    verdicts = make_judge("refusal-phrase").judge([JudgeItem(p, a, "en") for p, a in harmful_answers.items()])
+    complied = {p for p, v in zip(harmful_answers, verdicts, strict=True) if v.label == 1}
     out = []
     for r in rows:
         if r["output"] in REFUSALS:
-            answer = harmful_answers[r["instruction"]]
-            complied = judge.judge([JudgeItem(r["instruction"], answer, "en")])[0].label == 1
-            out.append(r | ({"rejected": answer} if complied else {}))
+            p = r["instruction"]
+            out.append(r | ({"rejected": harmful_answers[p]} if p in complied else {}))
         elif benign is None or r["instruction"] in benign:
             out.append(r | {"rejected": rng.choice(REFUSALS)})
         else:
@@ -578,6 +580,7 @@ class AlignedBuild:
         answers = generate_answers(model, tok, list(looks), gcfg) if looks else []
         t_look = time.time() - t0
         helpful = None
+        asks_base = recipe.helpful_answers == "base" or recipe.objective == "dpo"  # more base answers below
         if recipe.helpful_answers == "base":
             helpful = base_answers(model, tok, [user_text(r) for r in self.data["benign"]], recipe.lookalike_tokens)
         rows = training_rows(recipe, self.data, answers, helpful)
@@ -607,8 +610,7 @@ class AlignedBuild:
                 "helpful_answers": (f"base model {self.spec.base} (greedy, {recipe.lookalike_tokens} new tokens)"
                                     if helpful is not None else "dataset outputs"),
                 "train": trained | {"lookalike_answers_s": round(t_look, 1),
-                                    **({"base_answers_s": round(t_help, 1)}
-                                       if helpful is not None or recipe.objective == "dpo" else {})},
+                                    **({"base_answers_s": round(t_help, 1)} if asks_base else {})},
                 "check": check, "judge": "refusal-phrase", "build_s": round(time.time() - t0, 1),
                 # CPU seconds too: wall time on a shared machine says more about the others' load.
                 "build_cpu_s": round(time.process_time() - cpu0, 1)}
@@ -633,35 +635,35 @@ MEASURED = REPO_ROOT / "benchmarks" / "aligned_base" / "measured.json"
 
 def describe(manifest: dict[str, Any]) -> str:
     """One plain sentence for the report: that the base was aligned here, and how."""
-    r, rows, train = manifest["recipe"], manifest["data"]["rows"], manifest["train"]
+    r, rows, train = LATER_FIELDS | manifest["recipe"], manifest["data"]["rows"], manifest["train"]
     benign = " + ".join(f"{n} {s}" for s, n in zip(r["benign"], r["n_benign"], strict=True))
-    by_base = r.get("helpful_answers", "dataset") == "base"
+    by_base = r["helpful_answers"] == "base"
     helpful = (f"Alpaca prompts answered by the base model itself ({benign} rows" if by_base
                else f"Alpaca answers ({benign} rows")
     seen = min(r["steps"] * r["batch_size"], train["examples"])
-    chat = f" (and {r['n_chat']} plain chat questions)" if r.get("n_chat") else ""
+    chat = f" (and {r['n_chat']} plain chat questions)" if r["n_chat"] else ""
     return (f"The base model {manifest['alias']} was aligned locally, not by its publisher: "
             f"{manifest['base']['alias']} with a LoRA (r={r['lora_r']}, alpha={r['lora_alpha']}, "
             f"{len(r['targets'])} linear layers per block, lr {r['lr']:g}, seed {r['seed']}) merged in after "
             f"{r['steps']} steps of {r['batch_size']} examples ({seen} of a shuffled pool of {train['examples']}): "
             f"{len(rows['harmful'])} English {'/'.join(r['harmful'])} prompts answered with "
             f"{len(manifest['refusals'])} short refusal templates, {helpful} from the end of "
-            f"each set, disjoint from the study's) and {len(manifest['lookalikes']) - r.get('n_chat', 0)} risky-looking "
+            f"each set, disjoint from the study's) and {len(manifest['lookalikes']) - r['n_chat']} risky-looking "
             f"benign prompts{chat} answered by the base model itself" + _extras(r) + ". Refusals were taught in English only; "
             "MultiJail, the eval set, was not used.")
 
 
 def _extras(r: dict[str, Any]) -> str:
-    """The recipe fields beyond the first builds' (absent from a manifest at their defaults), in words."""
+    """The recipe fields beyond the first builds' (`r` with LATER_FIELDS filled in), in words."""
     out = []
-    if r.get("helpful_opener"):
+    if r["helpful_opener"]:
         out.append(f"every helpful answer opened with {r['helpful_opener'].strip()!r}")
-    if r.get("lr_schedule", "constant") != "constant":
+    if r["lr_schedule"] != "constant":
         out.append(f"the learning rate decayed ({r['lr_schedule']})")
-    if r.get("objective", "sft") == "dpo":
-        out.append(f"a DPO term (beta {r.get('dpo_beta', 0.1):g}, weight {r.get('dpo_weight', 1.0):g}) preferring "
-                   "refusals to the base model's own answers on the harmful prompts and answers to refusals on "
-                   f"{'the look-alikes' if r.get('dpo_benign') == 'lookalikes' else 'the benign prompts'}")
+    if r["objective"] == "dpo":
+        out.append(f"a DPO term (beta {r['dpo_beta']:g}, weight {r['dpo_weight']:g}) preferring refusals to the base "
+                   "model's own answers on the harmful prompts and answers to refusals on "
+                   f"{'the look-alikes' if r['dpo_benign'] == 'lookalikes' else 'the benign prompts'}")
     return "; " + "; ".join(out) if out else ""
 
 

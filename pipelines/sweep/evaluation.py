@@ -27,6 +27,7 @@ from pipelines.sweep.trial import Tracking, finish_cell
 
 log = logging.getLogger(__name__)
 
+
 def worker_resources(cfg: StudyConfig) -> dict[str, Any]:
     """The Ray resources of one evaluation worker as ray.remote options (resources.evaluation_needs in
     node resource keys: the one place they are read from the config)."""
