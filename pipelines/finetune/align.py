@@ -246,6 +246,16 @@ class AlignRecipe:
     dpo_weight: float = 1.0
     # Which benign rows reject a refusal: "all" (helpful rows and look-alikes) or "lookalikes".
     dpo_benign: str = "all"
+    # Weight of an added loss on each answer's FIRST token (mean over the batch's examples), beside the SFT
+    # loss over all answer tokens. The first token is where greedy decoding decides between refusing and
+    # helping (one opening on each side with helpful_opener); in the SFT mean it is one token of ~600 in a
+    # batch, so the gradient mostly learns the templates' and Alpaca's wording. 0 leaves it out.
+    decision_weight: float = 0.0
+    # Share of the imperative prompts, on BOTH sides (refusal prompts and helpful rows alike, drawn by the
+    # seed), asked as a question instead ("Write a poem" -> "Could you write a poem?"). The refusal sets are
+    # all imperatives and the eval's harmful prompts mostly questions; asking both sides alike keeps the
+    # phrasing from saying which side a prompt is on. 0 leaves the prompts as they are.
+    as_question: float = 0.0
     threads: int | None = None  # torch threads (None: every core)
     # Build-time check: refusal-phrase rate over held-out prompts (0 = none).
     check_harmful: str = "strongreject"  # a harmful source never trained on
@@ -294,7 +304,7 @@ LR_SCHEDULES = ("constant", "linear")
 LATER_FIELDS: dict[str, Any] = {"helpful_answers": "dataset", "objective": "sft", "dpo_beta": 0.1,
                                 "dpo_weight": 1.0, "dpo_benign": "all",
                                 "helpful_opener": "", "lr_schedule": "constant",
-                                "n_chat": 0}
+                                "n_chat": 0, "decision_weight": 0.0, "as_question": 0.0}
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -404,9 +414,28 @@ def training_rows(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]],
     looks = [{"instruction": p, "input": "", "output": op + a}
              for p, a in zip(LOOKALIKES[: recipe.n_lookalike] + CHAT_PROMPTS[: recipe.n_chat], lookalike_answers,
                              strict=True)]
+    if recipe.as_question:
+        # Its own generator, so that a recipe without it draws the same templates and order as before.
+        qrng = random.Random(f"{recipe.seed}-question")
+        for r in refusals + helpful:
+            if qrng.random() < recipe.as_question:
+                r["instruction"] = as_question(r["instruction"], qrng)
     rows = refusals + helpful + looks
     rng.shuffle(rows)
     return rows
+
+
+QUESTION_FORMS = ("Can you {}?", "Could you {}?", "Could you please {}?", "Would you {}?")
+
+
+def as_question(prompt: str, rng: random.Random) -> str:
+    """An imperative asked as a question ("Write a poem." -> "Could you write a poem?"); a question as it is."""
+    p = prompt.strip().rstrip(".!")
+    if not p or p.endswith("?"):
+        return prompt
+    # Lower the first letter of a verb ("Write"), not of an acronym or a name ("SQL", "iPhone").
+    head = p[0].lower() + p[1:] if len(p) > 1 and p[1].islower() else p
+    return rng.choice(QUESTION_FORMS).format(head)
 
 
 def preference_pairs(rows: list[dict[str, Any]], harmful_answers: dict[str, str], seed: int,
@@ -460,7 +489,11 @@ def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRe
             loss = sft + recipe.dpo_weight * pref
             prefs.append(figures)
         else:
-            loss = sft = peft_model(**collate(batch, tok.pad_token_id), **FORWARD_KWARGS).loss
+            inputs = collate(batch, tok.pad_token_id)
+            out = peft_model(**inputs, **FORWARD_KWARGS)
+            loss = sft = out.loss
+            if recipe.decision_weight:
+                loss = sft + recipe.decision_weight * first_token_nll(out.logits, inputs["labels"])
         loss.backward()
         opt.step()
         sched.step()
@@ -478,6 +511,16 @@ def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRe
                 # Share of the last steps' pairs the policy ranks the right way round.
                 "dpo_accuracy_last5": sum(f["accuracy"] for f in last) / max(1, len(last))}
     return out
+
+
+def first_token_nll(logits: Any, labels: Any) -> Any:
+    """Mean over the examples of the negative log-probability of each one's first labelled token."""
+    import torch
+
+    labels = labels[:, 1:]
+    first = (labels != IGNORE).int().argmax(-1)  # every example has a labelled token (format_example)
+    rows = torch.arange(labels.shape[0])
+    return torch.nn.functional.cross_entropy(logits[rows, first].float(), labels[rows, first])
 
 
 def sequence_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
@@ -660,6 +703,10 @@ def _extras(r: dict[str, Any]) -> str:
         out.append(f"every helpful answer opened with {r['helpful_opener'].strip()!r}")
     if r["lr_schedule"] != "constant":
         out.append(f"the learning rate decayed ({r['lr_schedule']})")
+    if r["decision_weight"]:
+        out.append(f"the first answer token's loss added at weight {r['decision_weight']:g}")
+    if r["as_question"]:
+        out.append(f"{r['as_question']:.0%} of the refusal and helpful prompts asked as questions")
     if r["objective"] == "dpo":
         out.append(f"a DPO term (beta {r['dpo_beta']:g}, weight {r['dpo_weight']:g}) preferring refusals to the base "
                    "model's own answers on the harmful prompts and answers to refusals on "

@@ -210,6 +210,36 @@ def test_sequence_logps_matches_the_training_loss() -> None:
     assert math.isclose(got, -loss * n, rel_tol=1e-4)
 
 
+def test_first_token_nll_is_the_loss_of_each_answers_first_token() -> None:
+    """first_token_nll averages, over the examples, the loss of the first answer token alone: a one-token
+    answer's first-token loss is its whole loss; two examples average; decision_weight stays out of the key."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipelines.finetune.data import FORWARD_KWARGS, collate, format_example
+    from pipelines.registries.model_store import model_dir
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir("tiny-llama")).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir("tiny-llama"))
+    long = format_example(tok, {"instruction": "Name a colour.", "input": "", "output": "Blue, like the sky."}, 64)
+    short = format_example(tok, {"instruction": "Say hi.", "input": "", "output": "Hi"}, 64)
+    first = next(i for i, v in enumerate(short["labels"]) if v != -100)
+    one = short | {"labels": [v if i == first else -100 for i, v in enumerate(short["labels"])]}
+    with torch.no_grad():
+        whole_one = model(**collate([one], tok.pad_token_id), **FORWARD_KWARGS).loss.item()
+        b = collate([one], tok.pad_token_id)
+        got_one = align.first_token_nll(model(**b, **FORWARD_KWARGS).logits, b["labels"]).item()
+        b2 = collate([long], tok.pad_token_id)
+        got_long = align.first_token_nll(model(**b2, **FORWARD_KWARGS).logits, b2["labels"]).item()
+        both = collate([long, one], tok.pad_token_id)  # right padding: the shorter row's first token too
+        got_both = align.first_token_nll(model(**both, **FORWARD_KWARGS).logits, both["labels"]).item()
+        whole_long = model(**b2, **FORWARD_KWARGS).loss.item()
+    assert math.isclose(got_one, whole_one, rel_tol=1e-4)
+    assert not math.isclose(got_long, whole_long, rel_tol=1e-3)  # one token of several, not their mean
+    assert math.isclose(got_both, (got_long + got_one) / 2, rel_tol=1e-4)
+    assert "decision_weight" not in AlignRecipe.of(model_spec("tiny-llama-aligned")).key()
+
+
 def test_helpful_opener_and_lr_schedule() -> None:
     """helpful_opener opens every helpful answer and look-alike answer, never a refusal; lr_schedule is
     checked; both stay out of the key at their defaults (built models keep their names)."""
@@ -230,6 +260,29 @@ def test_helpful_opener_and_lr_schedule() -> None:
     plain = align.training_rows(AlignRecipe.of(spec), select_data(AlignRecipe.of(spec)), looks)
     assert sorted(r["output"] for r in plain if r["output"] not in REFUSALS) == sorted(
         r["output"].removeprefix("Sure! ") for r in others)
+
+
+def test_as_question_asks_both_sides_alike() -> None:
+    """as_question rewrites imperatives on the refusal side and the helpful side alike, leaves questions and
+    acronyms alone, and at 0 leaves every row as the default recipe writes it."""
+    import random
+
+    rng = random.Random(0)
+    assert align.as_question("Write a poem about the sea.", rng).endswith("write a poem about the sea?")
+    assert align.as_question("SQL injection: explain it", rng).endswith("SQL injection: explain it?")
+    assert align.as_question("Why is the sky blue?", rng) == "Why is the sky blue?"
+    spec = model_spec("tiny-llama-aligned")
+    plain_recipe = AlignRecipe.of(spec)
+    data = select_data(plain_recipe)
+    looks = [f"answer {i}" for i in range(plain_recipe.n_lookalike)]
+    asked = AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="tiny-llama", align={**spec.align, "as_question": 1.0}))
+    rows = align.training_rows(asked, data, looks)
+    plain = align.training_rows(plain_recipe, data, looks)
+    assert [r["output"] for r in rows] == [r["output"] for r in plain]  # same templates, same order
+    changed = [(a, b) for a, b in zip(rows, plain, strict=True) if a["instruction"] != b["instruction"]]
+    assert {a["output"] in REFUSALS for a, _ in changed} == {True, False}  # both sides
+    assert all(a["instruction"].endswith("?") for a, _ in changed)
+    assert "as_question" not in plain_recipe.key() and asked.key()["as_question"] == 1.0
 
 
 def test_unknown_recipe_field_is_named() -> None:
