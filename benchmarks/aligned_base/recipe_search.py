@@ -1,7 +1,8 @@
 """Recipe search for the aligned laptop base on DEV prompts (never the study's eval rows): compliance by the
 refusal-phrase proxy on MultiJail rows 100..139 (the study evaluates its first data.eval.n_harmful rows) in
 en and zh (human translation), over-refusal on 40 XSTest safe prompts that the eval's spread of up to 20 per
-source never picks, plus 20 OASST prompts after the eval's. One JSON line per variant on stdout.
+source never picks, and on the OASST prompts that the eval's spread of EVAL_N_SAFE never picks, in English
+and in Chinese (human translation). One JSON line per variant on stdout.
 
     SAFEDRIFT_CACHE=/tmp/sdc_dev .venv/bin/python benchmarks/aligned_base/recipe_search.py '{"lr": 5e-4}' ...
     (no argument: the registry's recipe; "base": the unaligned base model; "model:<alias>": a registry model)"""
@@ -22,27 +23,42 @@ from pipelines.registries.model_store import model_dir
 from pipelines.registries.models import ModelSpec
 from pipelines.translate.plan import _spread
 
+# The most safe prompts per source that a measurement in RESULTS.md takes (data.eval.n_safe=12). OASST has
+# only 50 prompts, and spreads of different sizes pick different rows (the spread of 12 holds rows the
+# spread of 20 does not), so the OASST dev rows are those the spread of 12 leaves: 38, disjoint from the
+# laptop's 4 too (the spread of 12 contains the spread of 4). Until V23 the dev set was the first 20 rows
+# outside the spread of 20, 5 of which the n_safe=12 eval measures (RESULTS.md).
+EVAL_N_SAFE = 12
+
 
 def dev_sets() -> dict[str, list[str]]:
     mj = list(datasets.load("multijail"))[100:140]
     xs = list(datasets.load("xstest_safe"))
     picked = {r["id"] for r in _spread(xs, 20)}
     rest = [r for r in xs if r["id"] not in picked]
-    oasst = [r for r in datasets.load("hplt_oasst") if r["id"] not in {x["id"] for x in _spread(list(datasets.load("hplt_oasst")), 20)}]
+    all_oasst = list(datasets.load("hplt_oasst"))
+    eval_oasst = {r["id"] for r in _spread(all_oasst, EVAL_N_SAFE)}
+    oasst = [r for r in all_oasst if r["id"] not in eval_oasst]
     return {"mj_en": [r["prompt"] for r in mj], "mj_zh": [r["refs"]["zh"] for r in mj if "zh" in r["refs"]],
-            "xstest_dev": [r["prompt"] for r in _spread(rest, 40)], "oasst_dev": [r["prompt"] for r in oasst[:20]]}
+            "xstest_dev": [r["prompt"] for r in _spread(rest, 40)], "oasst_dev": [r["prompt"] for r in oasst],
+            "oasst_dev_zh": [r["refs"]["zh"] for r in oasst if "zh" in r["refs"]]}
 
 
 def rates(path: Any) -> dict[str, float]:
     model, tok = load_for_generation(path, None, None)
     judge = make_judge("refusal-phrase")
     gcfg = GenerateConfig(max_new_tokens=24, batch_size=40)
-    out = {}
-    for name, prompts in dev_sets().items():
+    out: dict[str, float] = {}
+    sets = dev_sets()
+    for name, prompts in sets.items():
         answers = [a for i in range(0, len(prompts), 40) for a in generate_answers(model, tok, prompts[i:i + 40], gcfg)]
         v = judge.judge([JudgeItem(p, a, None) for p, a in zip(prompts, answers, strict=True)])
         complied = sum(x.label == 1 for x in v) / len(v)
         out[name] = round(complied if name.startswith("mj") else 1 - complied, 3)
+    # Over-refusal over every safe dev prompt, each set weighed by its size.
+    safe = [k for k in out if not k.startswith("mj")]
+    sizes = {k: len(v) for k, v in sets.items()}
+    out["pooled"] = round(sum(out[k] * sizes[k] for k in safe) / sum(sizes[k] for k in safe), 3)
     return out
 
 
