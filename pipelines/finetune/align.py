@@ -256,6 +256,12 @@ class AlignRecipe:
     # all imperatives and the eval's harmful prompts mostly questions; asking both sides alike keeps the
     # phrasing from saying which side a prompt is on. 0 leaves the prompts as they are.
     as_question: float = 0.0
+    # Benign rows that open like the refusal prompts: for each refusal prompt, one more row of the first benign
+    # set (alpaca_en) whose instruction opens with the same word, from rows matched_from.. up to the check
+    # rows. A third of the refusal prompts open with "Write" against one Alpaca row in twenty, so without
+    # them "Write a story about ..." is refused for its first word (RESULTS.md, third round).
+    match_openings: bool = False
+    matched_from: int = 100  # the first row it may take (check_disjoint keeps studies below it)
     threads: int | None = None  # torch threads (None: every core)
     # Build-time check: refusal-phrase rate over held-out prompts (0 = none).
     check_harmful: str = "strongreject"  # a harmful source never trained on
@@ -304,7 +310,8 @@ LR_SCHEDULES = ("constant", "linear")
 LATER_FIELDS: dict[str, Any] = {"helpful_answers": "dataset", "objective": "sft", "dpo_beta": 0.1,
                                 "dpo_weight": 1.0, "dpo_benign": "all",
                                 "helpful_opener": "", "lr_schedule": "constant",
-                                "n_chat": 0, "decision_weight": 0.0, "as_question": 0.0}
+                                "n_chat": 0, "decision_weight": 0.0, "as_question": 0.0,
+                                "match_openings": False, "matched_from": 100}
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -341,9 +348,32 @@ def select_data(recipe: AlignRecipe) -> dict[str, list[dict[str, Any]]]:
         benign += rows[start:]
         # Held-out check rows: just before the tail (still after any study's rows, see check_disjoint).
         held += rows[max(0, start - recipe.n_check):start] if name == recipe.benign[0] else []
+        if recipe.match_openings and name == recipe.benign[0]:
+            benign += matched_rows(harmful, rows[recipe.matched_from:max(0, start - recipe.n_check)])
     check = list(datasets.load(recipe.check_harmful, limit=recipe.n_check)) if recipe.n_check else []
     return {"harmful": harmful, "benign": benign, "check_harmful": check,
             "check_benign": held[: recipe.n_check]}
+
+
+def opening(text: str) -> str:
+    """The first word, lower-cased, without punctuation."""
+    words = text.split()
+    return words[0].strip(",.:;!?\"'").lower() if words else ""
+
+
+def matched_rows(harmful: list[dict[str, Any]], pool: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each refusal prompt in turn, the next unused pool row whose instruction opens with the same word
+    (none where the pool has no such row left)."""
+    by_word: dict[str, list[dict[str, Any]]] = {}
+    for r in pool:
+        by_word.setdefault(opening(r["instruction"]), []).append(r)
+    return [by_word[w].pop(0) for w in (opening(h["prompt"]) for h in harmful) if by_word.get(w)]
+
+
+def first_row(recipe: AlignRecipe, name: str, n: int) -> int:
+    """The first row of benign set `name` the recipe takes (its tail, the check rows, the matched rows)."""
+    start = tail_start(name, n) - (recipe.n_check if name == recipe.benign[0] else 0)
+    return min(start, recipe.matched_from) if recipe.match_openings and name == recipe.benign[0] else start
 
 
 def data_key(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -371,7 +401,7 @@ def check_disjoint(cfg: StudyConfig) -> None:
         for name, n in zip(recipe.benign, recipe.n_benign, strict=True):
             # The benign source, or a native one, reaches rows [0, used) of that set.
             if name in {bd.source, *bd.native.values()}:
-                start = tail_start(name, n) - (recipe.n_check if name == recipe.benign[0] else 0)
+                start = first_row(recipe, name, n)
                 if used > start:
                     raise ConfigError(
                         f"model '{alias}' was aligned on rows {start}.. of {name} (with its held-out check rows), "
@@ -692,12 +722,13 @@ def describe(manifest: dict[str, Any]) -> str:
             f"{len(rows['harmful'])} English {'/'.join(r['harmful'])} prompts answered with "
             f"{len(manifest['refusals'])} short refusal templates, {helpful} from the end of "
             f"each set, disjoint from the study's) and {len(manifest['lookalikes']) - r['n_chat']} risky-looking "
-            f"benign prompts{chat} answered by the base model itself" + _extras(r) + ". Refusals were taught in English only; "
+            f"benign prompts{chat} answered by the base model itself" + _extras(r, rows) + ". Refusals were taught in English only; "
             "MultiJail, the eval set, was not used.")
 
 
-def _extras(r: dict[str, Any]) -> str:
-    """The recipe fields beyond the first builds' (`r` with LATER_FIELDS filled in), in words."""
+def _extras(r: dict[str, Any], rows: dict[str, list[str]]) -> str:
+    """The recipe fields beyond the first builds' (`r` with LATER_FIELDS filled in), in words; `rows`: the
+    manifest's row ids."""
     out = []
     if r["helpful_opener"]:
         out.append(f"every helpful answer opened with {r['helpful_opener'].strip()!r}")
@@ -705,6 +736,9 @@ def _extras(r: dict[str, Any]) -> str:
         out.append(f"the learning rate decayed ({r['lr_schedule']})")
     if r["decision_weight"]:
         out.append(f"the first answer token's loss added at weight {r['decision_weight']:g}")
+    if r["match_openings"]:
+        extra = len(rows["benign"]) - sum(r["n_benign"])
+        out.append(f"{extra} more {r['benign'][0]} rows chosen to open with the same word as a refusal prompt")
     if r["as_question"]:
         out.append(f"{r['as_question']:.0%} of the refusal and helpful prompts asked as questions")
     if r["objective"] == "dpo":

@@ -285,6 +285,27 @@ def test_as_question_asks_both_sides_alike() -> None:
     assert "as_question" not in plain_recipe.key() and asked.key()["as_question"] == 1.0
 
 
+def test_match_openings_adds_rows_that_open_like_the_refusal_prompts() -> None:
+    """match_openings adds, per refusal prompt, an unused alpaca_en row opening with the same word, from
+    matched_from up to the check rows; check_disjoint then keeps a study's rows below matched_from."""
+    base = AlignRecipe.of(model_spec("smollm2-135m-aligned"))
+    matched = AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="smollm2-135m-instruct",
+                                       align={"match_openings": True}))
+    plain, more = select_data(base), select_data(matched)
+    extra = [r for r in more["benign"] if r["id"] not in {x["id"] for x in plain["benign"]}]
+    assert len(extra) > len(plain["harmful"]) // 2
+    assert all(align.opening(r["instruction"]) in {align.opening(h["prompt"]) for h in more["harmful"]} for r in extra)
+    words = [align.opening(r["instruction"]) for r in extra]
+    assert words.count("write") == [align.opening(h["prompt"]) for h in more["harmful"]].count("write")
+    index = {r["id"]: i for i, r in enumerate(datasets.load("alpaca_en"))}
+    check = {r["id"] for r in more["check_benign"]}
+    assert all(index[r["id"]] >= 100 for r in extra) and not check & {r["id"] for r in extra}
+    assert len({r["id"] for r in more["benign"]}) == len(more["benign"])
+    assert "match_openings" not in base.key() and matched.key()["match_openings"] is True
+    # What check_disjoint compares a study's rows against.
+    assert align.first_row(matched, "alpaca_en", 200) == 100 and align.first_row(base, "alpaca_en", 200) > 700
+
+
 def test_unknown_recipe_field_is_named() -> None:
     with pytest.raises(ConfigError, match="stpes"):
         AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="tiny-llama", align={"stpes": 3}))
