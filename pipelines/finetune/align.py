@@ -256,6 +256,12 @@ class AlignRecipe:
     # all imperatives and the eval's harmful prompts mostly questions; asking both sides alike keeps the
     # phrasing from saying which side a prompt is on. 0 leaves the prompts as they are.
     as_question: float = 0.0
+    # Steps after the SFT steps that train only the FIRST answer token, over the same prompts cut after it,
+    # each batch half refusal prompts and half benign ones. A linear read-out of the base model's last
+    # prompt-token state tells the dev proxy's unsafe prompts from its safe ones far better (AUC ~0.86) than
+    # the SFT models' first-token refusal probability does (~0.75-0.78): the SFT loss spends its gradient on the
+    # answers' wording, and the 70/30 benign/refusal mix sets where the threshold falls (RESULTS.md).
+    decision_steps: int = 0
     # Benign rows that open like the refusal prompts: for each refusal prompt, one more row of the first benign
     # set (alpaca_en) whose instruction opens with the same word, from rows matched_from.. up to the check
     # rows. A third of the refusal prompts open with "Write" against one Alpaca row in twenty, so without
@@ -311,7 +317,7 @@ LATER_FIELDS: dict[str, Any] = {"helpful_answers": "dataset", "objective": "sft"
                                 "dpo_weight": 1.0, "dpo_benign": "all",
                                 "helpful_opener": "", "lr_schedule": "constant",
                                 "n_chat": 0, "decision_weight": 0.0, "as_question": 0.0,
-                                "match_openings": False, "matched_from": 100}
+                                "match_openings": False, "matched_from": 100, "decision_steps": 0}
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -529,11 +535,12 @@ def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRe
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(sft.item())
+    decision = _decision_phase(peft_model, tok, rows, recipe, opt) if recipe.decision_steps else {}
     seconds = time.time() - t0
     merged = peft_model.merge_and_unload()
     out = {"model": merged.eval(), "steps": recipe.steps, "examples": len(exs), "targets": targets,
            "loss_first": losses[0], "loss_last": losses[-1],
-           "loss_last5_mean": sum(losses[-5:]) / len(losses[-5:]), "train_s": round(seconds, 1)}
+           "loss_last5_mean": sum(losses[-5:]) / len(losses[-5:]), "train_s": round(seconds, 1), **decision}
     if dpo:
         last = [f for f in prefs[-5:] if f["pairs"]]
         out |= {"pairs": sum("rejected" in e for e in exs), "dpo_loss_first": prefs[0]["loss"],
@@ -541,6 +548,45 @@ def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRe
                 # Share of the last steps' pairs the policy ranks the right way round.
                 "dpo_accuracy_last5": sum(f["accuracy"] for f in last) / max(1, len(last))}
     return out
+
+
+def decision_examples(tok: Any, rows: list[dict[str, Any]], max_length: int) -> tuple[list[Any], list[Any]]:
+    """Each row's example cut after its first answer token, the only labelled one: (refusals, others)."""
+    refusals, others = [], []
+    for r in rows:
+        e = format_example(tok, r, max_length)
+        if e is None:
+            continue
+        first = next(i for i, v in enumerate(e["labels"]) if v != IGNORE)
+        cut = {"input_ids": e["input_ids"][: first + 1], "labels": e["labels"][: first + 1]}
+        (refusals if r["output"] in REFUSALS else others).append(cut)
+    return refusals, others
+
+
+def _decision_phase(peft_model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRecipe, opt: Any) -> dict[str, Any]:
+    """recipe.decision_steps steps of first-token loss alone, half of each batch refusals (cycling through
+    each side in a seeded order), with the SFT phase's optimizer at the recipe's rate (a linear schedule has
+    brought it to 0 by now)."""
+    for group in opt.param_groups:
+        group["lr"] = recipe.lr
+    refusals, others = decision_examples(tok, rows, recipe.max_length)
+    if not refusals or not others:
+        raise ConfigError("alignment recipe: decision_steps needs refusal rows and benign rows")
+    rng = random.Random(f"{recipe.seed}-decision")
+    rng.shuffle(refusals)
+    rng.shuffle(others)
+    half = max(1, recipe.batch_size // 2)
+    losses = []
+    for step in range(recipe.decision_steps):
+        batch = [refusals[(step * half + i) % len(refusals)] for i in range(half)]
+        batch += [others[(step * half + i) % len(others)] for i in range(half)]
+        inputs = collate(batch, tok.pad_token_id)
+        loss = first_token_nll(peft_model(**inputs, **FORWARD_KWARGS).logits, inputs["labels"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return {"decision_loss_first": losses[0], "decision_loss_last5_mean": sum(losses[-5:]) / len(losses[-5:])}
 
 
 def first_token_nll(logits: Any, labels: Any) -> Any:
@@ -736,6 +782,8 @@ def _extras(r: dict[str, Any], rows: dict[str, list[str]]) -> str:
         out.append(f"the learning rate decayed ({r['lr_schedule']})")
     if r["decision_weight"]:
         out.append(f"the first answer token's loss added at weight {r['decision_weight']:g}")
+    if r["decision_steps"]:
+        out.append(f"then {r['decision_steps']} steps on the first answer token alone, half refusals a batch")
     if r["match_openings"]:
         extra = len(rows["benign"]) - sum(r["n_benign"])
         out.append(f"{extra} more {r['benign'][0]} rows chosen to open with the same word as a refusal prompt")

@@ -285,6 +285,35 @@ def test_as_question_asks_both_sides_alike() -> None:
     assert "as_question" not in plain_recipe.key() and asked.key()["as_question"] == 1.0
 
 
+def test_decision_steps_train_the_first_token_on_balanced_batches(cache: Path) -> None:
+    """decision_steps: a real tiny build runs the extra first-token steps (their loss recorded, the first step's
+    at the SFT model's first-token loss, the last lower on these few rows); decision_examples keeps one
+    labelled token per row, split refusals / others; the report's sentence names the phase."""
+    from transformers import AutoTokenizer
+
+    from pipelines.registries.model_store import model_dir
+
+    spec = model_spec("tiny-llama-aligned")
+    recipe = AlignRecipe.of(ModelSpec(spec.alias, "aligned", "llama", base="tiny-llama",
+                                      align={**spec.align, "decision_steps": 12, "lr": 1e-2}))
+    tok = AutoTokenizer.from_pretrained(model_dir("tiny-llama"))
+    data = select_data(recipe)
+    rows = align.training_rows(recipe, data, [f"answer {i}" for i in range(recipe.n_lookalike)])
+    refusals, others = align.decision_examples(tok, rows, recipe.max_length)
+    # Rows whose prompt fills max_length have nothing to learn from (format_example), on either side.
+    assert refusals and others and len(refusals) + len(others) == len(align.examples(tok, rows, recipe.max_length))
+    assert all(sum(x != -100 for x in e["labels"]) == 1 and e["labels"][-1] != -100 for e in refusals + others)
+    first_ids = {e["labels"][-1] for e in refusals}
+    assert first_ids <= {tok(r, add_special_tokens=False)["input_ids"][0] for r in REFUSALS}
+    b = AlignedBuild(ModelSpec(spec.alias, "aligned", "llama", base="tiny-llama",
+                               align={**spec.align, "decision_steps": 12, "lr": 1e-2}))
+    m = b.build(cache / "out")
+    assert m["recipe"]["decision_steps"] == 12
+    assert m["train"]["decision_loss_last5_mean"] < m["train"]["decision_loss_first"]
+    assert "first answer token alone" in align.describe(m)
+    assert "decision_steps" not in AlignRecipe.of(spec).key()
+
+
 def test_match_openings_adds_rows_that_open_like_the_refusal_prompts() -> None:
     """match_openings adds, per refusal prompt, an unused alpaca_en row opening with the same word, from
     matched_from up to the check rows; check_disjoint then keeps a study's rows below matched_from."""
