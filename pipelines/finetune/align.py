@@ -357,6 +357,12 @@ def select_data(recipe: AlignRecipe) -> dict[str, list[dict[str, Any]]]:
         if recipe.match_openings and name == recipe.benign[0]:
             benign += matched_rows(harmful, rows[recipe.matched_from:max(0, start - recipe.n_check)])
     check = list(datasets.load(recipe.check_harmful, limit=recipe.n_check)) if recipe.n_check else []
+    if recipe.n_check and recipe.check_harmful in recipe.harmful:
+        # The check source is trained on too: check on its last rows, which the interleaving reaches last.
+        check = list(datasets.load(recipe.check_harmful))[-recipe.n_check:]
+        if {r["id"] for r in check} & {r["id"] for r in harmful}:
+            raise ConfigError(f"alignment recipe: n_harmful={recipe.n_harmful} reaches the last {recipe.n_check} "
+                              f"rows of {recipe.check_harmful}, its build-time check rows; lower n_harmful or n_check")
     return {"harmful": harmful, "benign": benign, "check_harmful": check,
             "check_benign": held[: recipe.n_check]}
 

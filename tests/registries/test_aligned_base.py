@@ -314,6 +314,20 @@ def test_decision_steps_train_the_first_token_on_balanced_batches(cache: Path) -
     assert "decision_steps" not in AlignRecipe.of(spec).key()
 
 
+def test_check_rows_stay_out_of_training_when_the_check_source_is_trained_on() -> None:
+    """With the check source among the refusal sources, the check takes its last rows, never a trained one."""
+    with_sr = AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="smollm2-135m-instruct",
+                                       align={"harmful": ["harmbench", "advbench", "strongreject"], "n_harmful": 180}))
+    data = select_data(with_sr)
+    trained = {r["id"] for r in data["harmful"]}
+    assert any(i.startswith("strongreject/") for i in trained)
+    assert len(data["check_harmful"]) == with_sr.n_check and not trained & {r["id"] for r in data["check_harmful"]}
+    too_many = AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="smollm2-135m-instruct",
+                                        align={"harmful": ["strongreject"], "n_harmful": 313}))
+    with pytest.raises(ConfigError, match="check rows"):
+        select_data(too_many)
+
+
 def test_match_openings_adds_rows_that_open_like_the_refusal_prompts() -> None:
     """match_openings adds, per refusal prompt, an unused alpaca_en row opening with the same word, from
     matched_from up to the check rows; check_disjoint then keeps a study's rows below matched_from."""
