@@ -230,6 +230,10 @@ class AlignRecipe:
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    # The LoRA on blocks lora_from_layer.. only (0: every block). A linear probe of the base model's states
+    # tells unsafe from safe dev prompts best at the last blocks (benchmarks/aligned_base/probe.py), and
+    # early blocks are where wording ("Write a ...") is easiest to learn as a shortcut.
+    lora_from_layer: int = 0
     targets: tuple[str, ...] = ALL_LINEAR
     lr: float = 4e-4
     lr_schedule: str = "constant"  # or "linear" (to 0 at the last step)
@@ -317,7 +321,8 @@ LATER_FIELDS: dict[str, Any] = {"helpful_answers": "dataset", "objective": "sft"
                                 "dpo_weight": 1.0, "dpo_benign": "all",
                                 "helpful_opener": "", "lr_schedule": "constant",
                                 "n_chat": 0, "decision_weight": 0.0, "as_question": 0.0,
-                                "match_openings": False, "matched_from": 100, "decision_steps": 0}
+                                "match_openings": False, "matched_from": 100, "decision_steps": 0,
+                                "lora_from_layer": 0}
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -509,9 +514,14 @@ def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRe
 
     torch.manual_seed(recipe.seed)
     targets = [t for t in recipe.targets if any(n.endswith(t) for n, _ in model.named_modules())]
+    n_layers = model.config.num_hidden_layers
+    if not 0 <= recipe.lora_from_layer < n_layers:
+        raise ConfigError(f"alignment recipe: lora_from_layer={recipe.lora_from_layer}, but the model has "
+                          f"{n_layers} blocks (0..{n_layers - 1})")
+    layers = list(range(recipe.lora_from_layer, n_layers)) if recipe.lora_from_layer else None
     peft_model = get_peft_model(model, LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
                                                   lora_dropout=recipe.lora_dropout, target_modules=targets,
-                                                  task_type="CAUSAL_LM"))
+                                                  layers_to_transform=layers, task_type="CAUSAL_LM"))
     dpo = recipe.objective == "dpo"
     exs = _with_reference(peft_model, tok, rows, recipe.max_length) if dpo else examples(tok, rows, recipe.max_length)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=recipe.lr)
@@ -788,6 +798,8 @@ def _extras(r: dict[str, Any], rows: dict[str, list[str]]) -> str:
         out.append(f"the learning rate decayed ({r['lr_schedule']})")
     if r["decision_weight"]:
         out.append(f"the first answer token's loss added at weight {r['decision_weight']:g}")
+    if r["lora_from_layer"]:
+        out.append(f"the LoRA on blocks {r['lora_from_layer']} and up only")
     if r["decision_steps"]:
         out.append(f"then {r['decision_steps']} steps on the first answer token alone, half refusals a batch")
     if r["match_openings"]:

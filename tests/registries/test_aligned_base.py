@@ -328,6 +328,27 @@ def test_check_rows_stay_out_of_training_when_the_check_source_is_trained_on() -
         select_data(too_many)
 
 
+def test_lora_from_layer_leaves_the_earlier_blocks_as_they_were(cache: Path) -> None:
+    """lora_from_layer=1 on the two-block tiny model: block 0's weights are the base's after the merge, block
+    1's are not; a layer past the last block is refused, naming how many blocks there are."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.registries.model_store import model_dir
+
+    spec = model_spec("tiny-llama-aligned")
+    late = ModelSpec(spec.alias, "aligned", "llama", base="tiny-llama", align={**spec.align, "lora_from_layer": 1, "n_check": 0})
+    AlignedBuild(late).build(cache / "late")
+    tuned = AutoModelForCausalLM.from_pretrained(cache / "late").state_dict()
+    base = AutoModelForCausalLM.from_pretrained(model_dir("tiny-llama")).state_dict()
+    w = "model.layers.{}.mlp.down_proj.weight"
+    assert torch.equal(tuned[w.format(0)], base[w.format(0)]) and not torch.equal(tuned[w.format(1)], base[w.format(1)])
+    assert "lora_from_layer" not in AlignRecipe.of(spec).key()
+    far = ModelSpec(spec.alias, "aligned", "llama", base="tiny-llama", align={**spec.align, "lora_from_layer": 5})
+    with pytest.raises(ConfigError, match="2 blocks"):
+        AlignedBuild(far).build(cache / "far")
+
+
 def test_match_openings_adds_rows_that_open_like_the_refusal_prompts() -> None:
     """match_openings adds, per refusal prompt, an unused alpaca_en row opening with the same word, from
     matched_from up to the check rows; check_disjoint then keeps a study's rows below matched_from."""
