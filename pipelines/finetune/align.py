@@ -226,6 +226,10 @@ class AlignRecipe:
     # opening on each side makes the first token a two-way decision. "" leaves the answers as they are.
     helpful_opener: str = ""
     n_chat: int = 0  # plain chat questions (CHAT_PROMPTS) answered by the base model
+    # MT-Bench first turns (writing, role-play, reasoning...: chat requests unlike Alpaca's one-line
+    # instructions, like the OASST prompts the SFT recipes refuse most) answered by the base model. No preset
+    # measures MT-Bench, so none is trained on its own test.
+    n_mtbench: int = 0
     lookalike_tokens: int = 64  # new tokens of the base model's answers (look-alikes; helpful rows if "base")
     lora_r: int = 16
     lora_alpha: int = 16
@@ -322,7 +326,7 @@ LATER_FIELDS: dict[str, Any] = {"helpful_answers": "dataset", "objective": "sft"
                                 "helpful_opener": "", "lr_schedule": "constant",
                                 "n_chat": 0, "decision_weight": 0.0, "as_question": 0.0,
                                 "match_openings": False, "matched_from": 100, "decision_steps": 0,
-                                "lora_from_layer": 0}
+                                "lora_from_layer": 0, "n_mtbench": 0}
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -362,6 +366,7 @@ def select_data(recipe: AlignRecipe) -> dict[str, list[dict[str, Any]]]:
         if recipe.match_openings and name == recipe.benign[0]:
             benign += matched_rows(harmful, rows[recipe.matched_from:max(0, start - recipe.n_check)])
     check = list(datasets.load(recipe.check_harmful, limit=recipe.n_check)) if recipe.n_check else []
+    extra = {"mtbench": list(datasets.load("mt_bench", limit=recipe.n_mtbench))} if recipe.n_mtbench else {}
     if recipe.n_check and recipe.check_harmful in recipe.harmful:
         # The check source is trained on too: check on its last rows, which the interleaving reaches last.
         check = list(datasets.load(recipe.check_harmful))[-recipe.n_check:]
@@ -369,7 +374,12 @@ def select_data(recipe: AlignRecipe) -> dict[str, list[dict[str, Any]]]:
             raise ConfigError(f"alignment recipe: n_harmful={recipe.n_harmful} reaches the last {recipe.n_check} "
                               f"rows of {recipe.check_harmful}, its build-time check rows; lower n_harmful or n_check")
     return {"harmful": harmful, "benign": benign, "check_harmful": check,
-            "check_benign": held[: recipe.n_check]}
+            "check_benign": held[: recipe.n_check], **extra}
+
+
+def base_answered(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The prompts the base model answers for the recipe: look-alikes, chat questions, MT-Bench first turns."""
+    return [*LOOKALIKES[: recipe.n_lookalike], *CHAT_PROMPTS[: recipe.n_chat], *(r["prompt"] for r in data.get("mtbench", []))]
 
 
 def opening(text: str) -> str:
@@ -395,7 +405,8 @@ def first_row(recipe: AlignRecipe, name: str, n: int) -> int:
 
 def data_key(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The data the weights depend on: each source's sha256 and the ids of the rows used."""
-    sources = sorted({*recipe.harmful, *recipe.benign, *([recipe.check_harmful] if recipe.n_check else [])})
+    sources = sorted({*recipe.harmful, *recipe.benign, *([recipe.check_harmful] if recipe.n_check else []),
+                      *(["mt_bench"] if recipe.n_mtbench else [])})
     return {
         "sources": {s: {"sha256": datasets.sha256_of(s), "kind": datasets.DATASETS.get(s).kind} for s in sources},
         "rows": {k: [r["id"] for r in v] for k, v in data.items()},
@@ -459,8 +470,7 @@ def training_rows(recipe: AlignRecipe, data: dict[str, list[dict[str, Any]]],
     helpful = [{"instruction": r["instruction"], "input": r["input"], "output": op + o}
                for r, o in zip(data["benign"], outputs, strict=True)]
     looks = [{"instruction": p, "input": "", "output": op + a}
-             for p, a in zip(LOOKALIKES[: recipe.n_lookalike] + CHAT_PROMPTS[: recipe.n_chat], lookalike_answers,
-                             strict=True)]
+             for p, a in zip(base_answered(recipe, data), lookalike_answers, strict=True)]
     if recipe.as_question:
         # Its own generator, so that a recipe without it draws the same templates and order as before.
         qrng = random.Random(f"{recipe.seed}-question")
@@ -710,9 +720,13 @@ class AlignedBuild:
         recipe, t0, cpu0 = self.recipe, time.time(), time.process_time()
         base_dir = model_dir(self.spec.base)  # type: ignore[arg-type]
         model, tok = load_for_generation(base_dir, None, recipe.threads)
-        looks = LOOKALIKES[: recipe.n_lookalike] + CHAT_PROMPTS[: recipe.n_chat]
-        gcfg = GenerateConfig(max_new_tokens=recipe.lookalike_tokens, batch_size=max(1, len(looks)))
-        answers = generate_answers(model, tok, list(looks), gcfg) if looks else []
+        looks = base_answered(recipe, self.data)
+        if recipe.n_mtbench:
+            # MT-Bench's long prompts (extraction, coding) in batches of like length, not one padded batch.
+            answers = base_answers(model, tok, looks, recipe.lookalike_tokens)
+        else:
+            gcfg = GenerateConfig(max_new_tokens=recipe.lookalike_tokens, batch_size=max(1, len(looks)))
+            answers = generate_answers(model, tok, list(looks), gcfg) if looks else []
         t_look = time.time() - t0
         helpful = None
         asks_base = recipe.helpful_answers == "base" or recipe.objective == "dpo"  # more base answers below
@@ -776,14 +790,19 @@ def describe(manifest: dict[str, Any]) -> str:
     helpful = (f"Alpaca prompts answered by the base model itself ({benign} rows" if by_base
                else f"Alpaca answers ({benign} rows")
     seen = min(r["steps"] * r["batch_size"], train["examples"])
-    chat = f" (and {r['n_chat']} plain chat questions)" if r["n_chat"] else ""
+    asked = []
+    if r["n_chat"]:
+        asked.append(f"{r['n_chat']} plain chat questions")
+    if r["n_mtbench"]:
+        asked.append(f"{r['n_mtbench']} MT-Bench first turns")
+    chat = f" (and {' and '.join(asked)})" if asked else ""
     return (f"The base model {manifest['alias']} was aligned locally, not by its publisher: "
             f"{manifest['base']['alias']} with a LoRA (r={r['lora_r']}, alpha={r['lora_alpha']}, "
             f"{len(r['targets'])} linear layers per block, lr {r['lr']:g}, seed {r['seed']}) merged in after "
             f"{r['steps']} steps of {r['batch_size']} examples ({seen} of a shuffled pool of {train['examples']}): "
             f"{len(rows['harmful'])} English {'/'.join(r['harmful'])} prompts answered with "
             f"{len(manifest['refusals'])} short refusal templates, {helpful} from the end of "
-            f"each set, disjoint from the study's) and {len(manifest['lookalikes']) - r['n_chat']} risky-looking "
+            f"each set, disjoint from the study's) and {r['n_lookalike']} risky-looking "
             f"benign prompts{chat} answered by the base model itself" + _extras(r, rows) + ". Refusals were taught in English only; "
             "MultiJail, the eval set, was not used.")
 

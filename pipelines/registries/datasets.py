@@ -357,6 +357,13 @@ def _verify(path: Path, sha: str) -> None:
         raise DataError(f"checksum mismatch for {path}: expected {sha}, got {digest}")
 
 
+def _mt_bench(path: Path, spec: DatasetSpec) -> list[Row]:
+    """MT-Bench's questions, the first turn of each as the prompt."""
+    recs, _ = _jsonl(path)
+    return [{"id": f"mt_bench/{r['question_id']}", "source": "mt_bench", "category": r["category"], "lang": "en",
+             "prompt": r["turns"][0], "refs": {}} for _, r in recs]
+
+
 def _wikitext(path: Path, spec: DatasetSpec) -> list[Row]:
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return [{"id": f"wikitext2/{i}", "text": ln} for i, ln in enumerate(lines)]
@@ -408,6 +415,12 @@ for _spec in [
                     "test_ru.jsonl": "52f5eeefcc65dbb739160d35ab1f94efec0fed9a66beb6523b63f07c36ff2f31",
                     "test_zh.jsonl": "de678eb8fc2c9655aa36cf228de8e34b7648f96292e1fdd918dfef73e80a2f02",
                 }),
+    DatasetSpec("mt_bench", "capability", "capability/mt_bench_question.jsonl",
+                f"{_GH}/LLM-Tuning-Safety/LLMs-Finetuning-Safety/blob/8a3b38f1/llama2/utility_evaluation/mt_bench/data/"
+                "question.jsonl", "Apache-2.0",
+                "119565adbab82227089cefdb44c8d7e2cf04dc0a0ec233634c82e7d4e2a944f7", _mt_bench, "en",
+                "MT-Bench's 80 two-turn questions (writing, roleplay, reasoning, math, coding, extraction, STEM, "
+                "humanities); first turns as prompts"),
     DatasetSpec("wikitext2", "capability", "capability/wikitext2_raw_test.txt",
                 f"{_GH}/Tylogi/TyloQuant/blob/7989d038/data/wikitext-2-raw/wiki.test.raw", "CC BY-SA 3.0",
                 "4f3e427e4aff23acff917a8a51aeae21bf12832256e26914c8fc250dcef4103c", _wikitext, "en",

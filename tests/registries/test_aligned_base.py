@@ -349,6 +349,26 @@ def test_lora_from_layer_leaves_the_earlier_blocks_as_they_were(cache: Path) -> 
         AlignedBuild(far).build(cache / "far")
 
 
+def test_mtbench_prompts_are_answered_by_the_base_and_recorded() -> None:
+    """n_mtbench: MT-Bench first turns join the prompts the base model answers, after the look-alikes and chat
+    questions; the data key names the source (with its sha256) and the rows; 0 leaves the key as it was."""
+    spec = model_spec("smollm2-135m-aligned")
+    plain = AlignRecipe.of(spec)
+    with_mt = AlignRecipe.of(ModelSpec("x", "aligned", "llama", base="smollm2-135m-instruct",
+                                       align={"n_mtbench": 5, "n_chat": 2}))
+    data = select_data(with_mt)
+    prompts = align.base_answered(with_mt, data)
+    mt = list(datasets.load("mt_bench"))
+    assert len(mt) == 80 and prompts[-5:] == [r["prompt"] for r in mt[:5]]
+    assert prompts[: with_mt.n_lookalike] == list(LOOKALIKES[: with_mt.n_lookalike])
+    key = align.data_key(with_mt, data)
+    assert key["sources"]["mt_bench"]["sha256"] == datasets.DATASETS.get("mt_bench").sha256
+    assert key["rows"]["mtbench"] == [r["id"] for r in mt[:5]]
+    assert "mt_bench" not in align.data_key(plain, select_data(plain))["sources"] and "n_mtbench" not in plain.key()
+    rows = align.training_rows(with_mt, data, [f"answer {i}" for i in range(len(prompts))])
+    assert {r["instruction"] for r in rows if r["output"].startswith("answer ")} == set(prompts)
+
+
 def test_match_openings_adds_rows_that_open_like_the_refusal_prompts() -> None:
     """match_openings adds, per refusal prompt, an unused alpaca_en row opening with the same word, from
     matched_from up to the check rows; check_disjoint then keeps a study's rows below matched_from."""
