@@ -11,7 +11,7 @@ from pipelines.registries.datasets import DATASETS, DataError, benign_rows
 
 @pytest.mark.parametrize(("name", "rows"), [
     ("alpaca_en", 999), ("alpaca_zh", 1000), ("multijail", 315), ("advbench", 520), ("strongreject", 313),
-    ("xstest_safe", 250), ("wikitext2", 2891),
+    ("xstest_safe", 250), ("wikitext2", 2891), ("mt_bench", 80),
 ])
 def test_shipped_data_sets_load_with_checksums(name: str, rows: int) -> None:
     loaded = datasets.load(name)
