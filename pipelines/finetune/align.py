@@ -257,7 +257,8 @@ class AlignRecipe:
     # Weight of an added loss on each answer's FIRST token (mean over the batch's examples), beside the SFT
     # loss over all answer tokens. The first token is where greedy decoding decides between refusing and
     # helping (one opening on each side with helpful_opener); in the SFT mean it is one token of ~600 in a
-    # batch, so the gradient mostly learns the templates' and Alpaca's wording. 0 leaves it out.
+    # batch, so the gradient mostly learns the templates' and Alpaca's wording. 0 leaves it out. Tried at 1
+    # with the opener: the model then answers nearly everything (RESULTS.md, third round, V24 and V26).
     decision_weight: float = 0.0
     # Share of the imperative prompts, on BOTH sides (refusal prompts and helpful rows alike, drawn by the
     # seed), asked as a question instead ("Write a poem" -> "Could you write a poem?"). The refusal sets are
@@ -268,7 +269,8 @@ class AlignRecipe:
     # each batch half refusal prompts and half benign ones. A linear read-out of the base model's last
     # prompt-token state tells the dev proxy's unsafe prompts from its safe ones far better (AUC ~0.86) than
     # the SFT models' first-token refusal probability does (~0.75-0.78): the SFT loss spends its gradient on the
-    # answers' wording, and the 70/30 benign/refusal mix sets where the threshold falls (RESULTS.md).
+    # answers' wording, and the 70/30 benign/refusal mix sets where the threshold falls. Tried (V33): the
+    # first-token loss did not fall and the model answered nearly everything (RESULTS.md, third round).
     decision_steps: int = 0
     # Benign rows that open like the refusal prompts: for each refusal prompt, one more row of the first benign
     # set (alpaca_en) whose instruction opens with the same word, from rows matched_from.. up to the check
