@@ -88,6 +88,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def main() -> None:
+    import numpy as np
     from sklearn.linear_model import LogisticRegression
 
     states = States("smollm2-135m-instruct")
@@ -97,8 +98,6 @@ def main() -> None:
         xh, xb = states(harm), states(ben)
         row: dict[str, Any] = {"variant": name, "n": [len(harm), len(ben)]}
         for i, layer in enumerate(LAYERS):
-            import numpy as np
-
             x = np.concatenate([xh[:, i], xb[:, i]])
             y = np.r_[np.ones(len(xh)), np.zeros(len(xb))]
             clf = LogisticRegression(C=0.1, max_iter=5000, class_weight="balanced").fit(x, y)
