@@ -10,7 +10,6 @@ what training reached. One JSON line per data variant.
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_search import auc, dev_sets  # noqa: E402
 
 from pipelines.finetune.align import (  # noqa: E402
-    CHAT_PROMPTS,
-    LOOKALIKES,
+    REFUSALS,
     AlignRecipe,
-    as_question,
+    base_answered,
     select_data,
+    training_rows,
     user_text,
 )
 from pipelines.registries.model_store import model_dir  # noqa: E402
@@ -61,17 +60,13 @@ class States:
 
 
 def recipe_prompts(**fields: Any) -> tuple[list[str], list[str]]:
-    """A recipe's refusal prompts and benign prompts (helpful rows + look-alikes + chat questions), as
-    training_rows would ask them (as_question applied to both sides)."""
+    """A recipe's refusal prompts and benign prompts (helpful rows + the prompts the base model answers), as
+    training_rows asks them (as_question included)."""
     r = AlignRecipe.of(ModelSpec("probe", "aligned", "llama", base="smollm2-135m-instruct", align=fields))
     d = select_data(r)
-    harm = [x["prompt"] for x in d["harmful"]]
-    ben = [user_text(x) for x in d["benign"]]
-    if r.as_question:
-        rng = random.Random(f"{r.seed}-question")
-        harm = [as_question(p, rng) if rng.random() < r.as_question else p for p in harm]
-        ben = [as_question(p, rng) if rng.random() < r.as_question else p for p in ben]
-    return harm, ben + list(LOOKALIKES[: r.n_lookalike]) + list(CHAT_PROMPTS[: r.n_chat])
+    rows = training_rows(r, d, [""] * len(base_answered(r, d)))  # answers do not matter here, only prompts
+    harm = [user_text(x) for x in rows if x["output"] in REFUSALS]
+    return harm, [user_text(x) for x in rows if x["output"] not in REFUSALS]
 
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -367,14 +367,16 @@ def select_data(recipe: AlignRecipe) -> dict[str, list[dict[str, Any]]]:
         held += rows[max(0, start - recipe.n_check):start] if name == recipe.benign[0] else []
         if recipe.match_openings and name == recipe.benign[0]:
             benign += matched_rows(harmful, rows[recipe.matched_from:max(0, start - recipe.n_check)])
-    check = list(datasets.load(recipe.check_harmful, limit=recipe.n_check)) if recipe.n_check else []
-    extra = {"mtbench": list(datasets.load("mt_bench", limit=recipe.n_mtbench))} if recipe.n_mtbench else {}
+    check: list[dict[str, Any]] = []
     if recipe.n_check and recipe.check_harmful in recipe.harmful:
         # The check source is trained on too: check on its last rows, which the interleaving reaches last.
         check = list(datasets.load(recipe.check_harmful))[-recipe.n_check:]
         if {r["id"] for r in check} & {r["id"] for r in harmful}:
             raise ConfigError(f"alignment recipe: n_harmful={recipe.n_harmful} reaches the last {recipe.n_check} "
                               f"rows of {recipe.check_harmful}, its build-time check rows; lower n_harmful or n_check")
+    elif recipe.n_check:
+        check = list(datasets.load(recipe.check_harmful, limit=recipe.n_check))
+    extra = {"mtbench": list(datasets.load("mt_bench", limit=recipe.n_mtbench))} if recipe.n_mtbench else {}
     return {"harmful": harmful, "benign": benign, "check_harmful": check,
             "check_benign": held[: recipe.n_check], **extra}
 
@@ -518,6 +520,14 @@ def preference_pairs(rows: list[dict[str, Any]], harmful_answers: dict[str, str]
     return out
 
 
+def lora_layers(recipe: AlignRecipe, n_layers: int) -> list[int] | None:
+    """The blocks the LoRA goes on (None: all), or a ConfigError naming how many the model has."""
+    if not 0 <= recipe.lora_from_layer < n_layers:
+        raise ConfigError(f"alignment recipe: lora_from_layer={recipe.lora_from_layer}, but the model has "
+                          f"{n_layers} blocks (0..{n_layers - 1})")
+    return list(range(recipe.lora_from_layer, n_layers)) if recipe.lora_from_layer else None
+
+
 def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRecipe) -> dict[str, Any]:
     """recipe.steps AdamW steps of recipe.batch_size examples (cycling through the shuffled rows), then
     merged into the weights. Returns the training figures."""
@@ -526,11 +536,7 @@ def train_lora(model: Any, tok: Any, rows: list[dict[str, Any]], recipe: AlignRe
 
     torch.manual_seed(recipe.seed)
     targets = [t for t in recipe.targets if any(n.endswith(t) for n, _ in model.named_modules())]
-    n_layers = model.config.num_hidden_layers
-    if not 0 <= recipe.lora_from_layer < n_layers:
-        raise ConfigError(f"alignment recipe: lora_from_layer={recipe.lora_from_layer}, but the model has "
-                          f"{n_layers} blocks (0..{n_layers - 1})")
-    layers = list(range(recipe.lora_from_layer, n_layers)) if recipe.lora_from_layer else None
+    layers = lora_layers(recipe, model.config.num_hidden_layers)
     peft_model = get_peft_model(model, LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
                                                   lora_dropout=recipe.lora_dropout, target_modules=targets,
                                                   layers_to_transform=layers, task_type="CAUSAL_LM"))
@@ -722,6 +728,7 @@ class AlignedBuild:
         recipe, t0, cpu0 = self.recipe, time.time(), time.process_time()
         base_dir = model_dir(self.spec.base)  # type: ignore[arg-type]
         model, tok = load_for_generation(base_dir, None, recipe.threads)
+        lora_layers(recipe, model.config.num_hidden_layers)  # a bad block number fails before minutes of answers
         looks = base_answered(recipe, self.data)
         if recipe.n_mtbench:
             # MT-Bench's long prompts (extraction, coding) in batches of like length, not one padded batch.
