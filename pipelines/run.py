@@ -135,11 +135,26 @@ def _run(study: Study, resume: bool, until: Literal["translate", "sweep", "repor
 
 
 def finished(study: Study) -> StudyResult | None:
-    """The result of a study whose sweep and report are both complete, read from their manifests."""
+    """The result of a study whose every output is complete (datasets, each cell, sweep and report), read
+    from their manifests; None when any is missing or damaged. `read_manifest` makes a damaged output
+    not-done as it checks it, so the stages that follow redo just that output and reuse the rest."""
     done = read_manifest(study.sweep_dir)
     if done is None or read_manifest(study.report_dir) is None:
         return None
-    results = [read_manifest(cell_dir(study.wd, study.cfg, c, study.ds_hash)) or {} for c in study_cells(study.cfg)]
+    results, redo = [], []
+    for cell in study_cells(study.cfg):
+        manifest = read_manifest(cell_dir(study.wd, study.cfg, cell, study.ds_hash))
+        if manifest is None:
+            redo.append(f"cell {cell.id}")
+        else:
+            results.append(manifest)
+    if read_manifest(study.wd.datasets(study.ds_hash)) is None:
+        redo.append("the translated datasets")
+    if redo:
+        # Returning the half-read results here made every later step fail (KeyError on a metric).
+        log.warning("study %s finished earlier, but the output of %s is missing or damaged: redoing %s, "
+                    "reusing everything else", study.study_hash, ", ".join(redo), "it" if len(redo) == 1 else "them")
+        return None
     stages = {s: {"reused": True, "seconds": 0.0} for s in STAGES}
     return StudyResult(study.wd.root, study.study_hash, study.wd.datasets(study.ds_hash), study.report_dir,
                        done.get("parent_run_id"), results, stages)

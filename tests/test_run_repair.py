@@ -1,0 +1,103 @@
+"""`safedrift run` on a finished study with one damaged output: it redoes that output, names it, and
+ends with the same numbers as the undamaged run (issue 30, item 1: it used to crash with KeyError
+'compliance' after printing "incomplete, redoing it", so only `safedrift sweep` could repair it)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.storage import write_manifest
+from pipelines.cells import cell_dir, study_cells
+from pipelines.presets import load_config
+from pipelines.run import Study, finished
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _finished_study(workdir: Path) -> Study:
+    """The smoke study's outputs as manifests over small data files, without running anything."""
+    from pipelines.cells import study_hashes
+    from pipelines.layout import Workdir
+
+    cfg = load_config("smoke", [f"workdir={workdir}"])
+    wd = Workdir.open(cfg.resolved_workdir())
+    ds_hash, study_hash = study_hashes(cfg)
+    study = Study(cfg, wd, ds_hash, study_hash, "sqlite:///unused", lambda kind, info: None)
+    dirs = [cell_dir(wd, cfg, c, ds_hash) for c in study_cells(cfg)]
+    for d in [*dirs, wd.datasets(ds_hash), study.sweep_dir, study.report_dir]:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "judged.parquet").write_bytes(b"x" * 1000)
+    for d, c in zip(dirs, study_cells(cfg), strict=True):
+        write_manifest(d, cell_id=c.id, metrics={"compliance": {"en": 0.5}})
+    for d in (wd.datasets(ds_hash), study.report_dir):
+        write_manifest(d)
+    write_manifest(study.sweep_dir, parent_run_id="p1")
+    return study
+
+
+def test_finished_study_is_reused_when_whole(tmp_path: Path) -> None:
+    study = _finished_study(tmp_path / "wd")
+    done = finished(study)
+    assert done is not None and done.parent_run_id == "p1"
+    assert [r["cell_id"] for r in done.results] == [c.id for c in study_cells(study.cfg)]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_cell_makes_the_study_unfinished_and_is_named(tmp_path: Path, damage: str,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    study = _finished_study(tmp_path / "wd")
+    cell = study_cells(study.cfg)[-1]
+    judged = cell_dir(study.wd, study.cfg, cell, study.ds_hash) / "judged.parquet"
+    if damage == "truncate":
+        judged.write_bytes(b"x" * 10)
+    else:
+        judged.unlink()
+    with caplog.at_level(logging.WARNING):
+        assert finished(study) is None  # was: a result with {} for that cell, then KeyError downstream
+    assert f"cell {cell.id}" in caplog.text and "redoing it" in caplog.text
+
+
+def test_damaged_datasets_make_the_study_unfinished(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    study = _finished_study(tmp_path / "wd")
+    (study.wd.datasets(study.ds_hash) / "judged.parquet").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        assert finished(study) is None
+    assert "the translated datasets" in caplog.text
+
+
+@pytest.mark.e2e
+def test_run_repairs_a_damaged_cell_of_a_finished_study(smoke_study, require_tool, tmp_path: Path) -> None:
+    """The real thing: a copy of the finished smoke workdir, one cell's judged.parquet truncated, then
+    `safedrift run` in its own process. It must succeed, name the cell, and give the original numbers."""
+    from pipelines.run import run_study
+
+    require_tool("apertium")
+    original = smoke_study["result"]
+    workdir = tmp_path / "smoke-copy"
+    shutil.copytree(original.workdir, workdir, ignore=shutil.ignore_patterns(".safedrift.lock"))
+    cfg = load_config("smoke", [f"workdir={workdir}"])
+    victim = next(c for c in study_cells(cfg) if not c.is_base)
+    judged = cell_dir(workdir, cfg, victim, _ds_hash(cfg)) / "judged.parquet"
+    judged.write_bytes(judged.read_bytes()[: judged.stat().st_size // 2])
+
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "-c", "smoke", f"workdir={workdir}"],
+                          capture_output=True, text=True, timeout=1500, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "KeyError" not in out
+    assert f"cell {victim.id}" in out and "redoing it" in out
+    again = run_study(cfg)  # now whole: every stage reused, read from the manifests
+    assert all(s["reused"] for s in again.stages.values())
+    assert [r["metrics"] for r in again.results] == [r["metrics"] for r in original.results]
+
+
+def _ds_hash(cfg) -> str:  # type: ignore[no-untyped-def]
+    from pipelines.cells import study_hashes
+
+    return study_hashes(cfg)[0]
