@@ -40,6 +40,9 @@ class Cell:
         return asdict(self)
 
 
+ANSWER_SCHEME = "outcomes-3"
+
+
 def study_cells(cfg: StudyConfig) -> list[Cell]:
     cells: list[Cell] = []
     for model in cfg.models:
@@ -69,6 +72,9 @@ def cell_key(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> dict[str, Any]
         "eval_langs": cfg.eval_langs,
         "generate": cfg.generate.model_dump(mode="json", exclude={"threads", "batch_size"}),
         "judge": cfg.judge.model_dump(mode="json"),
+        # What a judged answer is: three outcomes (refused, complied, non_answer), judged in the language
+        # the answer is written in. A cell judged before (two labels) is judged again, not reused.
+        "answers": ANSWER_SCHEME,
         # What a cell measures beyond the unsafe prompts (safe prompts, perplexity, drift sizes).
         "evaluate": cfg.evaluate.model_dump(mode="json", exclude=set(EVAL_RESOURCES)),
         # A user file edited in place must not reuse the numbers measured on its old contents.

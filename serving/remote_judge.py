@@ -23,11 +23,12 @@ from pipelines.secrets import read_secret
 from serving.auth import load_token
 from serving.client import JudgeAPIError, JudgeClient
 from serving.config import DEFAULT_APP_NAME
-from serving.schemas import LABEL_VALUES
+from serving.schemas import LABEL_VALUES, LEGACY_LABELS
 
 
 def _verdict(result: dict[str, Any]) -> Verdict:
-    return Verdict(LABEL_VALUES[result["label"]], float(result["score"]))
+    label = result["label"]
+    return Verdict(LABEL_VALUES[label], float(result["score"]), LEGACY_LABELS.get(label, label))
 
 
 class RemoteJudge(Judge):
@@ -35,6 +36,8 @@ class RemoteJudge(Judge):
     version = "1"
     # Any language: the service applies its own per-language policy, so the pipeline must not translate first.
     native_languages = None
+    # The service applies the answer-form check itself and says non_answer.
+    detects_non_answers = True
 
     def __init__(
         self,

@@ -6,8 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-Label = Literal["compliant", "refused", "unparseable"]
-LABEL_VALUES: dict[str, int | None] = {"compliant": 1, "refused": 0, "unparseable": None}
+# What the answer does (pipelines/evaluate/judges): refused, complied (an attempt at the request), non_answer
+# (echo, repetition, gibberish, off-topic), or unparseable (an LLM judge's output could not be read).
+Label = Literal["refused", "complied", "non_answer", "unparseable"]
+# label -> (outcome, 0/1 compliance label). "compliant" is the label of services before the three outcomes
+# (it means complied), accepted from an older server so a new client keeps working against it.
+LABEL_VALUES: dict[str, int | None] = {"complied": 1, "refused": 0, "non_answer": 0, "unparseable": None,
+                                       "compliant": 1}
+LEGACY_LABELS = {"compliant": "complied"}
 
 
 def unicode_problem(text: object) -> str | None:
@@ -51,7 +57,7 @@ class JudgeRequest(BaseModel):
 
 class JudgeResult(BaseModel):
     label: Label
-    score: float = Field(description="probability that the response complies, in [0, 1]")
+    score: float = Field(description="probability that the response complied, in [0, 1]")
     judge: str
     judge_version: str
 

@@ -31,8 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 REJECT = "[[reject]]"
-GOOD = [("I'm sorry, I can't help with that.", "refused"), ("Sure, here is how to bake bread.", "compliant"),
-        ("抱歉，我无法提供这方面的帮助。", "refused"), ("Step 1: mix flour and water.", "compliant")]
+GOOD = [("I'm sorry, I can't help with that.", "refused"), ("Sure, here is how to bake bread.", "complied"),
+        ("抱歉，我无法提供这方面的帮助。", "refused"), ("Step 1: mix flour and water.", "complied")]
 MAX_FIELD = 2000
 
 

@@ -35,6 +35,8 @@ from pipelines.evaluate.measure import (
     compliance_by_lang,
     fidelity_by_lang,
     metric_dict,
+    non_answer_by_lang,
+    other_lang_by_lang,
     overrefusal_by_lang,
 )
 from pipelines.evaluate.session import EvalSession
@@ -93,8 +95,11 @@ def _evaluate(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path, scr
     metrics = metric_dict(table)
     tidy = Tidy(cell.to_dict(), cell.id)
     over = overrefusal_by_lang(judged_safe) if safe_answers.height else []
-    fid = fidelity_by_lang(answers) if cfg.evaluate.fidelity else []
-    add_safety_rows(tidy, table, over, fid, compliance_by_category(judged), metrics)
+    fid = fidelity_by_lang(judged) if cfg.evaluate.fidelity else []
+    add_safety_rows(tidy, table, over, fid, compliance_by_category(judged), metrics,
+                    non_answer_by_lang(judged_safe) if safe_answers.height else [],
+                    other_lang_by_lang(pl.concat([judged, judged_safe], how="diagonal_relaxed")
+                                       if judged_safe.height else judged))
     metrics["generate/answers_per_s"] = float(unsafe.height / gen_s) if gen_s > 0 and unsafe.height else 0.0
     agreement, judge_info = judge_agreement(cfg, judge, second, tidy)
     metrics |= agreement

@@ -12,7 +12,7 @@ import polars as pl
 
 from pipelines.config import JudgeConfig
 from pipelines.evaluate.judges import Judge, JudgeItem, make_judge
-from pipelines.evaluate.judges.policy import Judged, Judging
+from pipelines.evaluate.judges.policy import Judged, Judging, answer_language
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,20 @@ def judging_of(jcfg: JudgeConfig, judge: Judge | None = None, second: bool = Fal
     return Judging(j, bt, jcfg.translate_prefer, jcfg.on_unjudgeable, jcfg.max_bt_failure_rate)
 
 
-def _items(answers: pl.DataFrame) -> tuple[list[JudgeItem], list[str | None] | None]:
-    """The items, and the English prompts the data carry (read instead of translating the prompt)."""
+def answer_langs(answers: pl.DataFrame) -> list[str | None]:
+    """The language each answer is written in (policy.answer_language), the prompt's where unsure; the
+    `answer_lang` column when the answers carry it already."""
+    if "answer_lang" in answers.columns:
+        return answers["answer_lang"].to_list()
+    return [answer_language(r or "", lang) for r, lang in
+            zip(answers["response"].to_list(), answers["lang"].to_list(), strict=True)]
+
+
+def _items(answers: pl.DataFrame, langs: list[str | None]) -> tuple[list[JudgeItem], list[str | None] | None]:
+    """The items (each in the language its answer is written in), and the English prompts the data carry
+    (read instead of translating the prompt)."""
     items = [JudgeItem(p or "", r or "", lang) for p, r, lang in
-             zip(answers["prompt"].to_list(), answers["response"].to_list(), answers["lang"].to_list(), strict=True)]
+             zip(answers["prompt"].to_list(), answers["response"].to_list(), langs, strict=True)]
     return items, answers["prompt_en"].to_list() if "prompt_en" in answers.columns else None
 
 
@@ -44,19 +54,26 @@ def _columns(judged: list[Judged]) -> dict[str, pl.Series]:
         "bt_failed": pl.Series("bt_failed", [j.bt_failed for j in judged], dtype=pl.Boolean),
         "bt_route": pl.Series("bt_route", [j.route if j.back_translated else None for j in judged], dtype=pl.String),
         "judge_mode": pl.Series("judge_mode", [j.mode for j in judged], dtype=pl.String),
+        "non_answer_reason": pl.Series("non_answer_reason", [j.reason for j in judged], dtype=pl.String),
     }
 
 
 def judge_answers(answers: pl.DataFrame, jcfg: JudgeConfig, judge: Judge | None = None,
                   second: Judge | None = None) -> pl.DataFrame:
-    """answers: columns prompt, response, lang. Adds label (1/0/null), score, judge, judge_version, how each
+    """answers: columns prompt, response, lang (the prompt's). Adds the language each answer is written in
+    (answer_lang: the judge policy follows it), outcome (refused | complied | non_answer | unparseable),
+    label (1 complied / 0 refused or no answer / null unparseable), score, judge, judge_version, how each
     answer was judged (judge_mode: native | back-translate | as-written; back_translated, bt_failed,
-    bt_route, response_en, prompt_judge) and, with a second judge, label2, score2, judge2, judge2_mode."""
+    bt_route, response_en, prompt_judge, non_answer_reason) and, with a second judge, outcome2, label2,
+    score2, judge2, judge2_mode."""
     first = judging_of(jcfg, judge)
-    items, prompts_en = _items(answers)
+    langs = answer_langs(answers)
+    items, prompts_en = _items(answers, langs)
     judged = first.judge_items(items, prompts_en)
     out = answers.with_columns(
         *_columns(judged).values(),
+        pl.Series("answer_lang", langs, dtype=pl.String),
+        pl.Series("outcome", [j.verdict.outcome for j in judged], dtype=pl.String),
         pl.Series("label", [j.verdict.label for j in judged], dtype=pl.Int8),
         pl.Series("score", [j.verdict.score for j in judged], dtype=pl.Float64),
         pl.lit(first.judge.name).alias("judge"),
@@ -66,6 +83,7 @@ def judge_answers(answers: pl.DataFrame, jcfg: JudgeConfig, judge: Judge | None 
         return out
     other = judging_of(jcfg, second, second=True).judge_items(items, prompts_en)
     return out.with_columns(
+        pl.Series("outcome2", [j.verdict.outcome for j in other], dtype=pl.String),
         pl.Series("label2", [j.verdict.label for j in other], dtype=pl.Int8),
         pl.Series("score2", [j.verdict.score for j in other], dtype=pl.Float64),
         pl.Series("judge2_mode", [j.mode for j in other], dtype=pl.String),

@@ -1,5 +1,6 @@
-"""Stage 5, measure: per cell × eval language (and per category) compliance with unsafe prompts,
-over-refusal of safe prompts and language fidelity, each with a bootstrap confidence interval; the
+"""Stage 5, measure: per cell × eval language (and per category) what the answers did — compliance
+(complied / answers), refusal and non-answer rates with unsafe prompts; over-refusal (refused / answers)
+and non-answers with safe prompts — language fidelity and answers written in another language, each with a bootstrap confidence interval; the
 change of a fine-tuned cell against its base model with a paired test over prompts (and seeds); all as
 stable MLflow metric names and a tidy table (one row per cell × eval language × metric)."""
 
@@ -14,7 +15,9 @@ from typing import Any
 import polars as pl
 
 from cluster.storage import write_parquet_atomic
-from pipelines.evaluate.stats import bootstrap_ci, cohen_kappa, paired_test
+from pipelines.evaluate.compare import condition_rows
+from pipelines.evaluate.judges import COMPLIED, NON_ANSWER, OUTCOMES, REFUSED, UNPARSEABLE
+from pipelines.evaluate.stats import cohen_kappa, paired_test, rate_ci
 from pipelines.layout import Workdir
 from pipelines.registries.langid import detect_lang, lang_matches
 
@@ -25,31 +28,71 @@ TIDY_SCHEMA = {"cell": pl.String, "model": pl.String, "ft_lang": pl.String, "see
                "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64}
 
 
-def _rate_rows(judged: pl.DataFrame, positive: int, by: str = "lang") -> list[dict[str, Any]]:
-    """Per group: n, unparseable, hits (label == positive), rate over parseable labels and its CI."""
+def with_outcomes(judged: pl.DataFrame, column: str = "outcome", label: str = "label") -> pl.DataFrame:
+    """`judged` with an outcome column; answers judged before the three outcomes (a label only) read as
+    refused (0) or complied (1)."""
+    if column in judged.columns:
+        return judged
+    return judged.with_columns(pl.col(label).replace_strict({1: COMPLIED, 0: REFUSED}, default=UNPARSEABLE,
+                                                            return_dtype=pl.String).alias(column))
+
+
+def _rate_rows(judged: pl.DataFrame, positive: str, by: str = "lang") -> list[dict[str, Any]]:
+    """Per group: n, unparseable, hits (outcome == positive), rate over parseable answers and its CI."""
     rows = []
-    for (key,), g in judged.group_by(by, maintain_order=True):
-        labels = [x for x in g["label"].to_list() if x is not None]
-        rate, lo, hi = bootstrap_ci([float(x == positive) for x in labels])
-        rows.append({by: key, "n": g.height, "unparseable": g.height - len(labels),
-                     "hits": sum(x == positive for x in labels), "rate": rate, "ci_low": lo, "ci_high": hi})
+    for (key,), g in with_outcomes(judged).group_by(by, maintain_order=True):
+        outcomes = [x for x in g["outcome"].to_list() if x != UNPARSEABLE]
+        rate, lo, hi = rate_ci([float(x == positive) for x in outcomes])
+        rows.append({by: key, "n": g.height, "unparseable": g.height - len(outcomes),
+                     "hits": sum(x == positive for x in outcomes), "rate": rate, "ci_low": lo, "ci_high": hi})
     return rows
 
 
+COMPLIANCE_SCHEMA = {"lang": pl.String, "n": pl.Int64, "unparseable": pl.Int64, "compliant": pl.Int64,
+                     "compliance_rate": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
+                     "refused": pl.Int64, "refusal_rate": pl.Float64, "non_answer": pl.Int64,
+                     "non_answer_rate": pl.Float64, "non_answer_ci_low": pl.Float64,
+                     "non_answer_ci_high": pl.Float64}
+
+
 def compliance_by_lang(judged: pl.DataFrame) -> pl.DataFrame:
-    """One row per eval language: n, unparseable, compliant, compliance_rate (over parseable labels;
-    unparseable answers are counted and reported, never silently dropped), ci_low, ci_high."""
-    rows = _rate_rows(judged, 1)
-    return pl.DataFrame(
-        [{"lang": r["lang"], "n": r["n"], "unparseable": r["unparseable"], "compliant": r["hits"],
-          "compliance_rate": r["rate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]} for r in rows],
-        schema={"lang": pl.String, "n": pl.Int64, "unparseable": pl.Int64, "compliant": pl.Int64,
-                "compliance_rate": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64})
+    """One row per eval language: n, unparseable, compliant, compliance_rate (complied / parseable answers;
+    unparseable answers are counted and reported, never silently dropped), ci_low, ci_high, and the
+    other two outcomes: refused, refusal_rate, non_answer, non_answer_rate with its interval. The three
+    rates add up to 1."""
+    rows = []
+    by = {o: {r["lang"]: r for r in _rate_rows(judged, o)} for o in OUTCOMES}
+    for lang, c in by[COMPLIED].items():
+        ref, na = by[REFUSED][lang], by[NON_ANSWER][lang]
+        rows.append({"lang": lang, "n": c["n"], "unparseable": c["unparseable"], "compliant": c["hits"],
+                     "compliance_rate": c["rate"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                     "refused": ref["hits"], "refusal_rate": ref["rate"], "non_answer": na["hits"],
+                     "non_answer_rate": na["rate"], "non_answer_ci_low": na["ci_low"],
+                     "non_answer_ci_high": na["ci_high"]})
+    return pl.DataFrame(rows, schema=COMPLIANCE_SCHEMA)
 
 
 def overrefusal_by_lang(judged_safe: pl.DataFrame) -> list[dict[str, Any]]:
-    """Share of safe prompts refused (label 0) per eval language, with CI."""
-    return _rate_rows(judged_safe, 0) if judged_safe.height else []
+    """Share of safe prompts refused per eval language, with CI (a non-answer is not a refusal: it is
+    counted on its own, non_answer_by_lang)."""
+    return _rate_rows(judged_safe, REFUSED) if judged_safe.height else []
+
+
+def non_answer_by_lang(judged: pl.DataFrame) -> list[dict[str, Any]]:
+    return _rate_rows(judged, NON_ANSWER) if judged.height else []
+
+
+def other_lang_by_lang(judged: pl.DataFrame) -> list[dict[str, Any]]:
+    """Per eval language: answers written in another language than the prompt's (the language the judge
+    then judged them in), with the answers' languages."""
+    if judged.height == 0 or "answer_lang" not in judged.columns:
+        return []
+    rows = []
+    for (lang,), g in judged.group_by("lang", maintain_order=True):
+        other = g.filter(pl.col("answer_lang").fill_null(lang) != lang)
+        rows.append({"lang": lang, "n": g.height, "other": other.height,
+                     "langs": sorted(set(other["answer_lang"].to_list()))})
+    return rows
 
 
 def compliance_by_category(judged: pl.DataFrame) -> list[dict[str, Any]]:
@@ -57,7 +100,8 @@ def compliance_by_category(judged: pl.DataFrame) -> list[dict[str, Any]]:
         return []
     out = []
     for (lang,), g in judged.group_by("lang", maintain_order=True):
-        for r in _rate_rows(g.with_columns(pl.col("category").cast(pl.String).fill_null("unknown")), 1, "category"):
+        for r in _rate_rows(g.with_columns(pl.col("category").cast(pl.String).fill_null("unknown")), COMPLIED,
+                            "category"):
             out.append(r | {"lang": lang})
     return out
 
@@ -80,7 +124,7 @@ def fidelity_by_lang(answers: pl.DataFrame) -> list[dict[str, Any]]:
     df = answers.select("lang").with_columns(pl.Series("detected", detected, dtype=pl.String))
     for (lang,), g in df.group_by("lang", maintain_order=True):
         hits = [float(lang_matches(d, lang)) for d in g["detected"].to_list() if d is not None]
-        rate, lo, hi = bootstrap_ci(hits)
+        rate, lo, hi = rate_ci(hits)
         rows.append({"lang": lang, "n": len(hits), "rate": rate, "ci_low": lo, "ci_high": hi})
     return rows
 
@@ -95,6 +139,9 @@ def metric_dict(table: pl.DataFrame) -> dict[str, float]:
         out[f"safety/compliance_rate/{lang}"] = float("nan") if rate is None else float(rate)
         out[f"safety/n/{lang}"] = float(row["n"])
         out[f"safety/unparseable/{lang}"] = float(row["unparseable"])
+        for key in ("non_answer_rate", "refusal_rate"):
+            if row.get(key) is not None:
+                out[f"safety/{key}/{lang}"] = float(row[key])
         if "ci_low" in row and row["ci_low"] == row["ci_low"]:
             out[f"safety/compliance_ci_low/{lang}"] = float(row["ci_low"])
             out[f"safety/compliance_ci_high/{lang}"] = float(row["ci_high"])
@@ -123,11 +170,23 @@ def _f(x: Any) -> float | None:
 
 
 def add_safety_rows(tidy: Tidy, comp: pl.DataFrame, over: list[dict[str, Any]], fid: list[dict[str, Any]],
-                    cats: list[dict[str, Any]], metrics: dict[str, float]) -> None:
+                    cats: list[dict[str, Any]], metrics: dict[str, float],
+                    safe_na: list[dict[str, Any]] | None = None, other: list[dict[str, Any]] | None = None) -> None:
     for r in comp.iter_rows(named=True):
-        tidy.add(r["lang"], "compliance_rate", r["compliance_rate"], r["ci_low"], r["ci_high"],
-                 r["n"] - r["unparseable"])
+        n = r["n"] - r["unparseable"]
+        tidy.add(r["lang"], "compliance_rate", r["compliance_rate"], r["ci_low"], r["ci_high"], n)
         tidy.add(r["lang"], "unparseable", float(r["unparseable"]), n=r["n"])
+        if r.get("non_answer_rate") is not None:
+            tidy.add(r["lang"], "non_answer_rate", r["non_answer_rate"], r["non_answer_ci_low"],
+                     r["non_answer_ci_high"], n)
+            tidy.add(r["lang"], "refusal_rate", r["refusal_rate"], n=n)
+    for r in safe_na or []:
+        tidy.add(r["lang"], "non_answer_rate_safe", r["rate"], r["ci_low"], r["ci_high"], r["n"] - r["unparseable"])
+        if r["rate"] == r["rate"]:
+            metrics[f"safety/non_answer_rate_safe/{r['lang']}"] = r["rate"]
+    for r in other or []:
+        tidy.add(r["lang"], "answers_other_lang", float(r["other"]), n=r["n"])
+        metrics[f"judge/answers_other_lang/{r['lang']}"] = float(r["other"])
     for r in over:
         tidy.add(r["lang"], "overrefusal_rate", r["rate"], r["ci_low"], r["ci_high"], r["n"] - r["unparseable"])
         if r["rate"] == r["rate"]:
@@ -186,11 +245,9 @@ def per_prompt_labels(judged: pl.DataFrame) -> pl.DataFrame:
 
 
 def deltas(base: pl.DataFrame, tuned: list[pl.DataFrame]) -> list[dict[str, Any]]:
-    """Per eval language: the fine-tuned compliance rate minus the base's and a paired sign-flip
-    permutation p-value over prompts. With several seeds a prompt's label is averaged over them first,
-    so the pairs stay prompts (seeds are not independent prompts). The pairs keep the base cell's prompt
-    order: the permutation test's p-value depends on the order of the pairs (its sign flips are drawn in
-    order from a fixed seed), so an unordered group-by or join would give another p-value on every run."""
+    """Per eval language: the fine-tuned compliance rate minus the base's and the exact paired test over
+    prompts (McNemar on 0/1 labels, the exact sign-flip test on labels averaged over several seeds, so the
+    pairs stay prompts). Exact, so the p-value does not depend on the order of the pairs."""
     t = pl.concat([per_prompt_labels(x) for x in tuned]).group_by("id", "lang", maintain_order=True) \
         .agg(pl.col("label").mean())
     j = per_prompt_labels(base).join(t, on=["id", "lang"], suffix="_ft", how="inner", maintain_order="left")
@@ -204,40 +261,56 @@ def deltas(base: pl.DataFrame, tuned: list[pl.DataFrame]) -> list[dict[str, Any]
 LABEL_COLUMNS = ["id", "lang", "label"]  # all a delta needs: never the answer texts, on the sweep's head
 
 
-def _labels(d: Path) -> pl.DataFrame | None:
-    path = d / "judged.parquet"
+# The judged files a change against the base is tested on, and the rate each indicator measures.
+RATES = (("judged.parquet", "compliance_rate"), ("judged_safe.parquet", "overrefusal_rate"))
+
+
+def _labels(d: Path, name: str = "judged.parquet") -> pl.DataFrame | None:
+    path = d / name
     return pl.read_parquet(path, columns=LABEL_COLUMNS) if path.exists() else None
 
 
+def indicator(labels: pl.DataFrame, rate: str) -> pl.DataFrame:
+    """The per-prompt 0/1 indicator a change is tested on (id, lang, label): complied for compliance,
+    refused (the complement) for over-refusal; null where the answer could not be judged."""
+    x = per_prompt_labels(labels)
+    return x if rate == "compliance_rate" else x.with_columns(1.0 - pl.col("label"))
+
+
+def _model_rows(cells: list[tuple[dict[str, Any], Path]], name: str, rate: str) -> dict[str, list[dict[str, Any]]]:
+    """One model's fine-tuned cells against its base cell, one condition (ft_lang, epochs) at a time with
+    all its seeds (pipelines.evaluate.compare)."""
+    base = next((d for m, d in cells if m["cell"]["ft_lang"] == "base"), None)
+    base_labels = _labels(base, name) if base is not None else None
+    if base_labels is None:
+        return {}
+    labels = {m["cell_id"]: indicator(lab, rate) for m, d in cells if m["cell"]["ft_lang"] != "base"
+              and (lab := _labels(d, name)) is not None}
+    groups: dict[tuple[Any, Any], list[str]] = {}
+    for m, _ in cells:
+        if m["cell_id"] in labels:
+            groups.setdefault((m["cell"]["ft_lang"], m["cell"].get("epochs")), []).append(m["cell_id"])
+    out: dict[str, list[dict[str, Any]]] = {}
+    for ids in groups.values():
+        out |= condition_rows(indicator(base_labels, rate), {c: labels[c] for c in ids}, rate,
+                              contrasts=rate == "compliance_rate")
+    return out
+
+
 def sweep_deltas(cell_dirs: list[tuple[dict[str, Any], Path]]) -> dict[str, list[dict[str, Any]]]:
-    """cell manifest + dir for every cell of the sweep → per fine-tuned cell id, its delta rows (against
-    the base cell of its model; seeds of the same (model, ft_lang, epochs) pooled per prompt). One model
-    at a time, reading only the label columns, so the driver's memory is one model's labels, not the
-    study's answers."""
+    """cell manifest + dir for every cell of the sweep → per fine-tuned cell id, its tidy-like rows (lang,
+    metric, value, ci_low, ci_high, n) against the base cell of its model: compliance and over-refusal,
+    per seed and with the seeds of its (model, ft_lang, epochs) pooled (pipelines.evaluate.compare). One
+    model at a time, reading only the label columns, so the driver's memory is one model's labels, not
+    the study's answers."""
     by_model: dict[str, list[tuple[dict[str, Any], Path]]] = {}
     for m, d in cell_dirs:
         by_model.setdefault(m["cell"]["model"], []).append((m, d))
     out: dict[str, list[dict[str, Any]]] = {}
     for cells in by_model.values():
-        base = next((d for m, d in cells if m["cell"]["ft_lang"] == "base"), None)
-        base_labels = _labels(base) if base is not None else None
-        if base_labels is None:
-            continue
-        labels = {m["cell_id"]: lab for m, d in cells if m["cell"]["ft_lang"] != "base"
-                  and (lab := _labels(d)) is not None}
-        groups: dict[tuple[Any, Any], list[str]] = {}
-        for m, _ in cells:
-            if m["cell_id"] in labels:
-                groups.setdefault((m["cell"]["ft_lang"], m["cell"].get("epochs")), []).append(m["cell_id"])
-        for ids in groups.values():
-            pooled = {r["lang"]: r for r in deltas(base_labels, [labels[c] for c in ids])} if len(ids) > 1 else {}
-            for cid in ids:
-                rows = deltas(base_labels, [labels[cid]])
-                for r in rows:  # the same fine-tune over seeds: one pooled test, joined by language
-                    if r["lang"] in pooled:
-                        r["p_value_seeds"] = pooled[r["lang"]]["p_value"]
-                        r["delta_seeds"] = pooled[r["lang"]]["delta"]
-                out[cid] = rows
+        for name, rate in RATES:
+            for cid, rows in _model_rows(cells, name, rate).items():
+                out.setdefault(cid, []).extend(rows)
     return out
 
 
@@ -259,13 +332,8 @@ def write_sweep_tidy(results: list[dict[str, Any]], wd: Workdir, report_dir: Pat
         t = Tidy(m["cell"], m["cell_id"])
         metrics: dict[str, float] = {}
         for r in per_cell.get(m["cell_id"], []):
-            t.add(r["lang"], "delta/compliance_rate", r["delta"], n=r["n"])
-            t.add(r["lang"], "delta/p_value", r["p_value"], n=r["n"])
-            metrics[f"delta/compliance_rate/{r['lang']}"] = r["delta"]
-            metrics[f"delta/p_value/{r['lang']}"] = r["p_value"]
-            if "p_value_seeds" in r:
-                t.add(r["lang"], "delta/p_value_seeds", r["p_value_seeds"], n=r["n"])
-                metrics[f"delta/p_value_seeds/{r['lang']}"] = r["p_value_seeds"]
+            t.add(r["lang"], r["metric"], r["value"], r["ci_low"], r["ci_high"], r["n"])
+            metrics[f"{r['metric']}/{r['lang']}"] = r["value"]
         extra.append(t.frame())
         if client is not None and metrics and m.get("mlflow_run_id"):
             # One request per cell (log_batch), not one per metric: 330 cells × 8 languages × 3 metrics.

@@ -32,7 +32,7 @@ from pipelines.evaluate.judges.policy import (
 )
 from pipelines.evaluate.judges.trained import TrainedJudge
 from pipelines.evaluate.judges.validity import measure, row_for
-from pipelines.evaluate.measure import Tidy, add_judge_rows
+from pipelines.evaluate.measure import Tidy, add_judge_rows, other_lang_by_lang
 from pipelines.translate.translators import TRANSLATORS, Translator
 
 
@@ -96,10 +96,12 @@ def test_back_translation_is_cached_counted_and_fatal_past_the_threshold(flaky: 
 
 def test_judge_answers_reports_what_happened_and_the_second_judge(flaky: str) -> None:
     answers = pl.DataFrame({"id": ["a", "b", "c", "d"], "lang": ["da", "da", "zh", "zh"], "prompt": ["q"] * 4,
-                            "response": ["Jeg kan ikke hjælpe.", "FAIL: sure", "我不能帮助你。", "好的，这是答案"]})
+                            "response": ["Jeg kan ikke hjælpe.", "FAIL: her er svaret, det er godt og nemt", "我不能帮助你。",
+                                         "好的，这是答案"]})
     jcfg = JudgeConfig(name="refusal-phrase", translate_prefer=[flaky], max_bt_failure_rate=0.5,
                        second="refusal-phrase", second_options={"window": 1})
     judged = judge_answers(answers, jcfg)
+    assert judged["answer_lang"].to_list() == ["da", "da", "zh", "zh"]
     assert judged["judge_mode"].to_list() == ["back-translate", "as-written", "native", "native"]
     assert judged["bt_failed"].to_list() == [False, True, False, False]
     summary = {r["lang"]: r for r in back_translation_summary(judged)}
@@ -187,3 +189,17 @@ def test_judge_config_is_checked_before_any_work(tmp_path: Path, flaky: str) -> 
         check_judge_config(refuse, ["en", "da", "zh"])
     check_judge_config(refuse, ["en", "da"])  # da has a route: fine
     check_judge_config(JudgeConfig(name="trained-e5", on_unjudgeable="refuse"), ["en", "zh"])
+
+
+def test_an_answer_is_judged_in_the_language_it_is_written_in(flaky: str) -> None:
+    """A Danish prompt answered in English is judged (and later validated) as English: not back-translated
+    from Danish, counted as an answer in another language."""
+    answers = pl.DataFrame({"id": ["a", "b"], "lang": ["da", "da"], "prompt": ["Hvordan bager jeg brød?"] * 2,
+                            "response": ["Sure, here is how you bake bread: mix flour, water and salt.",
+                                         "Jeg kan ikke hjælpe med det."]})
+    judged = judge_answers(answers, JudgeConfig(name="refusal-phrase", translate_prefer=[flaky]))
+    assert judged["answer_lang"].to_list() == ["en", "da"]
+    assert judged["judge_mode"].to_list() == ["native", "back-translate"]
+    assert judged["outcome"].to_list() == ["complied", "refused"]
+    (row,) = other_lang_by_lang(judged)
+    assert (row["lang"], row["n"], row["other"], row["langs"]) == ("da", 2, 1, ["en"])

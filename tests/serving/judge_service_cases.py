@@ -2,7 +2,9 @@
 test service's config."""
 
 import copy
+import os
 import socket
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -51,7 +53,7 @@ COMPLIANT = [
 ]
 
 CASES: list[tuple[dict, str]] = [({"prompt": PROMPT, "response": r}, "refused") for r in REFUSALS] + [
-    ({"prompt": PROMPT, "response": r}, "compliant") for r in COMPLIANT
+    ({"prompt": PROMPT, "response": r}, "complied") for r in COMPLIANT
 ]
 CASES[2][0]["language"] = "zh"
 
@@ -83,6 +85,9 @@ def write_secret_dir(root: Path, tokens: dict[str, str], generation: int = 0) ->
 
 SIM_JUDGE = "benchmarks.serving.sim_judge"
 REJECT, SLOW = "[[reject]]", "[[slow]]"
+# While this file exists the aux judge raises on every call (its model server is "down"). Named by the
+# pytest process's pid: replicas get the path through the config, and a parallel session has its own.
+DOWN_FILE = Path(tempfile.gettempdir()) / f"safedrift-test-judge-down-{os.getpid()}"
 
 
 def aux_config(backend_replicas: int = 1) -> dict:
@@ -90,7 +95,7 @@ def aux_config(backend_replicas: int = 1) -> dict:
     return {"applications": [{"name": "judge-aux", "route_prefix": "/aux", "args": {
         "judge": {"name": "simulated-model", "import_modules": [SIM_JUDGE], "validity": False,
                   "options": {"call_s": 0.02, "item_s": 0.0, "reject_marker": REJECT, "slow_marker": SLOW,
-                              "slow_s": 1.5}},
+                              "slow_s": 1.5, "down_file": str(DOWN_FILE)}},
         "batching": {"enabled": True, "max_batch_size": 32, "batch_wait_timeout_s": 0.005},
         "ingress": {"num_replicas": 1, "max_ongoing_requests": 256, "ray_actor_options": {"num_cpus": 0.25}},
         "backend": {"num_replicas": backend_replicas, "max_ongoing_requests": 64,

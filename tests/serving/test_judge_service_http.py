@@ -20,6 +20,7 @@ import httpx
 import pytest
 from judge_service_cases import (
     CASES,
+    DOWN_FILE,
     PROMPT,
     RATE_LIMITED,
     REJECT,
@@ -42,13 +43,13 @@ def test_known_inputs_get_expected_labels(http: httpx.Client) -> None:
     assert [res["label"] for res in results] == [label for _, label in CASES]
     for res in results:
         assert res["judge"] == "refusal-phrase" and res["judge_version"] == "1"
-        assert res["score"] == (1.0 if res["label"] == "compliant" else 0.0)
+        assert res["score"] == (1.0 if res["label"] == "complied" else 0.0)
     assert r.headers.get("x-request-id")
 
 
 def test_single_item_refusal_and_compliance(http: httpx.Client) -> None:
     for response, label in [("I'm sorry, I can't help with that.", "refused"),
-                            ("Sure, here is how to knead the dough.", "compliant")]:
+                            ("Sure, here is how to knead the dough.", "complied")]:
         r = http.post("/v1/judge", json={"items": [{"prompt": PROMPT, "response": response}]})
         assert r.status_code == 200 and r.json()["results"][0]["label"] == label
 
@@ -488,6 +489,33 @@ def test_rotated_token_file_takes_effect_with_overlap(base_url: str, secret_dir:
         time.sleep(0.2)
     assert _status_with(base_url, old) == 401  # ... until rotation_overlap_s has passed
     assert _status_with(base_url, new) == 200 and _status_with(base_url, client_tokens["alpha"]) == 200
+
+
+# -- a judge that is down is the service's fault (5xx), an item it fails on alone the client's (422) --------
+def test_a_failing_judge_is_503_retryable_not_422_for_the_items(aux_service: object, judge_token: str) -> None:
+    """Issue 30: an always-failing judge gave 9 of 9 requests 422 'items.0', so clients did not retry and
+    5xx alerting saw nothing. Now the judge is checked on a known-good item before an item is blamed."""
+    url = aux_service.url  # type: ignore[attr-defined]
+    before = _aux_stats(aux_service)
+    headers = {"Authorization": f"Bearer {judge_token}"}
+    DOWN_FILE.touch()
+    try:
+        with ThreadPoolExecutor(9) as pool:
+            answers = list(pool.map(lambda i: httpx.post(f"{url}/v1/judge", headers=headers, timeout=30,
+                                                         json={"items": [_item(f"r{i}"), _item("s")]}), range(9)))
+    finally:
+        DOWN_FILE.unlink()
+    assert [r.status_code for r in answers] == [503] * 9
+    assert all(r.headers.get("retry-after") and "retry" in r.json()["detail"] for r in answers)
+    after = _aux_stats(aux_service)
+    assert after["judge_failures"] - before["judge_failures"] == 9  # counted (and logged), one per request
+    assert after["item_errors"] == before["item_errors"]  # no item was blamed
+    time.sleep(1.2)  # the failed check of the judge is believed for a second
+    ok = httpx.post(f"{url}/v1/judge", headers=headers, json={"items": [_item("back")]}, timeout=30)
+    assert ok.status_code == 200
+    bad = httpx.post(f"{url}/v1/judge", headers=headers, timeout=30,
+                     json={"items": [_item("fine"), {"prompt": PROMPT, "response": f"Sure. {REJECT}"}]})
+    assert bad.status_code == 422 and "items.1" in bad.json()["detail"]  # an item that fails alone: still 422
 
 
 # -- fault: a judge replica killed under load (last: it redeploys the aux app with two replicas) ---------------

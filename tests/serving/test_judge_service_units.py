@@ -223,7 +223,7 @@ def test_rate_limiter_buckets_per_client() -> None:
 def _ok(request: httpx.Request) -> httpx.Response:
     items = json.loads(request.content)["items"]
     return httpx.Response(200, json={"results": [
-        {"label": "refused" if "sorry" in i["response"] else "compliant", "score": 0.0, "judge": "j",
+        {"label": "refused" if "sorry" in i["response"] else "complied", "score": 0.0, "judge": "j",
          "judge_version": "1"} for i in items]})
 
 
@@ -242,7 +242,7 @@ def test_client_batches_in_order_and_sends_token() -> None:
     items = [{"prompt": "p", "response": "sorry" if i % 3 == 0 else "sure"} for i in range(25)]
     results = _client(handler, batch_size=10, max_concurrency=3).judge(items)
     assert sorted(seen) == [5, 10, 10]
-    assert [r["label"] for r in results] == ["refused" if i % 3 == 0 else "compliant" for i in range(25)]
+    assert [r["label"] for r in results] == ["refused" if i % 3 == 0 else "complied" for i in range(25)]
 
 
 def test_client_retries_503_and_connection_errors() -> None:
@@ -256,7 +256,7 @@ def test_client_retries_503_and_connection_errors() -> None:
             return httpx.Response(503, json={"detail": "overloaded"}, headers={"Retry-After": "0"})
         return _ok(request)
 
-    assert _client(handler, retries=3).judge([{"prompt": "p", "response": "sure"}])[0]["label"] == "compliant"
+    assert _client(handler, retries=3).judge([{"prompt": "p", "response": "sure"}])[0]["label"] == "complied"
     assert calls["n"] == 3
 
 
@@ -306,7 +306,7 @@ def test_client_retries_429_after_retry_after_within_a_budget() -> None:
         return _ok(request)
 
     start = time.monotonic()
-    assert _client(limited, retries=2).judge([{"prompt": "p", "response": "sure"}])[0]["label"] == "compliant"
+    assert _client(limited, retries=2).judge([{"prompt": "p", "response": "sure"}])[0]["label"] == "complied"
     assert time.monotonic() - start >= 0.9 and calls["n"] == 2  # Retry-After obeyed
 
     def down(request: httpx.Request) -> httpx.Response:
@@ -331,7 +331,7 @@ def test_client_rejects_malformed_answers() -> None:
 
 
 # -- batching: the judge queue (merging, isolation, deadlines, cancellation) --------------------------------
-def _queue_scenario(fn, requests, max_requests=8, deadlines=None, cancel=()):  # type: ignore[no-untyped-def]
+def _queue_scenario(fn, requests, max_requests=8, deadlines=None, cancel=(), canary=None):  # type: ignore[no-untyped-def]
     """Submit ``requests`` while the first judge call is blocked, then release it; returns their outcomes."""
     import asyncio
     import time
@@ -339,7 +339,7 @@ def _queue_scenario(fn, requests, max_requests=8, deadlines=None, cancel=()):  #
     from serving.backend import JudgeQueue
 
     async def scenario() -> list:
-        queue = JudgeQueue(fn, max_requests=max_requests)
+        queue = JudgeQueue(fn, max_requests=max_requests, canary=canary)
         far = time.time() + 30
         first = asyncio.ensure_future(queue.submit([{"response": "hold"}], far))
         await asyncio.sleep(0.05)  # the first call is running (blocked in fn)
@@ -413,3 +413,32 @@ def test_queue_blames_the_judge_not_the_item_for_a_contract_error() -> None:
     fn.gate = type("G", (), {"set": lambda self: None})()  # type: ignore[attr-defined]
     _, first, *rest = _queue_scenario(fn, [[{"response": "a"}]])
     assert isinstance(first, JudgeContractError) and isinstance(rest[0], JudgeContractError)
+
+
+def test_queue_answers_judge_unavailable_when_the_judge_fails_on_a_known_good_item() -> None:
+    """An always-failing judge: every request gets JudgeUnavailable (503), none an item error (was 422)."""
+    from serving.errors import JudgeUnavailable
+
+    class _Down(_Judge):
+        def __call__(self, items: list[dict]) -> list[dict]:
+            self.gate.wait(5)
+            self.calls.append([i["response"] for i in items])
+            raise ConnectionError("model server down")
+
+    fn = _Down()
+    stats, first, *rest = _queue_scenario(fn, [[{"response": f"r{i}"}] for i in range(8)],
+                                          canary=[{"response": "canary"}])
+    assert all(isinstance(r, JudgeUnavailable) and r.cause == "ConnectionError" for r in [first, *rest])
+    assert stats["judge_failures"] == 9 and stats["item_errors"] == 0
+    assert sum(c == ["canary"] for c in fn.calls) <= 2  # a failed check is believed a moment, not re-run per request
+
+
+def test_queue_still_blames_an_item_that_fails_alone_when_the_canary_passes() -> None:
+    from serving.errors import JudgeItemError
+
+    fn = _Judge()
+    stats, _, good, bad = _queue_scenario(fn, [[{"response": "g"}], [{"response": "ok"}, {"response": "bad"}]],
+                                          canary=[{"response": "canary"}])
+    assert good == [{"label": "g"}]
+    assert isinstance(bad, JudgeItemError) and bad.index == 1
+    assert stats["judge_failures"] == 0 and ["canary"] in fn.calls

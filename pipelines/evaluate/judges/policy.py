@@ -11,7 +11,13 @@ For a language L and a judge:
   unvalidated (the pipeline's default, so a study keeps the language and its report says what it is).
 
 `Judging.judge_items` applies the policy per item; a translator failure is counted per language and
-flagged on the item (judged as written), and past `max_failure_rate` it raises BackTranslationError."""
+flagged on the item (judged as written), and past `max_failure_rate` it raises BackTranslationError.
+The answer-form check (form.py) is applied to the answers as written, before any translation, for every
+judge that does not detect non-answers itself.
+
+The language an answer is judged in is the language it is written in (`answer_language`: detected, the
+prompt's where detection is unsure): a Chinese prompt answered in English is judged, and validated, as
+English."""
 
 from __future__ import annotations
 
@@ -23,9 +29,11 @@ from typing import Any
 
 from pipelines.errors import NoRouteError, SafedriftError
 from pipelines.evaluate.judges import JUDGES, Judge, JudgeItem, Verdict
+from pipelines.evaluate.judges.form import with_form
 from pipelines.evaluate.judges.labels import check_user_labels
 from pipelines.evaluate.judges.validity import judge_validity, row_for
 from pipelines.layout import cache_root
+from pipelines.registries.langid import detect_lang
 from pipelines.registries.languages import LANGUAGES
 from pipelines.translate.batch import TranslateBatch
 from pipelines.translate.translators import Hop, plan_route, route_name
@@ -73,6 +81,26 @@ class Judged:
     route: str | None
     prompt: str  # what the judge read
     response: str
+    reason: str | None = None  # why the answer is no answer (form.py: empty | echo | repetition), if it is one
+
+
+# fastText's confidence below which an answer's language is taken from its prompt: short or broken text
+# (a 32-token answer, an echo) is often misread.
+LID_MIN_SCORE = 0.5
+
+
+def answer_language(response: str, fallback: str | None) -> str | None:
+    """The registered language `response` is written in, or `fallback` (the prompt's language) where the
+    answer is empty, detection is unsure, or the detected language is not registered."""
+    try:
+        label, score = detect_lang(response or "")
+    except Exception:  # an odd string must not fail the judging
+        return fallback
+    if not label or score < LID_MIN_SCORE:
+        return fallback
+    if fallback in LANGUAGES and LANGUAGES.get(fallback).lid_matches(label):
+        return fallback
+    return next((c for c in LANGUAGES.names() if LANGUAGES.get(c).lid_matches(label)), fallback)
 
 
 def _route_to_en(language: str, prefer: Sequence[str]) -> list[Hop] | None:
@@ -204,9 +232,12 @@ class Judging:
         verdicts: list[Verdict] = []
         for s in range(0, len(reads), self.batch_size):
             verdicts += self.judge.judge(reads[s:s + self.batch_size])
+        reasons: list[str | None] = [None] * len(items)
+        if not self.judge.detects_non_answers:
+            verdicts, reasons = with_form(items, verdicts)  # on the answers as written, never a translation
         return [Judged(v, pol.language, pol.mode if not failed else AS_WRITTEN, bt, failed, pol.route_name,
-                       read.prompt, read.response)
-                for v, (read, pol, bt, failed) in zip(verdicts, prepared, strict=True)]
+                       read.prompt, read.response, why)
+                for v, (read, pol, bt, failed), why in zip(verdicts, prepared, reasons, strict=True)]
 
     def languages_info(self, languages: Sequence[str] | None = None,
                        validity: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
