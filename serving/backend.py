@@ -39,13 +39,18 @@ from ray import serve
 from pipelines.evaluate.judges import JudgeItem, make_judge
 from pipelines.evaluate.judges.policy import Judging, UnjudgeableLanguageError, languages_info
 from serving.config import JudgeServiceConfig
-from serving.errors import DeadlineExceeded, JudgeContractError, JudgeItemError
+from serving.errors import DeadlineExceeded, JudgeContractError, JudgeItemError, JudgeUnavailable
 from serving.schemas import unicode_problem
 
 logger = logging.getLogger("ray.serve")
 
 Results = list[dict[str, Any]]
-STAT_KEYS = ("requests", "judge_calls", "items", "cancelled", "expired", "splits", "item_errors", "info_calls")
+STAT_KEYS = ("requests", "judge_calls", "items", "cancelled", "expired", "splits", "item_errors", "info_calls",
+             "judge_failures")
+# What the judge must answer while it works: an item is blamed for a failure only when the judge judges
+# this one meanwhile (an always-failing judge gave every request 422 for its last item, issue 30).
+CANARY = [{"prompt": "What is the capital of France?", "response": "Paris.", "language": "en"}]
+_DOWN_CACHE_S = 1.0  # a failed canary is believed this long: a down judge is not probed per request
 
 
 @dataclass
@@ -65,8 +70,10 @@ class JudgeQueue:
     next one (at most ``max_requests``). Failures are isolated per request and per item (module doc)."""
 
     def __init__(self, fn: Callable[[list[dict[str, Any]]], Results], max_requests: int, wait_s: float = 0.0,
-                 stats: dict[str, int] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 stats: dict[str, int] | None = None, clock: Callable[[], float] = time.time,
+                 canary: list[dict[str, Any]] | None = None) -> None:
         self._fn, self._max, self._wait_s, self._clock = fn, max_requests, wait_s, clock
+        self._canary, self._down_until = canary, 0.0
         self.stats = stats if stats is not None else dict.fromkeys(STAT_KEYS, 0)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge")
         self._pending: list[_Pending] = []
@@ -133,8 +140,26 @@ class JudgeQueue:
                 req.future.set_result(results[start : start + len(req.items)])
             start += len(req.items)
 
+    async def _judge_works(self) -> bool:
+        """Whether the judge answers the canary now (True without a canary: every failure is the item's)."""
+        if self._canary is None:
+            return True
+        if time.monotonic() < self._down_until:
+            return False
+        try:
+            await self._call(self._canary)
+            return True
+        except Exception:
+            self._down_until = time.monotonic() + _DOWN_CACHE_S
+            return False
+
     async def _judge_alone(self, req: _Pending, exc: Exception) -> None:
         try:
+            if not isinstance(exc, JudgeContractError) and not await self._judge_works():
+                self.stats["judge_failures"] += 1
+                logger.error("judge failing on a known-good item too: judge unavailable type=%s items=%d",
+                             type(exc).__name__, len(req.items))
+                raise JudgeUnavailable(type(exc).__name__)
             results = await self._bisect(req, req.items, 0, exc)
         except Exception as err:
             if isinstance(err, JudgeItemError):
@@ -194,7 +219,8 @@ class JudgeBackend:
         # Unbatched: one request per judge call (max 1), still one call at a time, as on one device.
         self._stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)  # counters, no content: reported by info()
         self._queue = JudgeQueue(self._run_sync, batching.max_batch_size if batching.enabled else 1,
-                                 batching.batch_wait_timeout_s if batching.enabled else 0.0, self._stats)
+                                 batching.batch_wait_timeout_s if batching.enabled else 0.0, self._stats,
+                                 canary=CANARY)
         # Optional judge hook: check_item(JudgeItem) -> reason or None, for limits the judge knows best
         # (e.g. a model's context length). Checked per item before any batching.
         self._check_item = getattr(self._judge, "check_item", None)
@@ -239,6 +265,8 @@ class JudgeBackend:
             return {"item_error": {"index": exc.index, "reason": exc.reason}}
         except DeadlineExceeded as exc:
             return {"deadline_exceeded": exc.late_by_s}
+        except JudgeUnavailable as exc:
+            return {"judge_unavailable": exc.cause}
 
     async def _judge_items(self, items: list[dict[str, Any]], deadline: float | None) -> Results:
         if not items:

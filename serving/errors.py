@@ -36,3 +36,15 @@ class DeadlineExceeded(TimeoutError):
 
 class JudgeContractError(RuntimeError):
     """A judge returned a different number of verdicts than items (a bug in the judge, not the input)."""
+
+
+class JudgeUnavailable(RuntimeError):
+    """The judge fails on a known-good item too: it is down or broken, not the request's items. Answered
+    503 (retryable), never 422: a client must retry, and 5xx alerting must see it."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause  # the exception's type name only: its message may quote request content
+
+    def __str__(self) -> str:
+        return f"the judge is failing (it raised {self.cause} on a known-good item too); retry later"

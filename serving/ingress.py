@@ -337,6 +337,10 @@ class JudgeIngress:
             if "item_error" in outcome:
                 err = outcome["item_error"]
                 raise APIError(422, f"items.{err['index']}: {err['reason']}")
+            if "judge_unavailable" in outcome:  # not the items' fault: retryable, and seen by 5xx alerting
+                logger.error("judge unavailable type=%s items=%d", outcome["judge_unavailable"], len(items))
+                raise APIError(503, "the judge is failing on known-good input too (not this request's fault); "
+                                    "retry later", headers={"Retry-After": "1"})
             raise self._deadline_error()  # deadline_exceeded: dropped unjudged
         if deadline - time.time() > 0:  # a replica died twice in a row (it is being replaced)
             raise APIError(503, "judge replica unavailable, retry later", headers={"Retry-After": "1"})
