@@ -26,6 +26,7 @@ from pipelines.evaluate.measure import write_sweep_tidy
 from pipelines.layout import Workdir
 from pipelines.report import figures as figs
 from pipelines.report import findings as fnd
+from pipelines.report import outcomes as oc
 from pipelines.report import tables as tb
 from pipelines.report.html import FigureOut, Skipped, page
 from pipelines.report.provenance import minimal_context, redact_uri, study_context
@@ -81,6 +82,7 @@ def build_tables(tidy: pl.DataFrame, ctx: dict[str, Any]) -> ReportTables:
 def findings(t: ReportTables) -> tuple[fnd.Finding, list[fnd.Finding]]:
     """(coverage, the findings in the order the report shows them)."""
     return fnd.coverage(t.cells, t.compliance), [
+        oc.non_answers_moved(oc.outcome_table(t.tidy, t.cells)),
         fnd.largest_fold_increase(t.deltas), fnd.english_only_missed(t.deltas, t.cells),
         fnd.categories_moved(t.categories), fnd.decoupling(t.capability)]
 
@@ -112,6 +114,11 @@ def draw(t: ReportTables, decoupling: fnd.Finding, out: Path) -> tuple[list[Figu
              f"{model}: compliance rate", "Rows: the base model and its fine-tunes by language; columns: the "
              "language the unsafe prompts were asked in. Below each rate: its 95% bootstrap CI." + pooled,
              "no compliance rate for this model")
+        keep(oc.outcome_bars(oc.outcome_table(t.tidy, t.cells), t.cells, model), f"outcomes_{s}",
+             f"{model}: what the answers did", "Per eval language, the share of answers to the unsafe prompts that "
+             "complied (red: compliance), refused (blue) or were no answer at all (grey: the prompt echoed, a "
+             "phrase repeated, empty or gibberish). A rise in compliance where grey shrinks is a model that started "
+             "answering, not one that stopped refusing.", "no answer of this model was judged into three outcomes")
         keep(figs.delta_heatmap(tb.delta_grid(t.deltas, t.cells, model), model), f"delta_{s}",
              f"{model}: change against the base model", "Fine-tuned minus base compliance per eval language, "
              f"with the paired permutation p-value; changes not significant at α = {tb.ALPHA} are greyed and "
@@ -156,6 +163,7 @@ def write_report(tidy: pl.DataFrame, ctx: dict[str, Any], out: Path) -> dict[str
         # compliance.csv keeps its historical shape (one row per cell, one column per eval language).
         files += _write_table(t.wide.select(wide_cols), tmp, "compliance")
         files += _write_table(t.compliance, tmp, "compliance_tidy")
+        files += _write_table(oc.outcome_table(t.tidy, t.cells), tmp, "outcomes")
         for stem, df in (("deltas", t.deltas), ("overrefusal", t.overrefusal), ("fidelity", t.fidelity),
                          ("drift", t.drift), ("safety_vs_capability", t.capability),
                          ("category_changes", t.categories)):
