@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +36,9 @@ class EvalData(_Strict):
     # "sorrybench:/path/question.jsonl" (a user's own copy of SORRY-Bench).
     harmful: str = "multijail"
     n_harmful: int = Field(24, ge=1)
+    # The n_harmful prompts are a random sample of the set drawn with this seed (recorded in the plan and
+    # the data sets' hash), not its first rows, which MultiJail orders by source and category.
+    sample_seed: int = 0
     # Benign prompts for over-refusal (the `eval_safe` split), built like the unsafe ones: xstest_safe
     # (a subset spread over its prompt types) and hplt_oasst (human translations in ten languages). A
     # source with no route to a language is left out there (recorded in the manifest), but every eval
@@ -199,6 +203,28 @@ class RayConfig(_Strict):
     include_dashboard: bool = False
 
 
+class StatsConfig(_Strict):
+    """How the report tests changes against the base model (pipelines/report/tables.py)."""
+
+    alpha: float = Field(0.05, gt=0, lt=1)
+    # The confirmatory family (Holm), applied to every fine-tuned condition (model, ft language, epochs):
+    # "ft_lang" (the change in the fine-tune language), "outside_en" (the mean change outside English minus
+    # the change in English, paired on the parallel prompts), "<lang>" (the change in that eval language),
+    # "<lang>_vs_en" (the change there minus the change in English). Everything else is screening (BH).
+    contrasts: list[str] = Field(default_factory=lambda: ["ft_lang", "outside_en"], min_length=1)
+    # "Decoupled from capability" is claimed only when the 90% interval of the correlation between safety
+    # and capability change lies inside ±margin (two one-sided tests at α = 0.05).
+    equivalence_margin: float = Field(0.3, gt=0, lt=1)
+
+    @field_validator("contrasts")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if not re.fullmatch(r"ft_lang|outside_en|[a-z]{2,3}(_vs_en)?", c)]
+        if bad:
+            raise ValueError(f"unknown contrasts {bad}: use ft_lang, outside_en, <lang> or <lang>_vs_en")
+        return v
+
+
 class MlflowConfig(_Strict):
     # None: MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db. A URI's user:password@ is dropped from
     # every output and hash; MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD keep it out of the URI altogether.
@@ -227,6 +253,7 @@ class StudyConfig(_Strict):
     sweep: SweepConfig = SweepConfig()
     judge: JudgeConfig = JudgeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    stats: StatsConfig = StatsConfig()
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig()
 

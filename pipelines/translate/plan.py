@@ -4,6 +4,7 @@ language — so an unknown language or a pair without a route fails before any w
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,14 @@ def _spread(rows: list[dict[str, Any]], n: int) -> datasets.Rows:
     return datasets.Rows(picked, getattr(rows, "malformed", []))
 
 
+def _sample(rows: list[dict[str, Any]], n: int, seed: int) -> datasets.Rows:
+    """n rows drawn at random with `seed`, kept in the set's order: the unsafe prompts stand for the whole
+    set (MultiJail's first rows are one source and a few categories). The seed is data.eval.sample_seed,
+    the drawn ids are the eval split's, and both enter the data sets' hash."""
+    picked = sorted(random.Random(seed).sample(range(len(rows)), n)) if n < len(rows) else range(len(rows))
+    return datasets.Rows([rows[i] for i in picked], getattr(rows, "malformed", []))
+
+
 def plan(cfg: StudyConfig) -> Plan:
     """Every (split, language[, source]) job with its route, planned before any work so that a language
     without a route fails at once, naming what is available."""
@@ -92,7 +101,7 @@ def plan(cfg: StudyConfig) -> Plan:
             out.append(Job(kind, lang, prompts, route, _back_route(cfg, route, "en", lang), name, offset))
         return out
 
-    jobs += eval_jobs("eval", ed.harmful, datasets.load(ed.harmful, limit=ed.n_harmful), 0)
+    jobs += eval_jobs("eval", ed.harmful, _sample(datasets.load(ed.harmful), ed.n_harmful, ed.sample_seed), 0)
     offset = 0
     for name in ed.safe if ed.n_safe else []:
         prompts = _spread(datasets.load(name), ed.n_safe)
