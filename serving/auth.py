@@ -27,6 +27,7 @@ import ipaddress
 import logging
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,41 +85,86 @@ def _read(path: Path, where: str) -> str:
         raise TokenConfigError(f"{where} names {str(path)!r}, which cannot be read: {reason}") from None
 
 
-def _read_dir(path: Path) -> dict[str, str]:
+def _read_token_file(path: Path, where: str) -> str:
+    """The token in a regular file that only its owner may change; TokenConfigError saying the fix else.
+    Anyone who can write the file can let themselves in (or lock a team out)."""
+    try:
+        st = os.stat(path)  # follows links: what is checked is the file that is read
+    except OSError as exc:
+        raise TokenConfigError(f"{where} names {str(path)!r}, which cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise TokenConfigError(f"{where} is not a regular file; put one token in a plain file")
+    if st.st_mode & 0o022:
+        raise TokenConfigError(f"{where} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                               "run chmod go-w on it (a Secret volume's defaultMode 0440 does this)")
+    return _check_token(_read(path, where), where)
+
+
+def _dir_entry_token(root: Path, entry: Path) -> str:
+    """One client's token from the directory: a valid name, and a regular file inside the directory (a
+    Secret volume's links through ``..data`` stay inside; a link out of it is refused)."""
+    where = f"{TOKENS_DIR_ENV}/{entry.name}"
+    if not _CLIENT_NAME.match(entry.name):
+        raise TokenConfigError(f"{where}: {entry.name!r} is not a valid client name "
+                               "(letters, digits, '.', '_', '-'; at most 63)")
+    real = Path(os.path.realpath(entry))
+    if root not in real.parents:
+        raise TokenConfigError(f"{where} links to {str(real)!r}, outside {str(root)!r}: a token file must be "
+                               "in the directory itself")
+    return _read_token_file(real, where)
+
+
+def _read_dir(path: Path) -> tuple[dict[str, str], list[str]]:
+    """Client -> token of every entry that passes the checks, and what is wrong with each other one."""
     if not path.is_dir():
-        raise TokenConfigError(f"{TOKENS_DIR_ENV} names {str(path)!r}, which is not a readable directory")
+        return {}, [f"{TOKENS_DIR_ENV} names {str(path)!r}, which is not a readable directory"]
+    root = Path(os.path.realpath(path))
     tokens: dict[str, str] = {}
+    problems: list[str] = []
     for entry in sorted(path.iterdir()):
-        # A Secret volume also holds "..data" and "..<timestamp>" entries: hidden names are not clients.
-        if entry.name.startswith(".") or not entry.is_file():
+        if entry.name.startswith("."):  # a Secret volume's "..data" and "..<timestamp>": not clients
             continue
-        if not _CLIENT_NAME.match(entry.name):
-            raise TokenConfigError(f"{TOKENS_DIR_ENV}: {entry.name!r} is not a valid client name "
-                                   "(letters, digits, '.', '_', '-'; at most 63)")
-        tokens[entry.name] = _check_token(_read(entry, f"{TOKENS_DIR_ENV}/{entry.name}"),
-                                          f"{TOKENS_DIR_ENV}/{entry.name}")
-    if not tokens:
-        raise TokenConfigError(f"{TOKENS_DIR_ENV} names {str(path)!r}, which holds no token files")
-    by_token: dict[str, str] = {}
+        try:
+            tokens[entry.name] = _dir_entry_token(root, entry)
+        except TokenConfigError as exc:
+            problems.append(str(exc))
+    by_token: dict[str, list[str]] = {}
     for name, token in tokens.items():
-        if token in by_token:  # the request log could not say which team sent a request
-            raise TokenConfigError(f"{TOKENS_DIR_ENV}: clients {by_token[token]!r} and {name!r} share a token; "
-                                   "give every client its own")
-        by_token[token] = name
-    return tokens
+        by_token.setdefault(token, []).append(name)
+    for names in (n for n in by_token.values() if len(n) > 1):  # the log could not say which team sent it
+        problems.append(f"{TOKENS_DIR_ENV}: clients {' and '.join(map(repr, names))} share a token; "
+                        "give every client its own")
+        for name in names:
+            del tokens[name]
+    if not tokens and not problems:
+        problems.append(f"{TOKENS_DIR_ENV} names {str(path)!r}, which holds no token files")
+    return tokens, problems
 
 
-def load_tokens(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, str]:
-    """Client name -> token from the configured source; ``{}`` when no source is set."""
+def read_tokens(environ: os._Environ[str] | dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """Client name -> token of every valid entry of the configured source, and a message for each invalid
+    one (``({}, [])`` when no source is set). A reload keeps exactly the valid ones: fail closed."""
     source = configured_source(environ)
     if source is None:
-        return {}
+        return {}, []
     name, value = source
     if name == TOKENS_DIR_ENV:
         return _read_dir(Path(value))
-    if name == TOKEN_FILE_ENV:
-        return {DEFAULT_CLIENT: _check_token(_read(Path(value), TOKEN_FILE_ENV), f"{TOKEN_FILE_ENV} ({value!r})")}
-    return {DEFAULT_CLIENT: _check_token(value.strip(), TOKEN_ENV)}
+    try:
+        if name == TOKEN_FILE_ENV:
+            return {DEFAULT_CLIENT: _read_token_file(Path(value), f"{TOKEN_FILE_ENV} ({value!r})")}, []
+        return {DEFAULT_CLIENT: _check_token(value.strip(), TOKEN_ENV)}, []
+    except TokenConfigError as exc:
+        return {}, [str(exc)]
+
+
+def load_tokens(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, str]:
+    """Client name -> token from the configured source; ``{}`` when no source is set. Strict (for the
+    start): any invalid entry raises TokenConfigError naming it and the fix."""
+    tokens, problems = read_tokens(environ)
+    if problems:
+        raise TokenConfigError("; ".join(problems))
+    return tokens
 
 
 def load_token(environ: os._Environ[str] | dict[str, str] | None = None) -> str | None:
@@ -177,8 +223,9 @@ class TokenChecker:
 
     The token source is re-read every ``reload_s`` (a Secret volume's files change under the replica).
     A changed token takes effect at once, and the replaced one stays valid for ``overlap_s`` so clients
-    can switch over; a client whose file is removed is revoked at once. A source that cannot be read
-    on reload (a half-written file) keeps the last good tokens.
+    can switch over. Reloads fail closed: a client whose file is removed, or no longer valid (a bad name,
+    a short token, a link out of the directory, a file others may write), is revoked at once, and the
+    others are kept; auth, on at the start, stays on with no clients left (every request then gets 401).
     """
 
     def __init__(self, required: bool, reload_s: float = 5.0, overlap_s: float = 300.0,
@@ -187,7 +234,11 @@ class TokenChecker:
         self._reload_s, self._overlap_s = reload_s, overlap_s
         self._clock = clock  # injectable for tests of the overlap window
         self._clients: dict[str, _Client] = {}
-        self._apply(load_tokens(), self._now())
+        self._problems: list[str] = []
+        self._apply(load_tokens(), self._now())  # strict at the start: a bad entry stops the replica
+        # Decided once: the source cannot appear or vanish while a replica runs (environment variables).
+        # Keyed on it, not on the clients left, so revoking every client never switches auth off.
+        self._enabled = bool(self._clients)
         self._checked_at = self._now()
         if required and not self._clients:
             raise TokenConfigError(
@@ -200,7 +251,7 @@ class TokenChecker:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._clients)
+        return self._enabled
 
     @property
     def clients(self) -> list[str]:
@@ -219,19 +270,25 @@ class TokenChecker:
                 logger.info("judge auth: token of client %s rotated; the old one is accepted for %.0f s",
                             name, self._overlap_s)
             updated[name] = _Client(name, digest, previous)
-        for name in set(self._clients) - set(tokens):
-            logger.warning("judge auth: client %s removed from the token source; revoked", name)
+        for name in sorted(set(self._clients) - set(tokens)):
+            logger.warning("judge auth: client %s removed from the token source or no longer valid; revoked", name)
         self._clients = updated
 
     def reload(self) -> None:
-        """Re-read the token source now."""
-        try:
-            tokens = load_tokens()
-        except TokenConfigError as exc:
-            logger.warning("judge auth: token source unusable on reload, keeping the last good tokens: %s", exc)
+        """Re-read the token source now; keep only what validates (never the last good tokens: that kept
+        a removed client's token valid while any other entry was bad)."""
+        if not self._enabled:
             return
-        if tokens or not self.required:
-            self._apply(tokens, self._now())
+        try:
+            tokens, problems = read_tokens()
+        except TokenConfigError as exc:
+            tokens, problems = {}, [str(exc)]
+        if problems != self._problems:  # once per change, not every reload_s
+            for problem in problems:
+                logger.warning("judge auth: token source entry refused on reload (fix it to restore that "
+                               "client): %s", problem)
+            self._problems = problems
+        self._apply(tokens, self._now())
 
     def _maybe_reload(self) -> None:
         now = self._now()
@@ -257,11 +314,8 @@ class TokenChecker:
         return match
 
     def check(self, authorization: str | None) -> bool:
-        """True when the request may proceed (any valid token, or auth off because none is configured)."""
-        if not self.enabled and not self.required:
-            self._maybe_reload()
-            return not self.enabled or self.identify(authorization) is not None
-        return self.identify(authorization) is not None
+        """True when the request may proceed (a valid token, or auth off because no source is configured)."""
+        return not self._enabled or self.identify(authorization) is not None
 
 
 def serve_proxy_host() -> str | None:

@@ -491,6 +491,26 @@ def test_rotated_token_file_takes_effect_with_overlap(base_url: str, secret_dir:
     assert _status_with(base_url, new) == 200 and _status_with(base_url, client_tokens["alpha"]) == 200
 
 
+def test_removed_client_is_revoked_within_reload_s_even_beside_a_bad_entry(base_url: str, secret_dir: Path) -> None:
+    """Issue 30: removing a client in the same update that added an invalid entry kept its token valid."""
+    current = {p.name: p.read_text().strip() for p in secret_dir.iterdir() if not p.name.startswith(".")}
+    delta = "test-delta-" + secrets.token_hex(16)
+    write_secret_dir(secret_dir, {**current, "delta": delta}, generation=7)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _status_with(base_url, delta) != 200:
+        time.sleep(0.1)
+    assert _status_with(base_url, delta) == 200
+    write_secret_dir(secret_dir, current, generation=8)  # delta removed ...
+    (secret_dir / "..gen8" / "bad name").write_text("short")  # ... and a bad entry added in the same update
+    (secret_dir / "bad name").symlink_to("..data/bad name")
+    try:
+        time.sleep(ROTATION["reload_s"] + 0.5)
+        assert _status_with(base_url, delta) == 401
+        assert _status_with(base_url, current["alpha"]) == 200  # the valid clients are kept
+    finally:
+        (secret_dir / "bad name").unlink()
+
+
 # -- a judge that is down is the service's fault (5xx), an item it fails on alone the client's (422) --------
 def test_a_failing_judge_is_503_retryable_not_422_for_the_items(aux_service: object, judge_token: str) -> None:
     """Issue 30: an always-failing judge gave 9 of 9 requests 422 'items.0', so clients did not retry and

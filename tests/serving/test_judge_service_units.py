@@ -199,9 +199,84 @@ def test_token_checker_names_clients_and_rotates_with_overlap(no_token_env: pyte
     _secret_dir(root, {"team-a": T3}, 2)  # team-b removed from the Secret: revoked at once
     now[0] += 1.5
     assert checker.identify(f"Bearer {T2}") is None and checker.clients == ["team-a"]
-    (root / "..gen2" / "team-a").write_text("")  # a half-written file: the last good tokens stay
+    (root / "..gen2" / "team-a").write_text("")  # an invalid file: nothing it cannot validate is kept
     now[0] += 1.5
-    assert checker.identify(f"Bearer {T3}") == "team-a"
+    assert checker.identify(f"Bearer {T3}") is None and checker.enabled and not checker.check(f"Bearer {T3}")
+
+
+# -- token reload fails closed (issue 30: revocation failed open) ---------------------------------------
+def _checker(root: Path, env: pytest.MonkeyPatch) -> tuple[TokenChecker, list[float]]:
+    env.setenv(TOKENS_DIR_ENV, str(root))
+    now = [1000.0]
+    return TokenChecker(required=False, reload_s=1.0, overlap_s=60.0, clock=lambda: now[0]), now
+
+
+def test_deleting_the_only_clients_file_revokes_it_and_auth_stays_on(no_token_env: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    root = _secret_dir(tmp_path / "tokens", {"team-a": T1}, 0)
+    checker, now = _checker(root, no_token_env)  # auth.required false: what kept the old token before
+    _secret_dir(root, {}, 1)  # the Secret's last key removed
+    now[0] += 1.5
+    assert checker.identify(f"Bearer {T1}") is None
+    assert checker.enabled and not checker.check(f"Bearer {T1}") and not checker.check(None)  # not "auth off"
+
+
+@pytest.mark.parametrize("bad", [("Bad Name!", T3), ("team-c", "short")])
+def test_a_removal_with_a_bad_entry_in_the_same_update_still_revokes(no_token_env: pytest.MonkeyPatch,
+                                                                   tmp_path: Path, bad: tuple[str, str],
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    root = _secret_dir(tmp_path / "tokens", {"team-a": T1, "team-b": T2}, 0)
+    checker, now = _checker(root, no_token_env)
+    _secret_dir(root, {"team-b": T2}, 1)  # team-a removed, and in the same reload period a bad entry added
+    (root / "..gen1" / bad[0]).write_text(bad[1])
+    (root / bad[0]).symlink_to(f"..data/{bad[0]}")
+    now[0] += 1.5
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        assert checker.identify(f"Bearer {T1}") is None  # was: every old token kept while any entry was bad
+    assert checker.identify(f"Bearer {T2}") == "team-b" and checker.clients == ["team-b"]
+    assert repr(bad[0]) in caplog.text or f"{TOKENS_DIR_ENV}/{bad[0]}" in caplog.text
+    assert T1 not in caplog.text and T3 not in caplog.text
+
+
+def test_token_files_must_be_private_regular_files_inside_the_directory(no_token_env: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    import os
+
+    root = _secret_dir(tmp_path / "tokens", {"team-a": T1}, 0)
+    no_token_env.setenv(TOKENS_DIR_ENV, str(root))
+    outside = tmp_path / "elsewhere"
+    outside.write_text(T2)
+    (root / "team-x").symlink_to(outside)
+    with pytest.raises(TokenConfigError, match="team-x links to .*outside"):
+        load_tokens()
+    (root / "team-x").unlink()
+    os.chmod(root / "..gen0" / "team-a", 0o666)
+    with pytest.raises(TokenConfigError, match=r"team-a is writable by group or others \(mode 0666\); run chmod go-w"):
+        load_tokens()
+    os.chmod(root / "..gen0" / "team-a", 0o644)
+    (root / "team-d").mkdir()
+    with pytest.raises(TokenConfigError, match="team-d is not a regular file"):
+        load_tokens()
+    (root / "team-d").rmdir()
+    assert load_tokens() == {"team-a": T1}
+    checker, now = _checker(root, no_token_env)
+    os.chmod(root / "..gen0" / "team-a", 0o664)  # made group-writable while serving: revoked on reload
+    now[0] += 1.5
+    assert checker.identify(f"Bearer {T1}") is None
+
+
+def test_single_token_file_removed_is_revoked(no_token_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text(T1)
+    no_token_env.setenv(TOKEN_FILE_ENV, str(secret))
+    now = [0.0]
+    checker = TokenChecker(required=True, reload_s=1.0, clock=lambda: now[0])
+    assert checker.identify(f"Bearer {T1}") == "default"
+    secret.unlink()
+    now[0] += 1.5
+    assert checker.identify(f"Bearer {T1}") is None and not checker.check(f"Bearer {T1}")
 
 
 def test_rate_limiter_buckets_per_client() -> None:
