@@ -149,8 +149,11 @@ class JudgeConfig(_Strict):
     # with every cell; agreement_limit caps the held-out items for slow judges (None = all).
     agreement: bool = True
     agreement_limit: int | None = Field(None, ge=1)
-    # Your own labelled answers per language, JSONL {prompt, response, label: 1 complies / 0 refuses}, e.g.
-    # {zh: /path/labels.jsonl}: the judge's κ is measured on them too (checked when the config loads).
+    # Your own labelled answers per language, e.g. {zh: /path/zh-labels.csv}: a CSV as `safedrift labels
+    # sample` writes it, label filled with refused / complied / non_answer (the rows whose lang is the key),
+    # or JSONL {prompt, response, label: 1 complied / 0 refused, or one of the three names}. The judge's
+    # agreement is measured on them, through its language policy, and shown for that language ahead of the
+    # translated XSTest figure. Checked when the config loads: each key an eval language, every row valid.
     labels: dict[str, str] = Field(default_factory=dict)
     # A language the judge does not read and no route brings to English: judged as written and reported
     # unvalidated ("as-written"), or an error before any work ("refuse").

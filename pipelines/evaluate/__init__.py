@@ -115,6 +115,10 @@ def _evaluate(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path, scr
     return CellEvaluation(metrics, tidy, judged, judged_safe, table, judge_info, timing)
 
 
+# Per language beyond κ and accuracy, from the validity row (judges/validity.py: agreement).
+VALIDITY_METRICS = ("kappa_ci_low", "kappa_ci_high", "rate_error", "non_answer_recall")
+
+
 def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
                     tidy: Tidy) -> tuple[dict[str, float], dict[str, Any]]:
     """Each judge's κ and accuracy with people per eval language, for the way that language is judged
@@ -133,19 +137,22 @@ def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
         if langs is not None:
             en = next((r for r in langs if r["language"] == "en" and r["validated"]), None)
         else:
+            judging = judging_of(cfg.judge, j, second=sec)
             rows = judge_validity(j, opts, cfg.eval_langs, cfg.judge.translate_prefer, cfg.judge.labels,
-                                  cfg.judge.agreement_limit)
-            langs = judging_of(cfg.judge, j, second=sec).languages_info(cfg.eval_langs, rows)
+                                  cfg.judge.agreement_limit, back_translate=judging.back_translate)
+            langs = judging.languages_info(cfg.eval_langs, rows)
             en = next((r for r in rows if r["lang"] == "en" and r["source"] == "human"), None)
         for r in langs:
             lang, ok = r["language"], r["validated"]
             metrics[f"{prefix}/validated/{lang}"] = float(ok)
             tidy.add(lang, f"{prefix}/validated", float(ok), n=r["n"])
-            if ok:
-                metrics[f"{prefix}/kappa/{lang}"] = r["kappa"]
-                metrics[f"{prefix}/accuracy/{lang}"] = r["accuracy"]
-            tidy.add(lang, f"{prefix}/kappa", r["kappa"] if ok else None, n=r["n"])
-            tidy.add(lang, f"{prefix}/accuracy", r["accuracy"] if ok else None, n=r["n"])
+            # κ is None where a language's labels hold one class only (validity.py); the rest still counts.
+            for name in ("kappa", "accuracy", *VALIDITY_METRICS):
+                value = r.get(name) if ok else None
+                if value is not None:
+                    metrics[f"{prefix}/{name}/{lang}"] = value
+                if name in ("kappa", "accuracy") or ok:
+                    tidy.add(lang, f"{prefix}/{name}", value, n=r["n"])
         if en is not None:
             metrics[f"{prefix}_en/kappa" if sec else "judge/kappa"] = en["kappa"]
             metrics[f"{prefix}_en/accuracy" if sec else "judge/accuracy"] = en["accuracy"]

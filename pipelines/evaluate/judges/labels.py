@@ -8,23 +8,34 @@
   of an answer (the encoders truncate, the phrase judge looks at 160 characters), and it keeps Apertium
   to a few minutes for 1,350 answers.
 - Back-translated: a machine-translated set translated back to English, as the pipeline judges it.
-- Your own: a JSONL file per language ({prompt, response, label} with label 1 = complies, 0 = refuses;
-  optional model and id), named in `judge.labels`, checked when the config loads.
+- Your own: a file per language named in `judge.labels`, checked when the config loads: a CSV in the
+  shape `safedrift labels sample` writes (columns lang, kind, source_id, cell, prompt, response, label,
+  weak; label refused / complied / non_answer; the rows whose lang is the configured language), or JSONL
+  ({prompt, response, label} with label 1 = complied, 0 = refused, or one of the three names; optional
+  model and id).
+- The laptop study's own answers, labelled by hand (`laptop-dev`): ../shared/labels/laptop-answers-dev.csv,
+  beside the data mirror (SAFEDRIFT_DATA_DIR/../labels), pinned by its sha256. Absent, validity uses the
+  other sets only.
+
+Your own labels and laptop-dev are answers of small models like the ones a study judges: validity.py judges
+them through the judge's language policy, as the pipeline does, and prefers them for their language.
 
 Every translation goes through the translation cache (pipelines/translate/cache.py), under the cache root,
 so it is done once per machine."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.errors import DataError, NoRouteError
-from pipelines.evaluate.judges import JudgeItem
+from pipelines.evaluate.judges import OUTCOMES, JudgeItem, label_of, outcome_of
 from pipelines.evaluate.user_sets import read_jsonl
-from pipelines.layout import cache_root
+from pipelines.hashing import file_sha256
+from pipelines.layout import cache_root, data_dir
 from pipelines.registries import datasets
 from pipelines.translate.batch import TranslateBatch
 from pipelines.translate.translators import Hop, plan_route, route_name
@@ -33,6 +44,10 @@ MT_CHARS = 600  # opening characters of a response that are machine-translated (
 PROMPT_FOLDS = 3  # prompt folds crossed with the held-out model (validity.py)
 HUMAN = "human"
 AS_WRITTEN, BACK_TRANSLATED = "as-written", "back-translated"
+USER = "user:"  # source prefix of a user's own label file
+DEV = "laptop-dev"  # source name of the laptop study's hand-labelled answers
+DEV_FILE = "laptop-answers-dev.csv"
+DEV_SHA256 = "807a0132d0d7b6af905a09668ed3ccc68847ab719c8ad67803aaefbf0793dc63"
 
 
 @dataclass
@@ -47,13 +62,25 @@ class LabelSet:
     labels: list[int]
     groups: list[str]
     folds: list[int] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.outcomes:
+            self.outcomes = [outcome_of(v) for v in self.labels]
+
+    @property
+    def small_model(self) -> bool:
+        """Answers of small models labelled by people (a user's file, laptop-dev): judged through the
+        judge's policy, never trained on, preferred for their language (validity.py)."""
+        return self.source.startswith(USER) or self.source == DEV
 
     def __len__(self) -> int:
         return len(self.items)
 
     def subset(self, idx: Sequence[int]) -> LabelSet:
         return LabelSet(self.lang, self.condition, self.source, [self.items[i] for i in idx],
-                        [self.labels[i] for i in idx], [self.groups[i] for i in idx], [self.folds[i] for i in idx])
+                        [self.labels[i] for i in idx], [self.groups[i] for i in idx], [self.folds[i] for i in idx],
+                        [self.outcomes[i] for i in idx])
 
 
 def prompt_fold(prompt_id: str) -> int:
@@ -127,29 +154,95 @@ def back_translated(ls: LabelSet, prefer: Sequence[str]) -> LabelSet | None:
                     list(ls.folds))
 
 
-# ---- your own labels ---------------------------------------------------------------------------------
+# ---- your own labels and laptop-dev --------------------------------------------------------------------
 
-_FIX = ("each line a JSON object {\"prompt\": str, \"response\": str, \"label\": 1 (complies) or 0 "
-        "(refuses)}, optional \"model\" and \"id\"")
+CSV_COLUMNS = ("lang", "kind", "source_id", "cell", "prompt", "response", "label", "weak")
+CSV_REQUIRED = ("prompt", "response", "label")
+_ACCEPTED = ", ".join(OUTCOMES)
+_FIX = (f"a CSV with columns {', '.join(CSV_COLUMNS)} (label one of {_ACCEPTED}; as `safedrift labels sample` "
+        "writes it), or JSONL: each line {\"prompt\": str, \"response\": str, \"label\": 1 (complied) or 0 "
+        f"(refused) or one of {_ACCEPTED}}}, optional \"model\" and \"id\"")
+
+
+def _outcome(value: object) -> str | None:
+    """The outcome a label names (1/0 or one of OUTCOMES, any case), None if it names none."""
+    if isinstance(value, bool):
+        return None
+    if value in (0, 1):
+        return outcome_of(int(value))  # type: ignore[arg-type]
+    text = str(value).strip().lower() if isinstance(value, str) else ""
+    return text if text in OUTCOMES else None
+
+
+def _label_set(lang: str, source: str, p: Path, rows: list[tuple[str, str, str, str, str]]) -> LabelSet:
+    """rows: (prompt, response, outcome, group, prompt id). At least two kinds of answer, or there is
+    nothing to agree on."""
+    outcomes = [r[2] for r in rows]
+    if len(set(outcomes)) < 2:
+        raise DataError(f"judge.labels.{lang}: {p} has only {outcomes[0]} answers in '{lang}': agreement needs "
+                        f"at least two of {_ACCEPTED}")
+    return LabelSet(lang, AS_WRITTEN, source, [JudgeItem(r[0], r[1], lang) for r in rows],
+                    [int(label_of(o) or 0) for o in outcomes], [r[3] for r in rows],
+                    [prompt_fold(r[4]) for r in rows], outcomes)
+
+
+def _read_csv_rows(p: Path, lang: str, ctx: str) -> list[tuple[str, str, str, str, str]]:
+    """The rows of a label CSV in `lang` (every row when it has no lang column), checked line by line."""
+    with p.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in CSV_REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{ctx}: {p}:1: missing column(s) {', '.join(missing)} (has "
+                            f"{', '.join(reader.fieldnames or []) or 'none'}); {_FIX}")
+        has_lang = "lang" in (reader.fieldnames or [])
+        rows, seen = [], set()
+        line = reader.line_num + 1  # the line a record starts on (a quoted answer may span several)
+        for rec in reader:
+            start, line = line, reader.line_num + 1
+            row_lang = (rec.get("lang") or "").strip()
+            seen.add(row_lang)
+            if has_lang and row_lang != lang:
+                continue
+            raw = rec.get("label")
+            if not (raw or "").strip():
+                raise DataError(f"{ctx}: {p}:{start}: label is empty; fill it with one of {_ACCEPTED}")
+            outcome = _outcome(raw)
+            if outcome is None:
+                raise DataError(f"{ctx}: {p}:{start}: label {raw!r} is not one of {_ACCEPTED}")
+            rows.append((rec.get("prompt") or "", rec.get("response") or "", outcome,
+                         (rec.get("cell") or "").strip() or "user", (rec.get("source_id") or "").strip()
+                         or rec.get("prompt") or ""))
+    if not rows:
+        where = f"no row with lang '{lang}' (the file has {sorted(seen - {''})})" if has_lang else "no rows"
+        raise DataError(f"{ctx}: {p} has {where}; give labelled answers in '{lang}' or drop '{lang}' from "
+                        "judge.labels")
+    return rows
+
+
+def _read_jsonl_rows(p: Path, lang: str, ctx: str) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for n, rec in enumerate(read_jsonl(p, {"prompt": str, "response": str}, ctx), 1):
+        outcome = _outcome(rec.get("label"))
+        if outcome is None:
+            raise DataError(f"{ctx}: {p} row {n}: 'label' must be 1 (complies) or 0 (refuses) or one of "
+                            f"{_ACCEPTED}, got {rec.get('label')!r}; {_FIX}")
+        rows.append((rec["prompt"], rec["response"], outcome, str(rec.get("model") or "user"),
+                     str(rec.get("id") or rec["prompt"])))
+    return rows
 
 
 def read_user_labels(path: str | Path, lang: str) -> LabelSet:
-    """A user's labelled answers in `lang`; DataError naming the file, the line and the fix."""
+    """A user's labelled answers in `lang` (CSV or JSONL, see the module docstring); DataError naming the
+    file, the line and the accepted values."""
     p = Path(path).expanduser()
-    rows = read_jsonl(p, {"prompt": str, "response": str}, f"judge.labels.{lang}")
-    items, labels, groups, folds = [], [], [], []
-    for n, rec in enumerate(rows, 1):
-        if rec.get("label") not in (0, 1) or isinstance(rec.get("label"), bool):
-            raise DataError(f"judge.labels.{lang}: {p} row {n}: 'label' must be 1 (complies) or 0 (refuses), "
-                            f"got {rec.get('label')!r}; {_FIX}")
-        items.append(JudgeItem(rec["prompt"], rec["response"], lang))
-        labels.append(int(rec["label"]))
-        groups.append(str(rec.get("model") or "user"))
-        folds.append(prompt_fold(str(rec.get("id") or rec["prompt"])))
-    if len(set(labels)) < 2:
-        raise DataError(f"judge.labels.{lang}: {p} has only label {labels[0]}: agreement (Cohen's κ) needs "
-                        "answers that comply and answers that refuse")
-    return LabelSet(lang, AS_WRITTEN, f"user:{p.name}", items, labels, groups, folds)
+    ctx = f"judge.labels.{lang}"
+    if p.suffix.lower() == ".csv":
+        if not p.is_file():
+            raise DataError(f"{ctx}: label file {p} does not exist; give {_FIX}")
+        rows = _read_csv_rows(p, lang, ctx)
+    else:
+        rows = _read_jsonl_rows(p, lang, ctx)
+    return _label_set(lang, f"{USER}{p.name}", p, rows)
 
 
 def check_user_labels(labels: dict[str, str]) -> dict[str, int]:
@@ -157,23 +250,60 @@ def check_user_labels(labels: dict[str, str]) -> dict[str, int]:
     return {lang: len(read_user_labels(path, lang)) for lang, path in labels.items()}
 
 
-def label_sets(langs: Sequence[str], prefer: Sequence[str], user: dict[str, str] | None = None,
-               limit: int | None = None, back: bool = True) -> list[LabelSet]:
-    """Every labelled set for `langs`: English, each language machine-translated where a route reaches
-    it and back-translated where a route returns, and the user's own files (as written and
-    back-translated)."""
+def dev_labels_path() -> Path | None:
+    """The laptop study's hand-labelled answers beside the data mirror (SAFEDRIFT_DATA_DIR/../labels), or
+    None where there is no such file (a checkout without ../shared). A file that is not the pinned
+    version is an error: its figures would not be the ones recorded."""
+    p = data_dir().parent / "labels" / DEV_FILE
+    if not p.is_file():
+        return None
+    digest = file_sha256(p)
+    if digest != DEV_SHA256:
+        raise DataError(f"{p} has sha256 {digest}, not the pinned {DEV_SHA256}: restore the shared copy, or "
+                        "update DEV_SHA256 in pipelines/evaluate/judges/labels.py with the new labels")
+    return p
+
+
+def dev_labels(lang: str) -> LabelSet | None:
+    """laptop-dev's answers in `lang`; None where the file is absent or has fewer than two kinds of
+    answer in `lang`."""
+    p = dev_labels_path()
+    if p is None:
+        return None
+    try:
+        return _label_set(lang, DEV, p, _read_csv_rows(p, lang, DEV))
+    except DataError:  # no rows in this language (or one kind only): nothing to validate on
+        return None
+
+
+def small_model_sets(langs: Sequence[str], user: dict[str, str] | None = None) -> list[LabelSet]:
+    """Answers of small models labelled by people, per language of `langs`: the user's file (judge.labels)
+    and laptop-dev's rows (judged through the judge's policy by validity.py)."""
+    user = user or {}
+    out = []
+    for lang in dict.fromkeys(langs):
+        if lang in user:
+            out.append(read_user_labels(user[lang], lang))
+        dev = dev_labels(lang)
+        if dev is not None:
+            out.append(dev)
+    return out
+
+
+def label_sets(langs: Sequence[str], prefer: Sequence[str], limit: int | None = None,
+               back: bool = True) -> list[LabelSet]:
+    """The sets made from XSTest's human labels for `langs`: English, each language machine-translated
+    where a route reaches it and back-translated where a route returns (what a trained judge learns
+    from). Small models' answers come from small_model_sets."""
     en = human_labels(limit)
     out = [en]
-    user = user or {}
     for lang in dict.fromkeys(langs):
         if lang == "en":
             continue
-        sets = [read_user_labels(user[lang], lang)] if lang in user else []
         mt = machine_translated(en, lang, prefer)
-        sets += [mt] if mt is not None else []
-        for s in list(sets) if back else []:
-            bt = back_translated(s, prefer)
-            if bt is not None:
-                sets.append(bt)
-        out += sets
+        if mt is None:
+            continue
+        out.append(mt)
+        bt = back_translated(mt, prefer) if back else None
+        out += [bt] if bt is not None else []
     return out

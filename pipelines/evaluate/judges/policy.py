@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import NoRouteError, SafedriftError
+from pipelines.errors import DataError, NoRouteError, SafedriftError
 from pipelines.evaluate.judges import JUDGES, Judge, JudgeItem, Verdict
 from pipelines.evaluate.judges.form import with_form
 from pipelines.evaluate.judges.labels import check_user_labels
@@ -251,13 +251,20 @@ class Judging:
                 pol = self.policy(lang)
             except UnjudgeableLanguageError:
                 out.append({"language": lang, "mode": REFUSE, "route": None, "validated": False, "kappa": None,
-                            "accuracy": None, "n": 0, "labels": None})
+                            "accuracy": None, "n": 0, "labels": None} | dict.fromkeys(VALIDITY_EXTRA))
                 continue
-            r = row_for(validity or [], lang, pol.mode) if pol.mode != AS_WRITTEN else None
+            # As written by a judge that does not read the language: validated only by small models'
+            # answers judged that same way (row_for).
+            r = row_for(validity or [], lang, pol.mode)
             out.append({"language": lang, "mode": pol.mode, "route": pol.route_name, "validated": r is not None,
                         "kappa": r["kappa"] if r else None, "accuracy": r["accuracy"] if r else None,
-                        "n": r["n"] if r else 0, "labels": r["source"] if r else None})
+                        "n": r["n"] if r else 0, "labels": r["source"] if r else None}
+                       | {k: r.get(k) if r else None for k in VALIDITY_EXTRA})
         return out
+
+
+# What a language's validity says beyond κ and accuracy (validity.py: agreement).
+VALIDITY_EXTRA = ("kappa_ci_low", "kappa_ci_high", "rate_error", "non_answer_recall", "confusion")
 
 
 def judge_items(items: Sequence[JudgeItem], judge: Judge, back_translate: bool = True,
@@ -274,17 +281,20 @@ def languages_info(judge: Judge, options: dict[str, Any] | None = None, language
 
     j = Judging(judge, back_translate, prefer, REFUSE)
     langs = list(languages) if languages is not None else judgeable(judge, back_translate, prefer)
-    rows = judge_validity(judge, options or {}, langs, prefer, user_labels, limit)
+    rows = judge_validity(judge, options or {}, langs, prefer, user_labels, limit, back_translate=back_translate)
     return j.languages_info(langs, rows)
 
 
 def check_judge_config(jcfg: Any, eval_langs: Sequence[str]) -> None:
     """Before any work: every user label file exists and parses (DataError naming the line and the fix),
-    its language is registered, and with on_unjudgeable "refuse" every eval language can be judged by
-    each configured judge (UnjudgeableLanguageError naming the fix)."""
+    its language is registered and evaluated by the study, and with on_unjudgeable "refuse" every eval
+    language can be judged by each configured judge (UnjudgeableLanguageError naming the fix)."""
 
     for lang in jcfg.labels:
         LANGUAGES.check(lang)
+        if lang not in eval_langs:
+            raise DataError(f"judge.labels.{lang}: the study does not evaluate '{lang}' (eval_langs "
+                            f"{list(eval_langs)}): add it to eval_langs or drop it from judge.labels")
     check_user_labels(jcfg.labels)
     if jcfg.on_unjudgeable != REFUSE:
         return

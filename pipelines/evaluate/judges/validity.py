@@ -1,14 +1,25 @@
-"""How far a judge agrees with people in each language: Cohen's κ and accuracy per (language, condition)
-on labelled answers it never trained on.
+"""How far a judge agrees with people in each language, on labelled answers it never trained on: per
+(language, condition, source) Cohen's κ (complied vs not) with a 95 % interval, accuracy, the three-class
+confusion matrix, the recall of non-answers and the rate error (the judge's compliance rate minus the
+labels' on the same answers: what a reported rate is off by).
 
-Held out by source model AND prompt: the labels are three models' answers to the same 450 XSTest
-prompts, so a trained judge is refitted 9 times, each time on two models' answers to two thirds of the
-prompts (in every training language), and predicts the third model's answers to the other third, in
-English, machine-translated (as written) and back-translated; every answer is predicted once. C and the
-threshold are chosen inside each fold (nested: leave-one-model-out over its two training models), so the
-figures are not tuned on what they measure. A
-judge that does not train (phrases, an LLM) is simply run on every answer. A user's own labels (in
-`judge.labels`) were never trained on and are judged by the shipped judge.
+Two kinds of labelled answers:
+- XSTest's human labels (English, machine-translated, back-translated): three models' answers to the
+  same 450 prompts. Held out by source model AND prompt: a trained judge is refitted 9 times, each time
+  on two models' answers to two thirds of the prompts (in every training language), and predicts the
+  third model's answers to the other third; every answer is predicted once. C and the threshold are
+  chosen inside each fold (nested: leave-one-model-out over its two training models), so the figures
+  are not tuned on what they measure. A judge that does not train (phrases, an LLM) is simply run.
+- Small models' answers labelled by people (a user's `judge.labels`, the laptop study's `laptop-dev`):
+  answers like the ones a study judges. They are judged as the pipeline judges them — through the
+  judge's language policy (policy.Judging: the answer-form check, each answer in the language it is
+  written in, back-translated where the policy says) — and the row records the policy's mode. For their
+  language they are preferred over the translated XSTest figure (row_for).
+
+The κ interval is a percentile bootstrap over answers (BOOT resamples, seed SEED; resamples with one
+class only are left out); an unparseable verdict counts as a disagreement. κ is None where the labels of
+a language hold one class only (e.g. no answer complied): the rate error and the non-answer recall still
+say how the judge does there.
 
 A language with no labels (no translator route reaches it and no file of yours) has no row: the report
 marks it unvalidated. Results are cached per (judge, options, label files, languages)."""
@@ -24,15 +35,28 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.evaluate.judges import Judge
+from pipelines.evaluate.judges import (
+    COMPLIED,
+    NON_ANSWER,
+    OUTCOMES,
+    UNPARSEABLE,
+    Judge,
+    JudgeItem,
+    outcome_of,
+)
 from pipelines.evaluate.judges.labels import (
     AS_WRITTEN,
     BACK_TRANSLATED,
+    DEV,
+    DEV_SHA256,
     HUMAN,
     MT_CHARS,
     PROMPT_FOLDS,
+    USER,
     LabelSet,
+    dev_labels_path,
     label_sets,
+    small_model_sets,
 )
 from pipelines.evaluate.judges.trained import TrainedJudge, choose, fit_lr, proba
 from pipelines.evaluate.stats import cohen_kappa
@@ -41,26 +65,31 @@ from pipelines.layout import judges_cache
 from pipelines.registries import datasets
 
 log = logging.getLogger(__name__)
-VERSION = "1"
+VERSION = "2"  # 2: three outcomes, κ interval, rate error, small-model labels judged through the policy
 HELDOUT = "by source model and prompt (nested choice of C and threshold)"
+BOOT, SEED = 2000, 0  # κ interval: percentile bootstrap over answers
+KAPPA_CI = f"95% percentile bootstrap over answers ({BOOT} resamples, seed {SEED})"
+BACK_TRANSLATE = "back-translate"  # policy.py's mode (not imported: policy imports this module)
 
 
 def _is_pool(s: LabelSet, judge: TrainedJudge) -> bool:
     """A set the trained judge learns from: its training languages, as written, human or translated
-    (never a user's file, which stays for validation only)."""
-    return s.condition == AS_WRITTEN and s.lang in judge.train_langs and not s.source.startswith("user:")
+    (never small models' answers, which stay for validation only)."""
+    return s.condition == AS_WRITTEN and s.lang in judge.train_langs and not s.small_model
 
 
 def trained_predictions(judge: TrainedJudge, sets: Sequence[LabelSet]) -> list[np.ndarray]:
-    """Held-out labels (1/0) of every set: nested leave-one-(model, prompt fold)-out for the sets made
-    from the training labels, the shipped judge for a user's sets."""
+    """Held-out labels (1/0, -1 where no fold predicted it) of every set made from the training labels:
+    nested leave-one-(model, prompt fold)-out."""
     feats = [judge.features(s.items) for s in sets]
     pool = [i for i, s in enumerate(sets) if _is_pool(s, judge)]
+    preds = [np.full(len(s), -1) for s in sets]
+    if not pool:
+        return preds
     X = np.vstack([feats[i] for i in pool])
     y = np.asarray([v for i in pool for v in sets[i].labels])
     g = np.asarray([v for i in pool for v in sets[i].groups])
     f = np.asarray([v for i in pool for v in sets[i].folds])
-    preds = [np.full(len(s), -1) for s in sets]
     for m in sorted(set(g)):
         for k in range(PROMPT_FOLDS):
             train = (g != m) & (f != k)
@@ -71,48 +100,112 @@ def trained_predictions(judge: TrainedJudge, sets: Sequence[LabelSet]) -> list[n
             C, t, _ = choose(X[train], y[train], g[train], np.full(int(train.sum()), -1), judge.C, judge.threshold)
             clf = fit_lr(X[train], y[train], C)
             for i, s in enumerate(sets):
-                if s.source.startswith("user:"):
-                    continue
                 test = (np.asarray(s.groups) == m) & (np.asarray(s.folds) == k)
                 if test.any():
                     preds[i][test] = (proba(clf, feats[i][test]) >= t).astype(int)
-    for i, s in enumerate(sets):
-        if s.source.startswith("user:"):
-            preds[i] = np.asarray([v.label for v in judge.judge(s.items)])
     return preds
 
 
-def plain_predictions(judge: Judge, sets: Sequence[LabelSet], batch_size: int = 32) -> list[list[int | None]]:
+def plain_predictions(judge: Judge, sets: Sequence[LabelSet], batch_size: int = 32) -> list[list[str]]:
+    """The judge's outcome for every answer, read as the set gives it (a translated set is already in
+    the language it is judged in)."""
     out = []
     for s in sets:
-        labels: list[int | None] = []
+        outcomes: list[str] = []
         for i in range(0, len(s), batch_size):
-            labels += [v.label for v in judge.judge(s.items[i:i + batch_size])]
-        out.append(labels)
+            outcomes += [v.outcome for v in judge.judge(s.items[i:i + batch_size])]
+        out.append(outcomes)
     return out
 
 
-def measure(judge: Judge, sets: Sequence[LabelSet]) -> list[dict[str, Any]]:
-    """One row per label set: language, condition, source, n, κ, accuracy, unparseable, how held out."""
+def policy_predictions(judging: Any, s: LabelSet) -> tuple[list[str], str]:
+    """(outcomes, the policy's mode for the set's language): each answer judged as the pipeline judges it
+    (policy.Judging: answer-form check, the language the answer is written in, back-translation)."""
+    from pipelines.evaluate.judges.policy import answer_language  # policy imports this module
+
+    items = [JudgeItem(i.prompt, i.response, answer_language(i.response, s.lang)) for i in s.items]
+    judged = judging.judge_items(items)
+    return [j.verdict.outcome for j in judged], judging.policy(s.lang).mode
+
+
+def default_judging(judge: Judge, back_translate: bool = True, prefer: Sequence[str] = ("apertium",)) -> Any:
+    """The judge with its language policy as validation uses it: a language it cannot judge is judged as
+    written (and so validated as written), a translator failure judged as written rather than fatal."""
+    from pipelines.evaluate.judges.policy import Judging
+
+    return Judging(judge, back_translate, prefer, on_unjudgeable="as-written", max_failure_rate=1.0)
+
+
+def _kappa_ci(y: np.ndarray, p: np.ndarray) -> tuple[float | None, float | None]:
+    """95 % percentile bootstrap interval of κ (y, p: 0/1, p -1 for unparseable)."""
+    n = y.size
+    if n < 2 or len(set(y.tolist())) < 2:
+        return None, None
+    idx = np.random.default_rng(SEED).integers(0, n, size=(BOOT, n))
+    yb, pb = y[idx], p[idx]
+    po = (yb == pb).mean(axis=1)
+    pe = sum((yb == c).mean(axis=1) * (pb == c).mean(axis=1) for c in (0, 1))
+    one_class = (yb == yb[:, :1]).all(axis=1)  # κ against a single truth class says nothing
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.where(one_class | (pe >= 1), np.nan, (po - pe) / (1 - pe))
+    if np.isnan(k).all():
+        return None, None
+    lo, hi = np.nanpercentile(k, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def agreement(truth: Sequence[str], pred: Sequence[str]) -> dict[str, Any]:
+    """Agreement of predicted outcomes with labelled ones (see the module docstring for each figure)."""
+    y = np.asarray([int(t == COMPLIED) for t in truth])
+    p = np.asarray([-1 if o == UNPARSEABLE else int(o == COMPLIED) for o in pred])
+    acc, kappa, n = cohen_kappa(y.tolist(), [None if v < 0 else int(v) for v in p])
+    lo, hi = _kappa_ci(y, p)
+    confusion = {t: {o: sum(a == t and b == o for a, b in zip(truth, pred, strict=True))
+                     for o in (*OUTCOMES, UNPARSEABLE)} for t in OUTCOMES}
+    na = [o for t, o in zip(truth, pred, strict=True) if t == NON_ANSWER]
+    parsed = p[p >= 0]
+    judge_rate = float(parsed.mean()) if parsed.size else None
+    label_rate = float(y.mean()) if n else None
+    return {"n": n, "kappa": kappa if len(set(y.tolist())) == 2 else None, "kappa_ci_low": lo, "kappa_ci_high": hi,
+            "kappa_ci": KAPPA_CI, "accuracy": acc, "unparseable": int((p < 0).sum()), "confusion": confusion,
+            "non_answer_recall": sum(o == NON_ANSWER for o in na) / len(na) if na else None,
+            "judge_rate": judge_rate, "label_rate": label_rate,
+            "rate_error": judge_rate - label_rate if judge_rate is not None and label_rate is not None else None}
+
+
+def measure(judge: Judge, sets: Sequence[LabelSet], judging: Any = None) -> list[dict[str, Any]]:
+    """One row per label set: language, condition, source, how held out, the policy's mode (small models'
+    sets; None otherwise) and agreement() with its labels. `judging`: the judge with the study's language
+    policy (default_judging when not given)."""
     trained = isinstance(judge, TrainedJudge)
-    preds = trained_predictions(judge, sets) if trained else plain_predictions(judge, sets)
+    xstest = [s for s in sets if not s.small_model]
+    if trained:
+        got = [[outcome_of(int(v)) if v >= 0 else UNPARSEABLE for v in a]
+               for a in (trained_predictions(judge, xstest) if xstest else [])]
+    else:
+        got = plain_predictions(judge, xstest)
+    by_set = {id(s): (o, None) for s, o in zip(xstest, got, strict=True)}
+    judging = judging or default_judging(judge)
+    for s in sets:
+        if s.small_model:
+            by_set[id(s)] = policy_predictions(judging, s)
     rows = []
-    for s, p in zip(sets, preds, strict=True):
-        pl_ = [None if (v is None or int(v) < 0) else int(v) for v in p]
-        acc, kappa, n = cohen_kappa(s.labels, pl_)
-        rows.append({"lang": s.lang, "condition": s.condition, "source": s.source, "n": n, "kappa": kappa,
-                     "accuracy": acc, "unparseable": sum(v is None for v in pl_),
-                     "heldout": (HELDOUT if trained and not s.source.startswith("user:") else
-                                 "never trained on" if trained else "judge does not train")})
+    for s in sets:
+        pred, mode = by_set[id(s)]
+        how = ("never trained on; judged through the language policy" if s.small_model else
+               HELDOUT if trained else "judge does not train")
+        rows.append({"lang": s.lang, "condition": s.condition, "source": s.source, "mode": mode, "heldout": how}
+                    | agreement(s.outcomes, pred))
     return rows
 
 
 def cache_key(judge: Judge, options: dict[str, Any], langs: Sequence[str], prefer: Sequence[str],
-              user: dict[str, str], limit: int | None) -> dict[str, Any]:
+              user: dict[str, str], limit: int | None, back_translate: bool = True) -> dict[str, Any]:
     user_sha = {lang: _sha(Path(p)) for lang, p in sorted(user.items())}
     return {"judge": judge.name, "version": judge.version, "options": options, "langs": sorted(set(langs)),
             "prefer": list(prefer), "user": user_sha, "limit": limit, "validity": VERSION, "mt_chars": MT_CHARS,
-            "labels": [datasets.sha256_of(n) for n in datasets.JUDGE_LABEL_SETS]}
+            "labels": [datasets.sha256_of(n) for n in datasets.JUDGE_LABEL_SETS],
+            "dev": DEV_SHA256 if dev_labels_path() is not None else None, "back_translate": back_translate}
 
 
 def _sha(path: Path) -> str:
@@ -123,18 +216,19 @@ def _sha(path: Path) -> str:
 
 def judge_validity(judge: Judge, options: dict[str, Any], langs: Sequence[str], prefer: Sequence[str] = ("apertium",),
                    user: dict[str, str] | None = None, limit: int | None = None,
-                   back: bool = True) -> list[dict[str, Any]]:
-    """measure() over every label set of `langs` (back-translated ones too unless `back` is off), computed
-    once per key and cached in the judges cache."""
+                   back: bool = True, back_translate: bool = True) -> list[dict[str, Any]]:
+    """measure() over every label set of `langs` (XSTest's back-translated ones too unless `back` is off;
+    small models' answers judged with back-translation as `back_translate` says, as the study judges
+    them), computed once per key and cached in the judges cache."""
     user = dict(user or {})
-    key = cache_key(judge, options, langs, prefer, user, limit) | ({} if back else {"back": False})
+    key = cache_key(judge, options, langs, prefer, user, limit, back_translate) | ({} if back else {"back": False})
     path = judges_cache() / f"validity-{judge.name}-{stable_hash(key)}.json"
     if path.exists():
         return json.loads(path.read_text())["rows"]
-    sets = label_sets(langs, prefer, user, limit, back)
+    sets = label_sets(langs, prefer, limit, back) + small_model_sets(langs, user)
     log.info("validating judge %s on %d label sets (%s)", judge.name, len(sets),
-             ", ".join(f"{s.lang}/{s.condition}" for s in sets))
-    rows = measure(judge, sets)
+             ", ".join(f"{s.lang}/{s.condition}/{s.source}" for s in sets))
+    rows = measure(judge, sets, default_judging(judge, back_translate, prefer))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"key": key, "rows": rows}, indent=1))
@@ -143,10 +237,19 @@ def judge_validity(judge: Judge, options: dict[str, Any], langs: Sequence[str], 
 
 
 def row_for(rows: Sequence[dict[str, Any]], lang: str, mode: str) -> dict[str, Any] | None:
-    """The validity row that matches how `lang` is judged (mode from policy.py): back-translated labels
-    for a back-translated language, as-written ones otherwise; a user's own labels before machine-
-    translated ones (people wrote them in that language). None: unvalidated."""
-    condition = BACK_TRANSLATED if mode == "back-translate" else AS_WRITTEN
-    mine = [r for r in rows if r["lang"] == lang and r["condition"] == condition and r["n"]]
-    mine.sort(key=lambda r: (not r["source"].startswith("user:"), r["source"] != HUMAN))
+    """The validity row that matches how `lang` is judged (mode from policy.py). Small models' answers
+    judged in that same mode come first (a user's own file, then laptop-dev): they are answers like the
+    ones judged. Else XSTest's: back-translated labels for a back-translated language, as-written ones for
+    a native one, none for a language judged as written by a judge that does not read it. None:
+    unvalidated."""
+    small = [r for r in rows if r["lang"] == lang and r["n"] and r.get("mode") == mode
+             and (r["source"].startswith(USER) or r["source"] == DEV)]
+    if small:
+        return sorted(small, key=lambda r: not r["source"].startswith(USER))[0]
+    if mode == AS_WRITTEN:
+        return None
+    condition = BACK_TRANSLATED if mode == BACK_TRANSLATE else AS_WRITTEN
+    mine = [r for r in rows if r["lang"] == lang and r["condition"] == condition and r["n"]
+            and r.get("mode") is None]
+    mine.sort(key=lambda r: r["source"] != HUMAN)
     return mine[0] if mine else None
