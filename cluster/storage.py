@@ -3,12 +3,14 @@ output or its new one, never a mix.
 
 - `atomic_dir(final)` builds the new output in a hidden temporary sibling, flushes it to disk, then swaps
   it in: rename the old `final` aside, rename the new one in, rename the aside copy to a trash name,
-  delete the trash. A reader or the next writer that finds the aside copy without `final` (a kill between
-  the two renames) renames it back: the old output is restored, never half of it.
+  delete the trash. The next writer (or the workdir's lock holder reading it) that finds the aside copy
+  without `final` (a kill between the two renames) renames it back: the old output is restored, never
+  half of it.
 - `write_manifest` records the size and sha256 of every data file in the directory, after flushing them
   (files and directories) to disk, and writes the manifest last; `read_manifest` checks them and reports a
-  directory whose data is missing, truncated or corrupt as not done (removing the bad files), so the stage
-  is redone rather than failing on every rerun.
+  directory whose data is missing, truncated or corrupt as not done, so the stage is redone rather than
+  failing on every rerun. It only reads: a reader never deletes or renames an output (a writer may be
+  replacing it that instant); the lock holder's next write replaces a damaged one.
 - `workdir_lock(workdir)` lets one driver at a time use a workdir; a second fails at once, naming the
   holder.
 """
@@ -343,15 +345,21 @@ def check_files(directory: Path, files: dict[str, dict[str, Any]], sha256: bool 
     each), so a truncated file is found before any hashing."""
     bad: dict[str, str] = {}
     for rel, rec in files.items():
-        p = directory / rel
-        if not p.is_file():
+        try:  # a file may vanish between two calls: a writer is swapping the directory
+            size = (directory / rel).stat().st_size if (directory / rel).is_file() else None
+        except FileNotFoundError:
+            size = None
+        if size is None:
             bad[rel] = "missing"
-        elif (size := p.stat().st_size) != rec["size"]:
+        elif size != rec["size"]:
             bad[rel] = f"size {size}, manifest says {rec['size']}"
     if sha256 and not bad:
         for rel, rec in files.items():
-            if _hash_file(directory / rel)[1] != rec["sha256"]:
-                bad[rel] = "sha256 differs from the manifest's"
+            try:
+                if _hash_file(directory / rel)[1] != rec["sha256"]:
+                    bad[rel] = "sha256 differs from the manifest's"
+            except FileNotFoundError:
+                bad[rel] = "missing"
     return bad
 
 
@@ -359,30 +367,43 @@ def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any] | None
     """The manifest of a complete stage output, else None (absent, or its data missing or corrupt).
 
     Sizes are always checked; `verify` adds sha256 (about 1 GB/s here; each file is hashed once per
-    process). A directory that fails is made not-done: its manifest and its bad files are removed (a
-    warning names them), so the stage redoes it instead of failing on every rerun. A manifest written
-    before checksums were recorded (no `files`) is taken as it is."""
-    recover(directory)
-    path = directory / MANIFEST
-    try:
-        manifest = read_json(path)
-    except FileNotFoundError:
-        return None
-    files = manifest.get(FILES) if isinstance(manifest, dict) else None
-    if not isinstance(files, dict):
-        return manifest
-    bad = check_files(directory, files, sha256=verify)
-    if not bad:
-        return manifest
+    process). Read-only: a damaged output is reported (a warning names its bad files) and read as not
+    done, so the stage redoes it and its writer replaces it; the check never deletes or renames anything,
+    because a reader racing a writer's swap sees the new files against the old manifest and used to delete
+    the new complete output. Only the workdir's lock holder restores an interrupted swap (`recover`).
+    A manifest written before checksums were recorded (no `files`) is taken as it is."""
+    if _holds_workdir_of(directory):
+        recover(directory)
+    manifest = _load_manifest(directory)
+    for _attempt in range(2):
+        files = manifest.get(FILES) if isinstance(manifest, dict) else None
+        if not isinstance(files, dict):
+            return manifest
+        bad = check_files(directory, files, sha256=verify)
+        if not bad:
+            return manifest
+        again = _load_manifest(directory)  # replaced meanwhile (a writer's swap): check the new one once
+        if again == manifest:
+            break
+        manifest = again
     log.warning("%s is incomplete, redoing it: %s", directory,
                 "; ".join(f"{rel}: {why}" for rel, why in list(bad.items())[:10]))
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # first: from here on the directory reads as not done, whatever else happens
-    for rel, why in bad.items():
-        if why != "missing":
-            with contextlib.suppress(FileNotFoundError):
-                (directory / rel).unlink()
     return None
+
+
+def _load_manifest(directory: Path) -> Any:
+    try:
+        return read_json(directory / MANIFEST)
+    except FileNotFoundError:
+        return None
+
+
+def _holds_workdir_of(directory: Path) -> bool:
+    """Whether this process holds the lock of a workdir that contains `directory` (then it is the writer)."""
+    if not _HELD:
+        return False
+    path = Path(os.path.realpath(directory))
+    return any(lock.parent in path.parents for lock in _HELD)
 
 
 # ---- one driver per workdir ---------------------------------------------------------------------------

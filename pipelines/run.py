@@ -136,8 +136,8 @@ def _run(study: Study, resume: bool, until: Literal["translate", "sweep", "repor
 
 def finished(study: Study) -> StudyResult | None:
     """The result of a study whose every output is complete (datasets, each cell, sweep and report), read
-    from their manifests; None when any is missing or damaged. `read_manifest` makes a damaged output
-    not-done as it checks it, so the stages that follow redo just that output and reuse the rest."""
+    from their manifests; None when any is missing or damaged (`read_manifest` reads a damaged output as
+    not done), so the stages that follow redo just that output and reuse the rest."""
     done = read_manifest(study.sweep_dir)
     if done is None or read_manifest(study.report_dir) is None:
         return None

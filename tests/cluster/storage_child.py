@@ -64,6 +64,34 @@ def swap_loop(final: str, version: str, n: str) -> None:
             write_version(tmp, version, "")
 
 
+def swap_check_loop(final: str, n: str) -> None:
+    """Replaces `final` with versions w0..w{n-1}; after each, checks the output it just wrote is still
+    there and whole (a reader that deletes what it misreads during the swap takes it away)."""
+    lost = 0
+    for i in range(int(n)):
+        version = f"w{i}"
+        with storage.atomic_dir(Path(final)) as tmp:
+            write_version(tmp, version, "")
+        manifest = storage.read_manifest(Path(final))
+        on_disk = {str(p.relative_to(final)): p.read_bytes() for p in Path(final).rglob("*")
+                   if p.is_file() and p.name != storage.MANIFEST}
+        if manifest is None or manifest.get("version") != version or on_disk != version_files(version):
+            lost += 1
+    print(f"lost {lost} of {n}", flush=True)
+
+
+def read_loop(final: str, stop_file: str, seconds: str) -> None:
+    """Checks `final` over and over until `stop_file` exists (at most `seconds`), as `safedrift report`
+    or a second study reading a shared output would; prints how many reads found it complete."""
+    deadline, done, not_done = time.monotonic() + float(seconds), 0, 0
+    while time.monotonic() < deadline and not os.path.exists(stop_file):
+        if storage.read_manifest(Path(final)) is None:
+            not_done += 1
+        else:
+            done += 1
+    print(f"reads {done} complete {not_done} not", flush=True)
+
+
 def hold_lock(workdir: str, seconds: str) -> None:
     with storage.workdir_lock(workdir):
         print("held", flush=True)
@@ -97,7 +125,8 @@ def fsize_stage(final: str, limit: str) -> None:
 
 
 MODES = {"swap": swap, "inplace": inplace, "swap-loop": swap_loop, "hold-lock": hold_lock,
-         "die-holding": die_holding, "fsize-stage": fsize_stage}
+         "die-holding": die_holding, "fsize-stage": fsize_stage, "swap-check-loop": swap_check_loop,
+         "read-loop": read_loop}
 
 if __name__ == "__main__":
     MODES[sys.argv[1]](*sys.argv[2:])

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cluster.storage import MANIFEST, read_manifest
+from cluster.storage import MANIFEST, read_manifest, recover
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -25,7 +25,9 @@ def child(*args: str, timeout: float = 60, stdin: int | None = subprocess.DEVNUL
 
 def holds(directory: Path) -> str | None:
     """The version `directory` holds as a complete output, None when it reads as not done; fails when the
-    manifest passes but the files are not exactly one version's (a mix the checksums missed)."""
+    manifest passes but the files are not exactly one version's (a mix the checksums missed). Read as the
+    next driver of the workdir reads it: it restores an interrupted swap first (a plain reader does not)."""
+    recover(directory)
     manifest = read_manifest(directory)
     if manifest is None:
         return None

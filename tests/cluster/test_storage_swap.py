@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from storage_support import KILLED, child, holds, version_files
 
-from cluster.storage import SWAP_LOCK, atomic_dir, read_manifest, write_manifest
+from cluster.storage import SWAP_LOCK, atomic_dir, read_manifest, workdir_lock, write_manifest
 
 
 def write_in_process(final: Path, version: str) -> None:
@@ -70,15 +70,42 @@ def test_kill_during_a_first_write_leaves_nothing_or_the_new_output(tmp_path: Pa
             assert not final.exists()
 
 
-def test_a_reader_restores_the_old_output_from_its_aside_copy(tmp_path: Path) -> None:
+def test_the_lock_holder_restores_the_old_output_from_its_aside_copy_a_reader_does_not(tmp_path: Path) -> None:
     final = tmp_path / "out"
     write_in_process(final, "v1")
     run = child("swap", str(final), "old-aside", "v2")
     assert run.returncode == KILLED
     assert not final.exists()  # the kill came between the two renames
-    assert read_manifest(final)["version"] == "v1"  # the reader put the old output back
+    assert read_manifest(final) is None and (tmp_path / ".out.old").exists()  # a reader renames nothing
+    with workdir_lock(tmp_path):
+        assert read_manifest(final)["version"] == "v1"  # the workdir's driver put the old output back
     assert holds(final) == "v1"
     assert not (tmp_path / ".out.old").exists()
+
+
+def test_concurrent_readers_never_delete_a_writers_new_output(tmp_path: Path) -> None:
+    """Issue 30: a reader that checked an output while a writer replaced it deleted the new complete
+    output (20 of 41 versions). Three readers check it in a loop while the writer replaces it 40 times
+    and checks each version it wrote is still whole: none may be lost."""
+    import subprocess
+    import sys
+
+    from storage_support import CHILD, REPO
+
+    final, stop = tmp_path / "out", tmp_path / "stop"
+    write_in_process(final, "v0")
+    readers = [subprocess.Popen([sys.executable, str(CHILD), "read-loop", str(final), str(stop), "60"], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        writer = child("swap-check-loop", str(final), "40", timeout=120)
+    finally:
+        stop.touch()
+        outs = [p.communicate(timeout=60) for p in readers]
+    assert writer.returncode == 0, writer.stderr
+    assert "lost 0 of 40" in writer.stdout, writer.stdout  # data lost: 0
+    assert all(p.returncode == 0 for p in readers), [err[-500:] for _, err in outs]
+    assert sum(int(out.split()[1]) for out, _ in outs) > 0  # the readers did see complete outputs meanwhile
+    assert holds(final) == "w39"
 
 
 def test_kill_while_writing_a_manifest_in_place(tmp_path: Path) -> None:
