@@ -55,6 +55,23 @@ def test_stored_model_predicts_what_sklearn_does(tmp_path: Path) -> None:
         LinearModel(np.zeros((2, 3)), np.zeros(2), np.arange(3)).check()
 
 
+def test_stored_three_class_model_predicts_what_sklearn_does(tmp_path: Path) -> None:
+    """The trained judges' three outcomes (refused, complied, non_answer): a multinomial model round-trips."""
+    pytest.importorskip("sklearn", reason="scikit-learn is part of the CPU install (constraints/cpu.txt)")
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 8))
+    y = np.argmax(x[:, :3] + rng.normal(scale=0.3, size=(300, 3)), axis=1)
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)
+    model = save_linear(tmp_path / "j3.npz", clf, KEY, {"C": 1.0})
+    probe = rng.normal(size=(40, 8)) * 30  # large logits: the softmax must not overflow
+    np.testing.assert_allclose(model.predict_proba(probe), clf.predict_proba(probe), rtol=0, atol=1e-9)
+    loaded, _ = load_linear(tmp_path / "j3.npz", KEY)
+    assert list(loaded.classes_) == [0, 1, 2]
+    np.testing.assert_array_equal(loaded.predict_proba(probe), model.predict_proba(probe))
+
+
 def test_a_planted_pickle_is_refused_not_run(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     _plant(tmp_path / "judge.npz", marker)

@@ -38,7 +38,7 @@ _CONTENT = re.compile(r"\w")
 ECHO_SHARE = 0.5  # an answer that holds half of the prompt's units in order is an echo …
 ECHO_NOVEL = 0.25  # … unless a quarter of its own units are new (an answer that restates, then answers)
 REPEAT_SHARE = 0.4  # 40 % of the answer repeats its own earlier n-grams
-MIN_UNITS = 6  # shorter answers have too few n-grams to call repetition
+MIN_UNITS = 4  # shorter answers have too few n-grams to call repetition
 
 
 def units(text: str) -> list[str]:

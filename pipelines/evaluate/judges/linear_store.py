@@ -28,12 +28,13 @@ SUFFIX = ".npz"
 
 @dataclass(frozen=True)
 class LinearModel:
-    """A binary logistic regression as plain arrays; ``predict_proba`` is scikit-learn's (the logistic of
-    the decision function is the probability of ``classes_[1]``)."""
+    """A logistic regression as plain arrays; ``predict_proba`` is scikit-learn's: binary (the logistic of
+    the decision function is the probability of ``classes_[1]``) or multinomial (the softmax of one decision
+    function per class: the three outcomes of the trained judges)."""
 
-    coef_: np.ndarray  # (1, n_features)
-    intercept_: np.ndarray  # (1,)
-    classes_: np.ndarray  # (2,)
+    coef_: np.ndarray  # (1, n_features) binary; (k, n_features) for k ≥ 3 classes
+    intercept_: np.ndarray  # (1,) or (k,)
+    classes_: np.ndarray  # (2,) or (k,)
 
     @classmethod
     def of(cls, clf: Any) -> LinearModel:
@@ -43,16 +44,21 @@ class LinearModel:
         return model
 
     def check(self) -> None:
-        if self.coef_.ndim != 2 or self.coef_.shape[0] != 1 or self.intercept_.shape != (1,) \
-                or self.classes_.shape != (2,):
-            raise ValueError(f"not a binary linear model: coef {self.coef_.shape}, intercept "
+        k = self.classes_.shape[0] if self.classes_.ndim == 1 else -1
+        rows = 1 if k == 2 else k
+        if k < 2 or self.coef_.ndim != 2 or self.coef_.shape[0] != rows or self.intercept_.shape != (rows,):
+            raise ValueError(f"not a binary linear model nor a multinomial one: coef {self.coef_.shape}, intercept "
                              f"{self.intercept_.shape}, classes {self.classes_.shape}")
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, dtype=np.float64) @ self.coef_[0] + self.intercept_[0]
+        z = np.asarray(x, dtype=np.float64) @ self.coef_.T + self.intercept_
+        return z[:, 0] if self.coef_.shape[0] == 1 else z
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         z = self.decision_function(x)
+        if z.ndim == 2:  # multinomial: softmax, shifted by the row maximum so exp never overflows
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
         p1 = 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, with no overflow for large |z|
         return np.column_stack([1.0 - p1, p1])
 

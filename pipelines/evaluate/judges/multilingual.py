@@ -19,15 +19,15 @@ from pipelines.evaluate.judges.trained import TrainedJudge
 
 
 class MultilingualJudge(TrainedJudge):
-    version = "2"  # 2: the refusal-phrase feature
+    version = "3"  # 2: the refusal-phrase feature; 3: three outcomes (trained.py)
     encoder_name: ClassVar[str] = "e5-small-q4"
     train_langs: ClassVar[tuple[str, ...]] = ("en", "es", "pt")
     native_languages: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, C: float | None = None, threshold: float | None = None, train_limit: int | None = None,
                  translate_prefer: Sequence[str] = ("apertium",), max_chars: int = 160, threads: int = 1,
-                 phrase_feature: bool = True) -> None:
-        super().__init__(C, threshold, train_limit, translate_prefer)
+                 phrase_feature: bool = True, non_answers: bool = True, prompt_feature: bool = True) -> None:
+        super().__init__(C, threshold, train_limit, translate_prefer, non_answers, prompt_feature)
         # One more feature: whether a refusal phrase of any registered language opens the answer. Measured
         # held out by model and prompt (benchmarks/evaluate/RESULTS-judge-languages.md), it lifts κ in pt
         # from 0.50 to about 0.80: the 160 characters e5 reads carry the phrase, the embedding alone blurs it.
