@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipelines.secrets import redact_argv, redact_text
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -408,21 +410,20 @@ def _holds_workdir_of(directory: Path) -> bool:
 
 # ---- one driver per workdir ---------------------------------------------------------------------------
 
-_SECRET_ARG = re.compile(r"(?i)\b([\w.-]*(?:token|password|passwd|secret|api_key|apikey|key)[\w.-]*)=\S+")
-_URI_USER = re.compile(r"(\w[\w+.-]*://)[^/\s@]+@")
-
-
 def _redact(command: str) -> str:
-    """A command line for the lock file and messages: user:password@ in URIs and key/token/password
-    values are masked (the lock file is readable by anyone who can read the workdir)."""
-    return _SECRET_ARG.sub(r"\1=***", _URI_USER.sub(r"\1***@", command))[:500]
+    """A command line for the lock file and messages, through the one redaction of pipelines/secrets.py:
+    a secret-named key's value in ``key=value`` and ``key: value`` form (the README's
+    ``judge.options={url: ..., token: ...}``), and URI credentials and secret query parameters. The lock
+    file is readable by anyone who can read the workdir."""
+    return redact_text(command)[:500]
 
 
 def _holder_text(info: dict[str, Any]) -> str:
     if not info:
         return "a process that has not written its details yet"
+    # Redacted again: a lock file written by an older version may hold the command line as it was.
     return (f"pid {info.get('pid')} on host {info.get('host')}, started {info.get('started_at')}, "
-            f"command '{info.get('command')}'")
+            f"command '{_redact(str(info.get('command')))}'")
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
@@ -470,7 +471,7 @@ def workdir_lock(workdir: Path | str) -> Iterator[dict[str, Any]]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         previous = _acquire(fd, path)
-        info = {"pid": os.getpid(), "host": _host(), "command": _redact(" ".join(sys.argv)),
+        info = {"pid": os.getpid(), "host": _host(), "command": _redact(redact_argv(sys.argv)),
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if previous and (previous.get("pid"), previous.get("host")) != (info["pid"], info["host"]):
             log.warning("workdir %s: taking over the lock of a driver that ended without releasing it "

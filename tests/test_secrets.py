@@ -153,3 +153,47 @@ def test_a_study_leaves_no_tracking_uri_behind(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # a user's choice is kept
     setup_mlflow(tmp_path / "c" / "mlflow.db", tmp_path / "c" / "art", "e", configured_uri=uri)
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9"
+
+
+# -- issue 30: secrets in free text (a command line) and in signed URLs' query parameters ---------------
+@pytest.mark.parametrize("uri", [
+    f"https://bucket.s3.amazonaws.com/o?X-Amz-Signature={TOKEN}&X-Amz-Date=20260101",
+    f"https://storage.googleapis.com/b/o?X-Goog-Signature={TOKEN}",
+    f"https://acct.blob.core.windows.net/c/o?sv=2024-01-01&sig={TOKEN}",
+    f"https://api.example/v1/rows?key={TOKEN}&q=1",
+    f"https://api.example/v1/rows?access_token={TOKEN}",
+])
+def test_signed_url_query_secrets_are_masked_and_dropped_from_hashes(uri: str) -> None:
+    shown = redact_uri(uri)
+    assert TOKEN not in shown and "=***" in shown
+    assert TOKEN not in redact_uri(uri, drop=True)
+    assert TOKEN not in repr(public_view({"data": {"url": uri}}))
+    assert "X-Amz-Date=20260101" in redact_uri(PLANTED_S3) and "q=1" in redact_uri(f"https://a/?key={TOKEN}&q=1")
+
+
+PLANTED_S3 = f"https://bucket.s3.amazonaws.com/o?X-Amz-Signature={TOKEN}&X-Amz-Date=20260101"
+
+
+@pytest.mark.parametrize("text", [
+    f"judge.options={{url: http://judge:8000, token: {TOKEN}}}",  # the README's own form
+    f'judge.options={{"url": "http://judge:8000", "token": "{TOKEN}"}}',
+    f"judge.options={{token: '{TOKEN}'}}",
+    f"judge.options.token={TOKEN}",
+    f"mlflow.tracking_uri=postgresql://mlflow:{TOKEN}@db:5432/mlflow",
+    f"data.url=https://api.example/v1?key={TOKEN}",
+    f"generate.options.api_key={TOKEN}",
+])
+def test_redact_text_masks_every_form_a_command_line_carries(text: str) -> None:
+    from pipelines.secrets import redact_argv, redact_text
+
+    assert TOKEN not in redact_text(text)
+    assert TOKEN not in redact_argv(["safedrift", "run", "-c", "smoke", text])
+
+
+def test_redact_text_keeps_what_is_no_secret() -> None:
+    from pipelines.secrets import redact_argv, redact_text
+
+    text = "judge.name=remote generate.max_new_tokens=40 judge.options={url: http://judge:8000, token_file: /run/t}"
+    assert redact_text(text) == text
+    assert redact_argv(["safedrift", "serve", "--token", TOKEN, "--port", "8000"]) == \
+        "safedrift serve --token *** --port 8000"

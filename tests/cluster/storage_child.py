@@ -92,7 +92,7 @@ def read_loop(final: str, stop_file: str, seconds: str) -> None:
     print(f"reads {done} complete {not_done} not", flush=True)
 
 
-def hold_lock(workdir: str, seconds: str) -> None:
+def hold_lock(workdir: str, seconds: str, *_command: str) -> None:  # the rest: a command line to record
     with storage.workdir_lock(workdir):
         print("held", flush=True)
         # Bounded: the parent closes our stdin to release us; past `seconds` we release anyway.

@@ -17,8 +17,8 @@ from storage_support import CHILD, KILLED, REPO, child
 from cluster.storage import LOCK_FILE, StorageError, WorkdirLockedError, _redact, workdir_lock
 
 
-def start_holder(workdir: Path, seconds: int = 60) -> subprocess.Popen:
-    holder = subprocess.Popen([sys.executable, str(CHILD), "hold-lock", str(workdir), str(seconds)], cwd=REPO,
+def start_holder(workdir: Path, seconds: int = 60, *command: str) -> subprocess.Popen:
+    holder = subprocess.Popen([sys.executable, str(CHILD), "hold-lock", str(workdir), str(seconds), *command], cwd=REPO,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held", holder.stderr.read()
     return holder
@@ -81,3 +81,44 @@ def test_secrets_in_the_command_line_are_not_written() -> None:
     out = _redact(cmd)
     assert "hunter2" not in out and "hf_abc" not in out and "alice" not in out
     assert "judge.name=x" in out and "mlflow.example" in out
+
+
+TOKEN = "tok-" + "c0ffee5eed0123456789abcdef"  # planted; searched for in the lock file and the error
+PLANTED = [  # each form a user writes a secret in on the command line (the README's first)
+    f"judge.options={{url: http://judge:8000, token: {TOKEN}}}",
+    f'judge.options={{"url": "http://judge:8000", "token": "{TOKEN}"}}',
+    f"judge.options.token={TOKEN}",
+    f"mlflow.tracking_uri=https://alice:{TOKEN}@mlflow.example",
+    f"translate.options.deepl.api_key={TOKEN}",
+    f"data.url=https://bucket.s3.amazonaws.com/x.parquet?X-Amz-Signature={TOKEN}&X-Amz-Date=1",
+    f"data.url=https://acct.blob.core.windows.net/c/x?sv=2024&sig={TOKEN}",
+    f"data.url=https://api.example/v1/rows?key={TOKEN}",
+]
+
+
+@pytest.mark.parametrize("planted", PLANTED)
+def test_no_secret_in_the_lock_file_or_the_in_use_error(tmp_path: Path, planted: str) -> None:
+    """Issue 30: the lock file (mode 0644) and the 'workdir in use' error carried the README's
+    judge.options={..., token: ...} and signed URLs' keys as typed."""
+    holder = start_holder(tmp_path, 60, "run", "-c", "smoke", planted)
+    try:
+        record = (tmp_path / LOCK_FILE).read_text()
+        with pytest.raises(WorkdirLockedError) as err, workdir_lock(tmp_path):
+            pass
+    finally:
+        release(holder)
+    assert TOKEN not in record and TOKEN not in str(err.value)
+    command = json.loads(record)["command"]
+    assert ("***" in command or "alice" not in command) and "run -c smoke" in str(err.value)
+
+
+def test_a_secret_in_an_old_lock_file_is_not_repeated_in_the_error(tmp_path: Path) -> None:
+    holder = start_holder(tmp_path)
+    try:
+        old = json.loads((tmp_path / LOCK_FILE).read_text()) | {"command": f"safedrift run hf_token={TOKEN}"}
+        (tmp_path / LOCK_FILE).write_text(json.dumps(old))  # as a version before the redaction wrote it
+        with pytest.raises(WorkdirLockedError) as err, workdir_lock(tmp_path):
+            pass
+    finally:
+        release(holder)
+    assert TOKEN not in str(err.value) and "hf_token=***" in str(err.value)
