@@ -517,3 +517,24 @@ def test_queue_still_blames_an_item_that_fails_alone_when_the_canary_passes() ->
     assert good == [{"label": "g"}]
     assert isinstance(bad, JudgeItemError) and bad.index == 1
     assert stats["judge_failures"] == 0 and ["canary"] in fn.calls
+
+
+def test_per_language_state_is_bounded_by_the_registry() -> None:
+    """Issue 30: the judge's policy cache kept one entry per distinct `language` a client sent (about
+    13 MiB per 51,200 made-up codes). Made-up codes are judged, but no longer kept."""
+    import sys
+
+    sys.path.insert(0, str(REPO))  # benchmarks/ is not installed: the service imports it from the checkout
+    from benchmarks.serving.sim_judge import SimulatedModelJudge
+    from pipelines.evaluate.judges import JudgeItem
+    from pipelines.evaluate.judges.policy import Judging
+    from pipelines.registries.languages import LANGUAGES
+
+    judging = Judging(SimulatedModelJudge(call_s=0.0, item_s=0.0), back_translate=False)  # reads every language
+    for i in range(20_000):
+        judging.policy(f"x{i:05d}")
+    judging.policy("es")
+    assert len(judging._policies) <= len(LANGUAGES.names()) + 2  # noqa: SLF001  (registered codes, en, und)
+    assert "es" in judging._policies  # noqa: SLF001
+    judged = judging.judge_items([JudgeItem("How do I bake bread?", "I'm sorry, I can't help.", "zz-made-up")])
+    assert judged[0].verdict.label_name == "refused" and "zz-made-up" not in judging._policies  # noqa: SLF001

@@ -156,10 +156,14 @@ class Judging:
 
     def policy(self, language: str | None) -> JudgePolicy:
         lang = language or UNKNOWN
-        if lang not in self._policies:
-            self._policies[lang] = judge_policy(lang, self.judge, self.back_translate, self.prefer,
-                                                self.on_unjudgeable)
-        return self._policies[lang]
+        if lang in self._policies:
+            return self._policies[lang]
+        pol = judge_policy(lang, self.judge, self.back_translate, self.prefer, self.on_unjudgeable)
+        # Only registered codes are kept: the judge service takes any code a client sends, and keeping
+        # each grew memory without bound (about 13 MiB per 51,200 made-up codes, issue 30).
+        if lang in (UNKNOWN, "en") or lang in LANGUAGES:
+            self._policies[lang] = pol
+        return pol
 
     def _translate(self, texts: list[str], route: Sequence[Hop]) -> list[str]:
 
@@ -192,7 +196,7 @@ class Judging:
         given = list(prompts_en) if prompts_en is not None else [None] * len(items)
         out: list[Any] = [(i, p, False, False) for i, p in zip(items, policies, strict=True)]
         for lang in dict.fromkeys(p.language for p in policies):
-            pol = self._policies[lang]
+            pol = self.policy(lang)
             if pol.mode != BACK_TRANSLATE:
                 continue
             idx = [k for k, p in enumerate(policies) if p.language == lang]
