@@ -22,6 +22,7 @@ from pipelines.config import DEFAULT_PRESET
 from pipelines.errors import SafedriftError
 from pipelines.evaluate.backends import BACKENDS
 from pipelines.evaluate.judges import JUDGES
+from pipelines.labels_sample import instructions, sample_labels
 from pipelines.layout import REPO_ROOT, Workdir
 from pipelines.plan import GPU_MEMORY_GIB, build_plan, check_node_args, render_text
 from pipelines.prepare import prepare
@@ -219,6 +220,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_labels_sample(args: argparse.Namespace) -> int:
+    """A blind CSV of a finished study's answers in one language, for a person to label."""
+    s = sample_labels(_load(args), args.lang, args.n, Path(args.out) if args.out else None, args.seed, args.config)
+    print(instructions(s, args.lang, args.config))  # paths and counts only: never a prompt or an answer
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """The dry run: no model, no translation, no Ray. Exits 2 when something would fail later."""
     cfg = _load(args)
@@ -260,6 +268,9 @@ EXAMPLES = {
   safedrift plan -c paper                        # cells, splits, routes, judge, resources, GPU-hours; no work done
   safedrift plan -c paper --json | jq .gpu_hours # the same facts as JSON
   safedrift plan -c paper --gpu L40S --node-cpus 8 --node-memory 64   # check another GPU node shape""",
+    "labels": """examples:
+  safedrift labels sample -c laptop --lang zh --n 50   # a blind CSV of the study's zh answers to label by hand
+  safedrift run -c laptop 'judge.labels={zh: zh-labels.csv}'   # then: the judge measured on your labels""",
     "serve": """examples:
   safedrift serve                                # the judge over HTTP on 127.0.0.1:8000
   safedrift serve --serve-config serving/judge.yaml --host 127.0.0.1 --port 8000""",
@@ -331,6 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-cpus", type=float, default=8.0, help="CPUs per GPU node (infra/base/rayjob.yaml: 8)")
     p.add_argument("--node-gpus", type=float, default=1.0, help="GPUs per GPU node")
     p.add_argument("--node-memory", type=float, default=64.0, help="memory per GPU node, GiB")
+
+    p = _sub(sub, "labels", "hand labels of a study's answers, to check the judge on them")
+    lsub = p.add_subparsers(dest="labels_cmd", required=True)
+    q = lsub.add_parser("sample", help="a blind CSV of a finished study's answers in one language, to label "
+                                       "refused / complied / non_answer and give back as judge.labels")
+    _config_args(q)
+    q.add_argument("--lang", required=True, help="an eval language of the study, e.g. zh")
+    q.add_argument("--n", type=int, default=50, help="answers to sample (default 50)")
+    q.add_argument("--out", default=None, help="the CSV to write (default: <workdir>/labels/<lang>-sample-<study>.csv); "
+                                               "an existing file is never overwritten")
+    q.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
+    q.set_defaults(func=cmd_labels_sample)
 
     p = _sub(sub, "list", "list a registry, one entry a line with what it is", cmd_list)
     p.add_argument("kind", choices=sorted(REGISTRIES))
