@@ -117,6 +117,8 @@ def _evaluate(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path, scr
 
 # Per language beyond κ and accuracy, from the validity row (judges/validity.py: agreement).
 VALIDITY_METRICS = ("kappa_ci_low", "kappa_ci_high", "rate_error", "non_answer_recall")
+BESIDE_METRICS = {"xstest": (("xstest_kappa", "kappa"),),
+                  "small_models": (("small_kappa", "kappa"), ("small_rate_error", "rate_error"))}
 
 
 def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
@@ -153,6 +155,13 @@ def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
                     metrics[f"{prefix}/{name}/{lang}"] = value
                 if name in ("kappa", "accuracy") or ok:
                     tidy.add(lang, f"{prefix}/{name}", value, n=r["n"])
+            # Both figures beside the headline one: XSTest's and small models' answers (policy.languages_info).
+            for key, names in BESIDE_METRICS.items():
+                fig = r.get(key) or {}
+                for name, field_ in names:
+                    if fig.get(field_) is not None:
+                        metrics[f"{prefix}/{name}/{lang}"] = fig[field_]
+                        tidy.add(lang, f"{prefix}/{name}", fig[field_], n=fig["n"])
         if en is not None:
             metrics[f"{prefix}_en/kappa" if sec else "judge/kappa"] = en["kappa"]
             metrics[f"{prefix}_en/accuracy" if sec else "judge/accuracy"] = en["accuracy"]

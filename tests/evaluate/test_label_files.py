@@ -27,7 +27,7 @@ from pipelines.evaluate.judges.labels import (
     small_model_sets,
 )
 from pipelines.evaluate.judges.policy import Judging, check_judge_config
-from pipelines.evaluate.judges.validity import measure, row_for
+from pipelines.evaluate.judges.validity import beside, measure, row_for
 from pipelines.hashing import file_sha256
 from pipelines.layout import data_dir
 
@@ -219,6 +219,15 @@ def test_small_model_labels_come_before_translated_xstest() -> None:
     assert row_for(rows[:2], "es", "back-translate")["source"] == DEV
     assert row_for(rows[:1], "es", "back-translate")["source"] == "apertium:es-en"
     assert row_for(rows, "es", "as-written") is None  # judged as written: nothing measured that way
+    # English: XSTest's human labels stay the headline (people's labels of answers as written); laptop-dev
+    # is shown beside; a user's own file comes first.
+    en = [{"lang": "en", "condition": "as-written", "source": "human", "mode": None, "n": 1350, "kappa": 0.87},
+          {"lang": "en", "condition": "as-written", "source": DEV, "mode": "native", "n": 29, "kappa": 1.0}]
+    assert row_for(en, "en", "native")["source"] == "human"
+    both = beside(en, "en", "native")
+    assert both["xstest"]["n"] == 1350 and both["small_models"]["source"] == DEV and both["small_models"]["kappa"] == 1.0
+    mine = {"lang": "en", "condition": "as-written", "source": "user:en.csv", "mode": "native", "n": 40}
+    assert row_for([*en, mine], "en", "native")["source"] == "user:en.csv"
 
 
 def test_judge_agreement_writes_the_new_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -240,8 +249,11 @@ def test_judge_agreement_writes_the_new_figures(tmp_path: Path, monkeypatch: pyt
     assert metrics["judge/rate_error/zh"] == pytest.approx(0.1)
     assert metrics["judge/non_answer_recall/zh"] == pytest.approx(0.5)
     assert metrics["judge/kappa_ci_low/zh"] < metrics["judge/kappa/zh"] < metrics["judge/kappa_ci_high/zh"]
+    assert metrics["judge/small_kappa/zh"] == metrics["judge/kappa/zh"] and "judge/xstest_kappa/zh" not in metrics
     names = set(tidy.frame()["metric"])
-    assert {"judge/kappa", "judge/rate_error", "judge/kappa_ci_low", "judge/non_answer_recall"} <= names
+    assert {"judge/kappa", "judge/rate_error", "judge/kappa_ci_low", "judge/non_answer_recall",
+            "judge/small_kappa", "judge/small_rate_error"} <= names
+    assert info["judge_languages"][1]["small_models"]["source"] == "user:zh.csv"
 
 
 # ---- labels sample -------------------------------------------------------------------------------------------

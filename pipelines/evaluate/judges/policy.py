@@ -31,7 +31,7 @@ from pipelines.errors import DataError, NoRouteError, SafedriftError
 from pipelines.evaluate.judges import JUDGES, Judge, JudgeItem, Verdict
 from pipelines.evaluate.judges.form import with_form
 from pipelines.evaluate.judges.labels import check_user_labels
-from pipelines.evaluate.judges.validity import judge_validity, row_for
+from pipelines.evaluate.judges.validity import beside, judge_validity, row_for
 from pipelines.layout import cache_root
 from pipelines.registries.langid import detect_lang
 from pipelines.registries.languages import LANGUAGES
@@ -255,7 +255,8 @@ class Judging:
                 pol = self.policy(lang)
             except UnjudgeableLanguageError:
                 out.append({"language": lang, "mode": REFUSE, "route": None, "validated": False, "kappa": None,
-                            "accuracy": None, "n": 0, "labels": None} | dict.fromkeys(VALIDITY_EXTRA))
+                            "accuracy": None, "n": 0, "labels": None}
+                           | dict.fromkeys((*VALIDITY_EXTRA, "xstest", "small_models")))
                 continue
             # As written by a judge that does not read the language: validated only by small models'
             # answers judged that same way (row_for).
@@ -263,7 +264,7 @@ class Judging:
             out.append({"language": lang, "mode": pol.mode, "route": pol.route_name, "validated": r is not None,
                         "kappa": r["kappa"] if r else None, "accuracy": r["accuracy"] if r else None,
                         "n": r["n"] if r else 0, "labels": r["source"] if r else None}
-                       | {k: r.get(k) if r else None for k in VALIDITY_EXTRA})
+                       | {k: r.get(k) if r else None for k in VALIDITY_EXTRA} | beside(validity or [], lang, pol.mode))
         return out
 
 

@@ -236,20 +236,48 @@ def judge_validity(judge: Judge, options: dict[str, Any], langs: Sequence[str], 
     return rows
 
 
-def row_for(rows: Sequence[dict[str, Any]], lang: str, mode: str) -> dict[str, Any] | None:
-    """The validity row that matches how `lang` is judged (mode from policy.py). Small models' answers
-    judged in that same mode come first (a user's own file, then laptop-dev): they are answers like the
-    ones judged. Else XSTest's: back-translated labels for a back-translated language, as-written ones for
-    a native one, none for a language judged as written by a judge that does not read it. None:
-    unvalidated."""
-    small = [r for r in rows if r["lang"] == lang and r["n"] and r.get("mode") == mode
-             and (r["source"].startswith(USER) or r["source"] == DEV)]
-    if small:
-        return sorted(small, key=lambda r: not r["source"].startswith(USER))[0]
+def _small(r: dict[str, Any]) -> bool:
+    return r["source"].startswith(USER) or r["source"] == DEV
+
+
+def _xstest_row(rows: Sequence[dict[str, Any]], lang: str, mode: str) -> dict[str, Any] | None:
+    """XSTest's row for how `lang` is judged: back-translated labels for a back-translated language,
+    as-written ones for a native one (people's own labels before translated ones), none for a language
+    judged as written by a judge that does not read it."""
     if mode == AS_WRITTEN:
         return None
     condition = BACK_TRANSLATED if mode == BACK_TRANSLATE else AS_WRITTEN
-    mine = [r for r in rows if r["lang"] == lang and r["condition"] == condition and r["n"]
-            and r.get("mode") is None]
+    mine = [r for r in rows if r["lang"] == lang and r["condition"] == condition and r["n"] and not _small(r)]
     mine.sort(key=lambda r: r["source"] != HUMAN)
     return mine[0] if mine else None
+
+
+def _small_row(rows: Sequence[dict[str, Any]], lang: str, mode: str) -> dict[str, Any] | None:
+    """Small models' answers judged in `mode`: a user's own file before laptop-dev."""
+    mine = [r for r in rows if r["lang"] == lang and r["n"] and r.get("mode") == mode and _small(r)]
+    mine.sort(key=lambda r: not r["source"].startswith(USER))
+    return mine[0] if mine else None
+
+
+def row_for(rows: Sequence[dict[str, Any]], lang: str, mode: str) -> dict[str, Any] | None:
+    """The validity row shown for `lang`, judged in `mode` (policy.py), None: unvalidated. In order: the
+    user's own labels (judged in that mode); XSTest's human labels as people wrote them (English); the
+    laptop-dev labels (answers like the ones judged, judged in that mode); XSTest translated into `lang`
+    (or back)."""
+    small, xs = _small_row(rows, lang, mode), _xstest_row(rows, lang, mode)
+    if small is not None and small["source"].startswith(USER):
+        return small
+    if xs is not None and xs["source"] == HUMAN:
+        return xs
+    return small or xs
+
+
+# Each figure shown beside the headline one (policy.languages_info, /v1/info).
+BESIDE = ("source", "n", "kappa", "kappa_ci_low", "kappa_ci_high", "accuracy", "rate_error", "non_answer_recall")
+
+
+def beside(rows: Sequence[dict[str, Any]], lang: str, mode: str) -> dict[str, Any]:
+    """Both figures for `lang` judged in `mode`, whichever row_for shows: {"xstest": ..., "small_models":
+    ...}, each the BESIDE fields of its row or None."""
+    pick = {"xstest": _xstest_row(rows, lang, mode), "small_models": _small_row(rows, lang, mode)}
+    return {k: {f: r.get(f) for f in BESIDE} if r else None for k, r in pick.items()}
