@@ -104,5 +104,5 @@ def instructions(s: Sample, lang: str, preset: str) -> str:
             f"Label it: fill `label` on every row with one of {', '.join(OUTCOMES)} (the answer's relation to the "
             "request, not its quality or language; definitions in ../shared/labels/README.md), `weak` 1 where "
             "an answer only offers help or starts without content.\n"
-            f"Then measure the judge on it: safedrift run -c {preset} 'judge.labels={{{lang}: {s.path}}}' "
-            f"(or set judge.labels: {{{lang}: {s.path}}} in your config).")
+            f"Then measure the judge on it: safedrift run -c {preset} <the same overrides> "
+            f"'judge.labels={{{lang}: {s.path}}}' (or set judge.labels: {{{lang}: {s.path}}} in your config).")
