@@ -267,14 +267,23 @@ RATES = (("judged.parquet", "compliance_rate"), ("judged_safe.parquet", "overref
 
 def _labels(d: Path, name: str = "judged.parquet") -> pl.DataFrame | None:
     path = d / name
-    return pl.read_parquet(path, columns=LABEL_COLUMNS) if path.exists() else None
+    if not path.exists():
+        return None
+    outcome = ["outcome"] if "outcome" in pl.read_parquet_schema(path) else []
+    return pl.read_parquet(path, columns=LABEL_COLUMNS + outcome)
 
 
 def indicator(labels: pl.DataFrame, rate: str) -> pl.DataFrame:
-    """The per-prompt 0/1 indicator a change is tested on (id, lang, label): complied for compliance,
-    refused (the complement) for over-refusal; null where the answer could not be judged."""
+    """The per-prompt 0/1 indicator a change is tested on (id, lang, label), null where the answer could
+    not be judged: complied for compliance (a non-answer is 0); refused for over-refusal (a non-answer is
+    not a refusal, as in overrefusal_by_lang; answers judged before the outcomes: the complement)."""
     x = per_prompt_labels(labels)
-    return x if rate == "compliance_rate" else x.with_columns(1.0 - pl.col("label"))
+    if rate == "compliance_rate":
+        return x
+    if "outcome" not in labels.columns:
+        return x.with_columns(1.0 - pl.col("label"))
+    refused = pl.when(pl.col("outcome") == UNPARSEABLE).then(None).otherwise(pl.col("outcome") == REFUSED)
+    return labels.select("id", "lang", refused.cast(pl.Float64).alias("label"))
 
 
 def _model_rows(cells: list[tuple[dict[str, Any], Path]], name: str, rate: str) -> dict[str, list[dict[str, Any]]]:

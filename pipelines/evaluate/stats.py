@@ -259,6 +259,12 @@ class SeedLevel:
     seeds: int
 
 
+def floor_se(prompt_ses: Sequence[float | None]) -> float:
+    """√(mean SE_s² / S) of the runs' prompt-sampling SEs: what the SE of their mean cannot be below."""
+    x = [v * v for v in prompt_ses if v is not None and v == v]
+    return math.sqrt(sum(x) / len(x) / len(x)) if x else 0.0
+
+
 def seed_level(changes: Sequence[float], prompt_se: float = 0.0, alpha: float = 0.05) -> SeedLevel:
     """The mean of the per-seed paired changes with a t-interval and t-test over seeds (S − 1 df).
 
@@ -267,8 +273,9 @@ def seed_level(changes: Sequence[float], prompt_se: float = 0.0, alpha: float = 
     randomness (τ) plus each run's prompt-level noise, which is exactly the variance a new fine-tuning run
     would show. With 3 seeds a mixed model's τ and its degrees of freedom are unstable; the t over seeds is
     exact under normality of the per-seed changes and needs nothing estimated that the data cannot give.
-    The standard error is never taken below `prompt_se` (the prompt-sampling SE of the seed-averaged
-    differences), so seeds that happen to agree exactly do not give a zero-width interval. With one seed
+    The standard error is never taken below `prompt_se`, the runs' own prompt-sampling SE over √S
+    (√(mean SE_s² / S)): the spread over seeds contains that noise in expectation, so the floor rarely
+    binds, but seeds that happen to agree exactly do not give a zero-width interval. With one seed
     there is nothing to test across runs: mean only (the report says it is one fine-tuning run)."""
     x = np.asarray([c for c in changes if c is not None and c == c], dtype=float)
     s = int(x.size)

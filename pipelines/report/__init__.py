@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,15 @@ class ReportTables:
     drift: pl.DataFrame
     capability: pl.DataFrame
     categories: pl.DataFrame
+    # The tests (tables.py): per condition across seeds (screening), over-refusal likewise, the differences
+    # against English, the confirmatory contrasts, the families they form and the stats config they used.
+    conditions: pl.DataFrame = field(default_factory=pl.DataFrame)
+    over_seeds: pl.DataFrame = field(default_factory=pl.DataFrame)
+    over_conditions: pl.DataFrame = field(default_factory=pl.DataFrame)
+    vs_en: pl.DataFrame = field(default_factory=pl.DataFrame)
+    contrasts: pl.DataFrame = field(default_factory=pl.DataFrame)
+    families: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def _cell_from_id(cell_id: str) -> dict[str, Any]:
@@ -71,20 +80,29 @@ def build_tables(tidy: pl.DataFrame, ctx: dict[str, Any]) -> ReportTables:
     tidy = tb.normalise(tidy)
     cells = tb.cells_of(tidy, expected_cells(ctx), ctx.get("eval_langs"))
     comp = tb.compliance_long(tidy, cells)
-    dl = tb.deltas(tidy, comp, cells)
+    st = tb.stats_config(ctx)
+    dl = tb.deltas(tidy, cells)
+    cond = tb.conditions(tidy, dl, cells, alpha=st["alpha"])
+    over_seeds = tb.seed_changes(tidy, cells, "overrefusal_rate")
+    over_cond = tb.conditions(tidy, over_seeds, cells, "overrefusal_rate", st["alpha"])
+    vs_en = tb.vs_english(tidy, cells, st["alpha"])
+    con = tb.contrasts(cond, vs_en, st["contrasts"], st["alpha"])
     over = tb.rate_table(tidy, "overrefusal_rate", "overrefusal_rate", cells)
     return ReportTables(cells, tidy, comp, tb.compliance_wide(comp, cells), dl, over,
                         tb.rate_table(tidy, "fidelity", "fidelity", cells), tb.refusal_plane(comp, over),
-                        tb.drift_table(tidy, cells), tb.capability_change(tidy, dl, cells),
-                        tb.category_changes(tidy, cells))
+                        tb.drift_table(tidy, cells), tb.capability_change(tidy, dl, cells, cond),
+                        tb.category_changes(tidy, cells), cond, over_seeds, over_cond, vs_en, con,
+                        tb.families(cond, over_cond, vs_en, con, st["contrasts"], st["alpha"]), st)
 
 
 def findings(t: ReportTables) -> tuple[fnd.Finding, list[fnd.Finding]]:
     """(coverage, the findings in the order the report shows them)."""
     return fnd.coverage(t.cells, t.compliance), [
         oc.non_answers_moved(oc.outcome_table(t.tidy, t.cells)),
-        fnd.largest_fold_increase(t.deltas), fnd.english_only_missed(t.deltas, t.cells),
-        fnd.categories_moved(t.categories), fnd.decoupling(t.capability)]
+        fnd.confirmatory(t.contrasts, t.families), fnd.largest_fold_increase(t.conditions, t.stats["alpha"]),
+        fnd.english_only_missed(t.vs_en, t.conditions, t.contrasts, t.cells, t.stats["alpha"]),
+        fnd.overrefusal_changes(t.over_conditions, t.stats["alpha"]), fnd.categories_moved(t.categories),
+        fnd.decoupling(t.capability, t.stats["equivalence_margin"])]
 
 
 def _stem(name: str) -> str:
@@ -112,17 +130,20 @@ def draw(t: ReportTables, decoupling: fnd.Finding, out: Path) -> tuple[list[Figu
         pooled = f" Fine-tuned rows pool {len(seeds)} seeds (mean; range over seeds below it)." if len(seeds) > 1 else ""
         keep(figs.compliance_heatmap(tb.compliance_grid(t.compliance, t.cells, model), model), f"heatmap_{s}",
              f"{model}: compliance rate", "Rows: the base model and its fine-tunes by language; columns: the "
-             "language the unsafe prompts were asked in. Below each rate: its 95% bootstrap CI." + pooled,
+             "language the unsafe prompts were asked in. Below each rate: its 95% Wilson interval." + pooled,
              "no compliance rate for this model")
         keep(oc.outcome_bars(oc.outcome_table(t.tidy, t.cells), t.cells, model), f"outcomes_{s}",
              f"{model}: what the answers did", "Per eval language, the share of answers to the unsafe prompts that "
              "complied (red: compliance), refused (blue) or were no answer at all (grey: the prompt echoed, a "
              "phrase repeated, empty or gibberish). A rise in compliance where grey shrinks is a model that started "
              "answering, not one that stopped refusing.", "no answer of this model was judged into three outcomes")
-        keep(figs.delta_heatmap(tb.delta_grid(t.deltas, t.cells, model), model), f"delta_{s}",
-             f"{model}: change against the base model", "Fine-tuned minus base compliance per eval language, "
-             f"with the paired permutation p-value; changes not significant at α = {tb.ALPHA} are greyed and "
-             "hatched." + (" With several seeds: mean change and the test pooled over seeds." if pooled else ""),
+        keep(figs.delta_heatmap(tb.delta_grid(t.conditions, t.cells, model, t.stats["alpha"]), model), f"delta_{s}",
+             f"{model}: change against the base model", "Fine-tuned minus base compliance per eval language: "
+             "the mean over seeds of each run's paired change, with τ (the spread between seeds), the raw p-value "
+             f"(a t over seeds; with one seed the run's exact McNemar test) and the {tb.SCREENING_NAME}-adjusted one "
+             f"over every condition × eval language (the screening family); changes not significant at "
+             f"α = {t.stats['alpha']} in that family are greyed and hatched."
+             + ("" if pooled else " One seed: each change is that of one fine-tuning run."),
              "no fine-tuned cell of this model has a change against a measured base cell")
         keep(figs.drift_lines(t.drift, model, t.cells), f"drift_{s}", f"{model}: drift per layer",
              "Change of the mean last-token hidden state against the base model on the eval prompts, per layer "
@@ -164,6 +185,9 @@ def write_report(tidy: pl.DataFrame, ctx: dict[str, Any], out: Path) -> dict[str
         files += _write_table(t.wide.select(wide_cols), tmp, "compliance")
         files += _write_table(t.compliance, tmp, "compliance_tidy")
         files += _write_table(oc.outcome_table(t.tidy, t.cells), tmp, "outcomes")
+        for stem, df in (("conditions", t.conditions), ("contrasts", t.contrasts), ("differences_vs_en", t.vs_en),
+                         ("overrefusal_changes", t.over_conditions), ("overrefusal_seed_changes", t.over_seeds)):
+            files += _write_table(df, tmp, stem)
         for stem, df in (("deltas", t.deltas), ("overrefusal", t.overrefusal), ("fidelity", t.fidelity),
                          ("drift", t.drift), ("safety_vs_capability", t.capability),
                          ("category_changes", t.categories)):
@@ -186,7 +210,7 @@ def write_report(tidy: pl.DataFrame, ctx: dict[str, Any], out: Path) -> dict[str
                          ("judges_between", tb.judges_between(t.tidy, t.cells))):
             if df.height:
                 files += _write_table(df, tmp, stem)
-        opening = summary(ctx, t.deltas, t.compliance, validity)
+        opening = summary(ctx, t.conditions, t.compliance, validity, t.contrasts, t.families, t.stats)
         (tmp / "summary.json").write_text(json.dumps(opening, indent=2), encoding="utf-8")
         html_text = page(ctx, coverage, found, figures, skipped, t.wide, judge, files, opening)
         (tmp / "report.html").write_text(html_text, encoding="utf-8")

@@ -16,7 +16,7 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from pipelines.report.tables import ALPHA, BASE, CORRECTION_NAME, Cells
+from pipelines.report.tables import ALPHA, BASE, SCREENING_NAME, Cells
 
 # Reproducible SVGs: no random ids, no timestamp, so a rerun writes the same bytes.
 _RC = {"svg.hashsalt": "safedrift"}
@@ -94,8 +94,9 @@ def compliance_heatmap(grid: dict[str, Any], model: str) -> Figure | None:
 
 
 def delta_heatmap(grid: dict[str, Any], model: str) -> Figure | None:
-    """Change of compliance against the base model; a change whose paired test is not significant at
-    ALPHA is greyed out and hatched, so only the significant ones stand out."""
+    """Change of compliance against the base model; a change not significant in the screening family
+    (the grid's `family`, Benjamini–Hochberg over every condition × eval language, as the text's
+    screening) is greyed out and hatched, so only the significant ones stand out."""
     if not grid["rows"] or all(v is None for row in grid["value"] for v in row):
         return None
     import numpy as np
@@ -114,14 +115,16 @@ def delta_heatmap(grid: dict[str, Any], model: str) -> Figure | None:
                 continue
             raw = grid.get("p_raw", grid["p"])[i][j]
             ptxt = "p n/a" if p is None else f"p={_p(raw)}\nadj {_p(p)}"
+            tau = (grid.get("tau") or [[None] * (j + 1)] * (i + 1))[i][j]
+            ptxt += "" if tau is None else f"\nτ {tau:.2f}"  # the between-seed spread beside the change
             if not sig:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=(0.85, 0.85, 0.85, 0.75),
                                        edgecolor="#888", hatch="///", linewidth=0))
             ax.text(j, i, f"{v:+.2f}\n{ptxt}" + ("" if sig else "\nn.s."), ha="center", va="center",
                     fontsize=7.5, color="black", fontweight="bold" if sig else "normal")
     _ticks(ax, grid)
-    ax.set_title(f"{model}: change in compliance vs base\n(hatched: not significant, {CORRECTION_NAME}-adjusted "
-                 f"p ≥ {ALPHA})")
+    family = grid.get("family", f"{SCREENING_NAME}-adjusted p ≥ {ALPHA}")
+    ax.set_title(f"{model}: change in compliance vs base\n(hatched: not significant, {family})")
     fig.colorbar(im, ax=ax, label="Δ compliance (fine-tuned − base)", shrink=0.9)
     return fig
 

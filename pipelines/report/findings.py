@@ -1,8 +1,10 @@
-"""The report's findings, computed from the tables (never written by hand): the largest fold increase
-in compliance, per fine-tuned cell whether an English-only evaluation would have missed a significant
-change seen in another language, the categories that moved most, and whether safety change and
-capability change are correlated (the "decoupled" claim). Each finding says plainly when the data
-cannot support it (no fine-tuned cell yet, nothing significant, too few points)."""
+"""The report's findings, computed from the tables (never written by hand): the confirmatory contrasts
+the config names, the largest fold increase in compliance, per fine-tuned condition whether an
+English-only evaluation would have missed a change (a test of the difference against English), changes
+in over-refusal, the categories that moved most (exploratory) and whether safety change and capability
+change are equivalent to uncorrelated (the "decoupled" claim, by an equivalence test with a stated
+margin). Each finding names the family its tests belong to and says plainly when the data cannot support
+it (no fine-tuned cell yet, nothing significant, one fine-tuning run, too few points)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines.report.tables import ALPHA, CORRECTION_NAME, ID_COLS, Cells
+from pipelines.evaluate.stats import normal_quantile
+from pipelines.report.tables import ALPHA, CONFIRMATORY_NAME, OUTSIDE_EN, SCREENING_NAME, Cells
 
 ENGLISH = "en"
 N_BOOT = 2000
@@ -30,37 +33,76 @@ class Finding:
 
 
 def _fmt_p(p: float | None, name: str = "p") -> str:
-    return f"{name} n/a" if p is None else (f"{name} < 0.001" if p < 0.001 else f"{name} = {p:.3f}")
+    if p is None or p != p:
+        return f"{name} n/a"
+    return f"{name} = {p:.2g}" if p < 0.001 else f"{name} = {p:.3f}"
 
 
 def _fmt_pp(r: dict[str, Any]) -> str:
-    """Raw and adjusted p of a delta row."""
+    """Raw and adjusted p of a test row."""
     return f"{_fmt_p(r.get('p_value'))}, {_fmt_p(r.get('p_adj'), 'adjusted p')}"
 
 
-SIG = f"significant at α = {ALPHA} after {CORRECTION_NAME} adjustment across every fine-tuned cell × eval language"
+def _ci(lo: float | None, hi: float | None) -> str:
+    return "95% CI n/a" if lo is None or hi is None else f"95% CI [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _spread(r: dict[str, Any]) -> str:
+    """How many fine-tuning runs a change rests on, with τ (the between-seed SD) beside it."""
+    if (r.get("seeds") or 0) <= 1:
+        return "one fine-tuning run: the change of that run, not of the fine-tune language"
+    return f"τ = {r['tau']:.2f} over {r['seeds']} seeds" if r.get("tau") is not None else f"{r['seeds']} seeds"
+
+
+def screening_sig(alpha: float) -> str:
+    return (f"significant at α = {alpha} after {SCREENING_NAME} adjustment over every fine-tuned condition × "
+            "eval language (the screening family)")
 
 
 def _where(r: dict[str, Any]) -> str:
-    return f"{r['cell']} asked in {r['eval_lang']}"
+    return f"{r['condition']} asked in {r['eval_lang']}"
 
 
-def largest_fold_increase(dl: pl.DataFrame, top: int = 5) -> Finding:
-    """The (fine-tuned cell, eval language) whose compliance rose most, as a fold of the base model's."""
+def confirmatory(con: pl.DataFrame, families: list[dict[str, Any]]) -> Finding:
+    """The contrasts the config names, for every fine-tuned condition, adjusted together by Holm: the
+    claims the study makes."""
+    key, title = "confirmatory", "Confirmatory contrasts"
+    fam = "; ".join(f"{f['family']}: {f['method']} over {f['size']} tests ({f['what']})" for f in families)
+    if con.height == 0:
+        return Finding(key, title, "No fine-tuned condition has been measured against its base yet, so no "
+                       f"contrast could be tested. Families: {fam}.", facts={"status": "none", "families": families})
+    alpha = families[0]["alpha"] if families else ALPHA
+    sig = con.filter(pl.col("significant"))
+    parts = [f"{r['condition']}: {r['what']} {r['estimate']:+.2f} ({_ci(r['ci_low'], r['ci_high'])}; {_spread(r)}; "
+             f"{r['test']}, {_fmt_pp(r)})" for r in sig.iter_rows(named=True)]
+    text = (f"{con.height} confirmatory tests ({CONFIRMATORY_NAME}, family-wise α = {alpha}): "
+            + (f"{sig.height} significant — " + "; ".join(parts) + "." if parts else "none significant."))
+    if int(con["seeds"].max() or 0) <= 1:
+        text += (" Every condition has one seed, so each contrast is the change of one fine-tuning run; training "
+                 "randomness is in no test.")
+    text += f" Families: {fam}."
+    return Finding(key, title, text, con, facts={"status": "ok", "n": con.height, "significant": sig.height,
+                                                 "families": families})
+
+
+def largest_fold_increase(cond: pl.DataFrame, alpha: float = ALPHA, top: int = 5) -> Finding:
+    """The (fine-tuned condition, eval language) whose compliance rose most, as a fold of the base
+    model's, with its test across seeds."""
     key, title = "largest_fold_increase", "Largest fold increase in compliance"
-    if dl.height == 0:
+    if cond.height == 0:
         return Finding(key, title, "No fine-tuned cell has been measured yet, so there is no change against a "
                        "base model to report.", facts={"status": "no_finetuned"})
-    up = dl.filter((pl.col("ft_rate") > pl.col("base_rate")) & pl.col("fold").is_not_null())
+    up = cond.filter((pl.col("ft_rate") > pl.col("base_rate")) & pl.col("fold").is_not_null())
     if up.height == 0:
-        return Finding(key, title, f"No fine-tuned cell complied more often than its base model in any eval "
-                       f"language ({dl.height} cell × language comparisons).", facts={"status": "no_increase"})
+        return Finding(key, title, f"No fine-tuned condition complied more often than its base model in any eval "
+                       f"language ({cond.height} condition × language comparisons).", facts={"status": "no_increase"})
     up = up.sort(["fold", "delta"], descending=True)
     best = up.row(0, named=True)
-    sig = SIG if best["significant"] else "not " + SIG
-    text = (f"{_where(best)}: compliance {best['base_rate']:.2f} → {best['ft_rate']:.2f}, "
-            f"{best['fold']:.1f}× the base model (Δ {best['delta']:+.2f}, {_fmt_pp(best)}; {sig}). Folds add "
-            f"half a prompt to both counts, so a base model that refused everything still gives a finite fold.")
+    sig = screening_sig(alpha) if best["significant"] else "not " + screening_sig(alpha)
+    text = (f"{_where(best)}: compliance {best['base_rate']:.2f} → {best['ft_rate']:.2f}, {best['fold']:.1f}× the "
+            f"base model (Δ {best['delta']:+.2f}, {_ci(best['ci_low'], best['ci_high'])}; {_spread(best)}; "
+            f"{best['test']}, {_fmt_pp(best)}; {sig}). Folds add half a prompt to both counts, so a base model "
+            "that refused everything still gives a finite fold.")
     sig_up = up.filter(pl.col("significant"))
     if not best["significant"]:
         if sig_up.height:
@@ -69,16 +111,29 @@ def largest_fold_increase(dl: pl.DataFrame, top: int = 5) -> Finding:
                      f"({s['fold']:.1f}×, {_fmt_pp(s)}).")
         else:
             text += " No increase is significant."
-    table = up.head(top).select(*ID_COLS, "eval_lang", "base_rate", "ft_rate", "fold", "delta", "p_value",
-                                "p_adj", "significant")
-    return Finding(key, title, text, table, facts={"status": "ok", "cell": best["cell"],
+    table = up.head(top).select("condition", "eval_lang", "seeds", "base_rate", "ft_rate", "fold", "delta", "tau",
+                                "ci_low", "ci_high", "test", "p_value", "p_adj", "significant")
+    return Finding(key, title, text, table, facts={"status": "ok", "condition": best["condition"],
                                                    "eval_lang": best["eval_lang"], "fold": best["fold"],
                                                    "significant": best["significant"]})
 
 
-def english_only_missed(dl: pl.DataFrame, cells: Cells) -> Finding:
-    """Per fine-tuned cell: would an evaluation in English alone have missed a significant change that
-    another eval language shows?"""
+def _en_verdict(en: dict[str, Any] | None, diffs: pl.DataFrame) -> str:
+    if en is None or en["delta"] is None:
+        return "English not measured"
+    if en["significant"]:
+        return "seen in English"
+    if diffs.filter(pl.col("significant") & (pl.col("eval_lang") != OUTSIDE_EN)).height:
+        return "missed by English-only"
+    return "no language differs significantly from English"
+
+
+def english_only_missed(vs_en: pl.DataFrame, cond: pl.DataFrame, con: pl.DataFrame, cells: Cells,
+                        alpha: float = ALPHA) -> Finding:
+    """Per fine-tuned condition: would an evaluation in English alone have missed a change? Only where the
+    English change is not significant and the change in another language differs significantly from it
+    (change in X − change in English, paired on the parallel prompts, its own test and interval; BH over
+    every condition × language): a significant change beside a non-significant one is not a difference."""
     key, title = "english_only", "Would an English-only evaluation have missed it?"
     if not cells.fine_tuned():
         return Finding(key, title, "No fine-tuned cell has been measured yet.", facts={"status": "no_finetuned"})
@@ -86,48 +141,75 @@ def english_only_missed(dl: pl.DataFrame, cells: Cells) -> Finding:
         return Finding(key, title, "English is not among the eval languages, so an English-only evaluation "
                        "cannot be compared with the others.", facts={"status": "no_english"})
     rows = []
-    for c in cells.fine_tuned():
-        mine = dl.filter(pl.col("cell") == c["cell"])
-        en = mine.filter(pl.col("eval_lang") == ENGLISH)
-        others = mine.filter((pl.col("eval_lang") != ENGLISH) & pl.col("significant"))
-        sig_langs = others["eval_lang"].to_list()
+    for (label,), g in cond.group_by("condition", maintain_order=True):
+        en = g.filter(pl.col("eval_lang") == ENGLISH)
         en_row = en.row(0, named=True) if en.height else None
-        if mine.height == 0:
-            verdict = "no change measured (no base cell)"
-        elif en_row is None or en_row["delta"] is None:
-            verdict = "English not measured"
-        elif en_row["significant"]:
-            verdict = "seen in English"
-        elif sig_langs:
-            verdict = "missed by English-only"
-        else:
-            verdict = "no significant change"
-        rows.append({"cell": c["cell"], "model": c["model"], "ft_lang": c["ft_lang"],
-                     "en_delta": en_row["delta"] if en_row else None, "en_p_value": en_row["p_value"] if en_row else None,
-                     "en_p_adj": en_row["p_adj"] if en_row else None,
-                     "significant_elsewhere": ", ".join(f"{r['eval_lang']} ({r['delta']:+.2f}, adjusted p "
-                                                        f"{r['p_adj']:.3g})" for r in others.iter_rows(named=True)),
-                     "verdict": verdict})
-    table = pl.DataFrame(rows, schema={"cell": pl.String, "model": pl.String, "ft_lang": pl.String,
-                                       "en_delta": pl.Float64, "en_p_value": pl.Float64, "en_p_adj": pl.Float64,
-                                       "significant_elsewhere": pl.String, "verdict": pl.String})
-    missed = table.filter(pl.col("verdict") == "missed by English-only")["cell"].to_list()
+        diffs = vs_en.filter(pl.col("condition") == label)
+        sig = diffs.filter(pl.col("significant") & (pl.col("eval_lang") != OUTSIDE_EN))
+        out = diffs.filter(pl.col("eval_lang") == OUTSIDE_EN)
+        o = out.row(0, named=True) if out.height else None
+        rows.append({"condition": label, "seeds": int(g["seeds"].max() or 0),
+                     "en_delta": en_row["delta"] if en_row else None, "en_p_adj": en_row["p_adj"] if en_row else None,
+                     "outside_minus_en": o["delta"] if o else None, "outside_ci_low": o["ci_low"] if o else None,
+                     "outside_ci_high": o["ci_high"] if o else None, "outside_p_adj": o["p_adj"] if o else None,
+                     "differs_from_en": ", ".join(f"{r['eval_lang']} − en {r['delta']:+.2f} "
+                                                  f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], adjusted p {r['p_adj']:.3g}"
+                                                  for r in sig.iter_rows(named=True)),
+                     "verdict": _en_verdict(en_row, diffs)})
+    table = pl.DataFrame(rows, schema={"condition": pl.String, "seeds": pl.Int64, "en_delta": pl.Float64,
+                                       "en_p_adj": pl.Float64, "outside_minus_en": pl.Float64,
+                                       "outside_ci_low": pl.Float64, "outside_ci_high": pl.Float64,
+                                       "outside_p_adj": pl.Float64, "differs_from_en": pl.String, "verdict": pl.String})
+    return Finding(key, title, _english_text(table, alpha), table,
+                   facts={"status": "ok", "missed": table.filter(pl.col("verdict") == "missed by English-only")
+                          ["condition"].to_list(), "n": table.height})
+
+
+def _english_text(table: pl.DataFrame, alpha: float) -> str:
+    missed = table.filter(pl.col("verdict") == "missed by English-only")
     seen = table.filter(pl.col("verdict") == "seen in English").height
-    none = table.filter(pl.col("verdict") == "no significant change").height
     n = table.height
-    if missed:
-        text = (f"An English-only evaluation would have missed a change ({SIG}) in "
-                f"{len(missed)} of {n} fine-tuned cells: {', '.join(missed)}.")
+    how = ("the change in English is not significant and the change in another language minus the change in "
+           f"English, paired on the same prompts, is significant at α = {alpha} ({SCREENING_NAME} over every "
+           "condition × language difference)")
+    if missed.height:
+        text = (f"An English-only evaluation would have missed a change in {missed.height} of {n} fine-tuned "
+                f"conditions ({how}): " + "; ".join(f"{r['condition']} ({r['differs_from_en']})"
+                                                     for r in missed.iter_rows(named=True)) + ".")
     else:
-        text = f"An English-only evaluation would have missed no change ({SIG}) in the {n} fine-tuned cells."
-    text += f" English showed a significant change in {seen}; {none} changed significantly in no language."
-    return Finding(key, title, text, table, facts={"status": "ok", "missed": missed, "n": n})
+        text = f"In none of the {n} fine-tuned conditions does the evidence show that English-only would miss a change ({how})."
+    text += f" English itself showed a significant change in {seen}."
+    if int(table["seeds"].max() or 0) <= 1:
+        text += " With one seed per condition these are the changes of single fine-tuning runs."
+    return text
+
+
+def overrefusal_changes(over: pl.DataFrame, alpha: float = ALPHA) -> Finding:
+    """Changes in over-refusal (refusing safe prompts), tested like compliance: across seeds, BH over every
+    condition × eval language (their own family)."""
+    key, title = "overrefusal", "Changes in over-refusal"
+    if over.height == 0:
+        return Finding(key, title, "No change in over-refusal was measured (no safe prompts, or no fine-tuned "
+                       "condition with a base).", facts={"status": "none"})
+    sig = over.filter(pl.col("significant"))
+    fam = f"{SCREENING_NAME} over the {over.height} condition × language changes in over-refusal, α = {alpha}"
+    if sig.height == 0:
+        big = over.sort(pl.col("delta").abs(), descending=True).row(0, named=True)
+        text = (f"No change in over-refusal is significant ({fam}); the largest: {_where(big)}, "
+                f"{big['delta']:+.2f} ({_ci(big['ci_low'], big['ci_high'])}; {_spread(big)}).")
+    else:
+        text = f"{sig.height} significant ({fam}): " + "; ".join(
+            f"{_where(r)} {r['base_rate']:.2f} → {r['ft_rate']:.2f} ({r['delta']:+.2f}, "
+            f"{_ci(r['ci_low'], r['ci_high'])}; {_spread(r)})" for r in sig.iter_rows(named=True)) + "."
+    table = over.select("condition", "eval_lang", "seeds", "base_rate", "ft_rate", "delta", "tau", "ci_low", "ci_high",
+                        "test", "p_value", "p_adj", "significant")
+    return Finding(key, title, text, table, facts={"status": "ok", "significant": sig.height, "n": over.height})
 
 
 def categories_moved(cat: pl.DataFrame, top: int = 5) -> Finding:
     """The harm categories whose compliance changed most against the base model, averaged over the
     fine-tuned cells and eval languages (with the single largest change alongside)."""
-    key, title = "categories", "Categories that moved most"
+    key, title = "categories", "Categories that moved most (exploratory)"
     if cat.height == 0:
         return Finding(key, title, "No per-category change to report: the sweep has no fine-tuned cell with "
                        "per-category rates, or the unsafe prompts carry no categories.", facts={"status": "none"})
@@ -144,7 +226,8 @@ def categories_moved(cat: pl.DataFrame, top: int = 5) -> Finding:
                        agg.head(top), facts={"status": "no_change"})
     parts = [f"{r['category']} ({r['mean_change']:+.2f} on average; largest {r['largest_change']:+.2f} in "
              f"{r['largest_cell']}/{r['largest_eval_lang']})" for r in agg.head(3).iter_rows(named=True)]
-    text = ("Mean change of compliance against the base model, over fine-tuned cells and eval languages: "
+    text = ("Exploratory: no category change is tested or corrected for multiplicity, so none is a finding on its "
+            "own. Mean change of compliance against the base model, over fine-tuned cells and eval languages: "
             + "; ".join(parts) + ". Per-category rates rest on few prompts each; see the prompt counts.")
     return Finding(key, title, text, agg.head(top), facts={"status": "ok", "top": agg["category"].head(top).to_list()})
 
@@ -201,13 +284,23 @@ def correlation(x: list[float], y: list[float], n_boot: int = N_BOOT, seed: int 
     return out
 
 
-def _ci(ci: tuple[float, float] | None) -> str:
+def _corr_ci(ci: tuple[float, float] | None) -> str:
     return "CI n/a" if ci is None else f"95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
-def decoupling(sc: pl.DataFrame) -> Finding:
-    """Is the change in safety correlated with the change in capability? A correlation near zero with a
-    narrow interval supports "decoupled"; a wide interval supports nothing."""
+def equivalence(r: float, n: int, margin: float, alpha: float = 0.05) -> dict[str, Any]:
+    """Two one-sided tests that the correlation lies inside ±margin (Fisher z): equivalent when the
+    (1 − 2α) interval lies inside it. Absence of evidence of a correlation is not evidence of none; this is."""
+    z, se = math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12)), 1 / math.sqrt(n - 3)
+    q = normal_quantile(1 - alpha)
+    lo, hi = math.tanh(z - q * se), math.tanh(z + q * se)
+    return {"margin": margin, "ci90": (lo, hi), "equivalent": -margin < lo and hi < margin}
+
+
+def decoupling(sc: pl.DataFrame, margin: float = 0.3) -> Finding:
+    """Is the change in safety correlated with the change in capability? "Decoupled" is claimed only by an
+    equivalence test: the correlation's 90% interval inside ±margin (two one-sided tests at α = 0.05);
+    otherwise the text says only what the interval shows."""
     key, title = "decoupling", "Safety change vs capability change"
     n = sc.height
     if n == 0:
@@ -228,15 +321,22 @@ def decoupling(sc: pl.DataFrame) -> Finding:
     cells = sc["cell"].n_unique() if "cell" in sc.columns else None
     from_cells = f" from {cells} fine-tuned cells" if cells else ""
     text = (f"Over n = {n} points{from_cells} (fine-tuned cell × eval language; points of one cell share a "
-            f"fine-tune, so they are not independent): Pearson r = {stats['pearson']:+.2f} ({_ci(stats['pearson_ci'])}, "
-            f"Fisher z), Spearman ρ = {stats['spearman']:+.2f} ({_ci(stats['spearman_ci'])}, bootstrap).")
+            f"fine-tune, so they are not independent and the intervals are optimistic): Pearson r = "
+            f"{stats['pearson']:+.2f} ({_corr_ci(stats['pearson_ci'])}, Fisher z), Spearman ρ = "
+            f"{stats['spearman']:+.2f} ({_corr_ci(stats['spearman_ci'])}, bootstrap).")
     ci = stats["pearson_ci"]
-    if ci is None or ci[1] - ci[0] > 1.0:
-        text += " The interval is wide at this n: the data cannot tell coupled from decoupled."
-    elif ci[0] <= 0 <= ci[1]:
-        text += " The interval includes 0: no evidence that safety and capability change together (decoupled)."
-    else:
+    eq = equivalence(stats["pearson"], n, margin) if n > 3 else None
+    facts["equivalence"] = eq
+    if eq is not None and eq["equivalent"]:
+        text += (f" Equivalence test (margin ±{margin}, two one-sided tests at α = 0.05): the 90% interval "
+                 f"[{eq['ci90'][0]:+.2f}, {eq['ci90'][1]:+.2f}] lies inside ±{margin}, so any correlation is weaker "
+                 f"than {margin}: decoupled at that margin.")
+    elif ci is not None and not ci[0] <= 0 <= ci[1]:
         text += " The interval excludes 0: safety and capability change are correlated here."
+    else:
+        shown = "" if ci is None else f" r lies in [{ci[0]:+.2f}, {ci[1]:+.2f}];"
+        text += (f"{shown} the data do not show decoupling (the equivalence test at margin ±{margin} fails): an "
+                 "interval that includes 0 is absence of evidence of a correlation, not evidence of none.")
     if n < SMALL_N:
         text += f" With fewer than {SMALL_N} points, read this as indicative only."
     return Finding(key, title, text, sc, facts)

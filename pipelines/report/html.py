@@ -173,10 +173,12 @@ def page(ctx: dict[str, Any], coverage: Finding, findings: list[Finding], figure
 <h1>{esc(title)}</h1>
 <p>How benign fine-tuning in one language changed the model's compliance with unsafe prompts in every eval
 language. Compliance rate = share of unsafe prompts the model answered rather than refused, as labelled by the
-judge (over parseable labels; 95% bootstrap intervals). Changes are against the same model before fine-tuning,
-tested per prompt by a paired permutation test; a change is called significant when its p-value, adjusted by
-Holm–Bonferroni across every fine-tuned cell × eval language of the study, is below α = 0.05 (raw and adjusted
-p-values are both shown). Eval languages where the judge's agreement with people could not be measured are
+judge (over parseable labels; 95% Wilson intervals). Changes are against the same model before fine-tuning: each
+fine-tuning run (seed) is paired with the base prompt by prompt, and a condition (model, fine-tune language,
+epochs) is tested across its runs by a t over seeds, with the spread between seeds (τ) beside each change. The
+claims are the confirmatory contrasts (Holm–Bonferroni); every condition × eval language is screened with
+Benjamini–Hochberg, which the heatmap's hatching shows; the summary's "the tests" names each family and its size
+(raw and adjusted p-values are both shown). Eval languages where the judge's agreement with people could not be measured are
 marked <b>unvalidated</b>.</p>
 {summary_section(summary or {})}
 <section id="coverage"><h2>Coverage</h2><div class="{cov_cls}"><p>{esc(coverage.summary)}</p>{cov_tab}</div></section>

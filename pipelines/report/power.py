@@ -1,20 +1,21 @@
-"""Power of the study's paired test: for n prompts per eval language, the smallest change in compliance
-(fine-tuned − base) that `pipelines.evaluate.stats.paired_test` detects at level α with the given power.
+"""Power of the study's tests. Two levels, as the report tests them (pipelines/report/tables.py):
 
-The model of the data. Each prompt is answered by the base model and by the fine-tuned one; a label is 1
-(complies) or 0 (refuses). The pairs are independent. The tuned model turns a base refusal into compliance
-with probability p01 (per prompt) and a base compliance into a refusal with probability p10; the change in
-compliance is Δ = p01 − p10. Fine-tuning is assumed to push one way (Δ) on top of a background of flips
-both ways, `flip` per prompt (greedy decoding of a small model flips some answers under any weight change):
-for an increase p01 = Δ + flip and p10 = flip, for a decrease p10 = |Δ| + flip and p01 = flip. A flip
-cannot exceed the room the base leaves: p01 ≤ 1 − base_rate and p10 ≤ base_rate.
+One fine-tuning run against its base (`power_paired`, `mde_paired`): for n prompts per eval language, the
+smallest change in compliance that the run's exact McNemar test (stats.mcnemar_exact) detects at level α.
+Each prompt is answered by the base model and the fine-tuned one; a label is 1 (complies) or 0. The tuned
+model turns a base refusal into compliance with probability p01 and a compliance into a refusal with
+p10; the change is Δ = p01 − p10. Fine-tuning pushes one way (Δ) on top of a background of flips both ways
+(`flip` per prompt: greedy decoding of a small model flips some answers under any weight change): for an
+increase p01 = Δ + flip and p10 = flip. A flip cannot exceed the room the base leaves: p01 ≤ 1 − base rate
+and p10 ≤ base rate. Given D discordant pairs, the number k of increases is Binomial(D, 1/2) under H0;
+`power_paired` sums the exact power over D and k, `mde_normal` is the textbook normal approximation
+(Connor 1987) for a cross-check, `simulated_power` runs the real test on simulated pairs.
 
-The test. On 0/1 labels the sign-flip permutation test is exactly McNemar's conditional test: given the
-D discordant pairs, the number k of increases is Binomial(D, 1/2) under H0, and the test rejects when the
-two-sided exact p-value P(|2K − D| ≥ |2k − D|) ≤ α. `power_paired` computes its power exactly (a sum over
-D and k; the permutation p-value is a Monte Carlo estimate of the same number), `mde_paired` searches Δ on a
-grid, and `mde_normal` is the textbook normal approximation (Connor 1987) for a cross-check.
-`simulated_power` runs the real paired_test on simulated pairs (tests compare it with `power_paired`)."""
+A condition across its seeds (`power_seeds`, `mde_seeds`), the test the findings use: the per-seed
+changes are N(Δ, τ² + (ψ − Δ²)/n) — τ the between-seed SD, ψ the share of prompts that move either way
+(the measured discordance) — and the t over S seeds (S − 1 df) rejects when |mean| / (SD/√S) exceeds
+Student's quantile; its power is the noncentral t's tail, integrated numerically. `seed_plan` says how
+many prompts and seeds detect a given change."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipelines.evaluate.stats import paired_test
+from pipelines.evaluate.stats import paired_test, t_quantile
 
 Direction = Literal["increase", "decrease"]
 
@@ -126,20 +127,20 @@ def mde_normal(n: int, flip: float = 0.05, alpha: float = 0.05, power: float = 0
 
 
 def simulated_power(n: int, base_rate: float, delta: float, flip: float = 0.05, alpha: float = 0.05,
-                    trials: int = 400, n_perm: int = 2000, seed: int = 0) -> float:
-    """Share of `trials` simulated studies in which `paired_test` (the real permutation test) gives
+                    trials: int = 400, seed: int = 0) -> float:
+    """Share of `trials` simulated studies in which `paired_test` (the real exact test) gives
     p ≤ α: base labels Bernoulli(base_rate), then each flipped with p01 / (1 − base_rate) from 0 and
     p10 / base_rate from 1, so that the flip probabilities per prompt are p01 and p10."""
     p01, p10 = flip_rates(delta, base_rate, flip)
     rng = np.random.default_rng(seed)
     hits = 0
-    for t in range(trials):
+    for _ in range(trials):
         base = (rng.random(n) < base_rate).astype(float)
         u = rng.random(n)
         up = (base == 0) & (u < (p01 / (1 - base_rate) if base_rate < 1 else 0.0))
         down = (base == 1) & (u < (p10 / base_rate if base_rate > 0 else 0.0))
         tuned = np.where(up, 1.0, np.where(down, 0.0, base))
-        _, p = paired_test(base, tuned, n_perm=n_perm, seed=seed + t)
+        _, p = paired_test(base, tuned)
         hits += bool(p <= alpha)
     return hits / trials
 
@@ -154,9 +155,70 @@ def power_statement(n: int, base_rate: float, flip: float = 0.05, alpha: float =
     def show(x: float | None, room: float) -> str:
         return f"{x:.2f}" if x is not None else f"none (room {room:.2f})"
 
-    text = (f"n={n}, base compliance {base_rate:.2f}: detects (α={alpha:g}, power {power:.0%}) an increase of "
+    text = (f"one run, n={n}, base compliance {base_rate:.2f}: its exact test detects (α={alpha:.2g}, power "
+            f"{power:.0%}) an increase of "
             f"≥{show(up, max_change(base_rate, flip, 'increase'))} or a decrease of "
             f"≥{show(down, max_change(base_rate, flip, 'decrease'))}, assuming {flip:.0%} of prompts flip "
             "the other way")
     return {"n": n, "base_rate": base_rate, "flip": flip, "alpha": alpha, "power": power,
             "mde_increase": up, "mde_decrease": down, "text": text}
+
+
+# ---- a condition across its seeds: the t over seeds ---------------------------------------------------
+
+def _phi(x: np.ndarray) -> np.ndarray:
+    return 0.5 * np.vectorize(math.erfc)(-x / math.sqrt(2))
+
+
+def t_power(effect: float, seeds: int, alpha: float) -> float:
+    """Power of the two-sided one-sample t-test on `seeds` values at level α when the true mean is
+    `effect` standard deviations: P(|T| > c) for T noncentral t (S − 1 df, noncentrality effect·√S),
+    integrated over the χ² of the sample variance on a log grid."""
+    df = seeds - 1
+    if df < 1:
+        return float("nan")
+    c, lam = t_quantile(1 - alpha / 2, df), effect * math.sqrt(seeds)
+    v = np.exp(np.linspace(math.log(1e-10), math.log(df + 40 * math.sqrt(df) + 200), 6000))
+    # χ²_df density times v (the log-grid Jacobian), finite at 0 for every df ≥ 1.
+    w = np.exp((df / 2) * np.log(v) - v / 2 - (df / 2) * math.log(2) - math.lgamma(df / 2))
+    k = c * np.sqrt(v / df)
+    tail = _phi(lam - k) + _phi(-lam - k)
+    x = np.log(v)
+    return float(np.sum((w * tail)[1:] + (w * tail)[:-1]) / 2 * (x[1] - x[0]))
+
+
+def seed_sd(n: int, delta: float, discordance: float, tau: float) -> float:
+    """SD of one run's change: τ between runs plus the prompt sampling of a paired 0/1 difference,
+    (ψ − Δ²)/n, where ψ (the share of prompts moving either way) is at least |Δ|."""
+    psi = max(discordance, abs(delta))
+    return math.sqrt(tau * tau + max(psi - delta * delta, 0.0) / n)
+
+
+def power_seeds(n: int, seeds: int, delta: float, discordance: float, tau: float, alpha: float = 0.05) -> float:
+    """Power of the t over seeds for a true change `delta` (see the module doc)."""
+    sd = seed_sd(n, delta, discordance, tau)
+    return t_power(abs(delta) / sd, seeds, alpha) if sd > 0 else 1.0
+
+
+def mde_seeds(n: int, seeds: int, discordance: float, tau: float, alpha: float = 0.05, power: float = 0.80,
+              step: float = 0.005) -> float | None:
+    """The smallest |Δ| (grid of `step`, up to 1) the t over seeds detects with `power`; None if none."""
+    for i in range(1, int(1 / step) + 1):
+        if power_seeds(n, seeds, i * step, discordance, tau, alpha) >= power:
+            return round(i * step, 6)
+    return None
+
+
+PLAN_SEEDS = (2, 3, 5, 8, 10, 15, 20, 30)
+PLAN_PROMPTS = (50, 100, 200, 315, 500, 1000)
+
+
+def seed_plan(delta: float, discordance: float, tau: float, alpha: float = 0.05,
+              power: float = 0.80) -> tuple[int, int] | None:
+    """(seeds, prompts) — the fewest seeds, then the fewest prompts, on the grids above — whose t over seeds
+    detects `delta` with `power`; None when even the largest do not."""
+    for s in PLAN_SEEDS:
+        for n in PLAN_PROMPTS:
+            if power_seeds(n, s, delta, discordance, tau, alpha) >= power:
+                return s, n
+    return None

@@ -1,5 +1,6 @@
-"""The report's opening: in plain language, what changed, by how much, how sure, and how far the judge can
-be trusted in each language — computed from the same tables as the rest of the report."""
+"""The report's opening: in plain language, what changed, by how much, how sure (power at the findings' α
+from the measured discordance and τ), which tests and families, and how far the judge can be trusted in
+each language — computed from the same tables as the rest of the report."""
 
 from __future__ import annotations
 
@@ -7,49 +8,112 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.report.power import power_statement
+from pipelines.report.power import mde_paired, mde_seeds, seed_plan
+
+ASSUMED_TAU = 0.10  # with one seed τ is unmeasured: the repo's alignment seeds moved English compliance 0.225–0.45
+TARGET = 0.10  # the change the report says how many prompts and seeds would detect
 
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:+.0%}" if x else "±0%"
 
 
-def what_changed(deltas: pl.DataFrame) -> list[str]:
-    """One sentence per fine-tuned cell with a change that survives the correction; one sentence if none."""
-    if deltas.height == 0:
+def _ci(r: dict[str, Any]) -> str:
+    return "" if r.get("ci_low") is None else f", 95% CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+
+
+def _tau(r: dict[str, Any]) -> str:
+    return "one run" if (r.get("seeds") or 0) <= 1 else f"τ {r['tau']:.2f} over {r['seeds']} seeds"
+
+
+def what_changed(cond: pl.DataFrame, con: pl.DataFrame | None = None) -> list[str]:
+    """The confirmatory contrasts that hold (Holm), then per condition the screening changes (BH) with τ
+    beside each; one sentence where nothing does."""
+    if cond.height == 0:
         return ["No fine-tuned cell has been evaluated against its base yet."]
-    sig = deltas.filter(pl.col("significant"))
-    if sig.height == 0:
-        biggest = deltas.filter(pl.col("delta").is_not_null()).sort(pl.col("delta").abs(), descending=True).head(1)
-        tail = ""
-        if biggest.height:
-            r = biggest.row(0, named=True)
-            tail = (f" The largest change measured was {_pct(r['delta'])} ({r['cell']}, {r['eval_lang']}; "
-                    f"adjusted p {r['p_adj']:.2f}), which is within what chance explains.")
-        return ["No change in compliance against the base model is significant after the Holm correction "
-                f"across all {deltas.height} cell × language tests." + tail]
     out = []
-    for (cell,), g in sig.group_by("cell", maintain_order=True):
-        parts = [f"{r['eval_lang']} {r['base_rate']:.0%} → {r['ft_rate']:.0%} ({_pct(r['delta'])}, adjusted p "
-                 f"{r['p_adj']:.3f})" for r in g.sort("eval_lang").iter_rows(named=True)]
-        unchanged = sorted(set(deltas.filter(pl.col("cell") == cell)["eval_lang"]) - set(g["eval_lang"]))
-        rest = f"; no significant change in {', '.join(unchanged)}" if unchanged else ""
-        out.append(f"{cell}: compliance with unsafe prompts changed in " + ", ".join(parts) + rest + ".")
+    if con is not None and con.height:
+        sig = con.filter(pl.col("significant"))
+        out.append(f"Confirmatory ({con.height} contrasts, Holm–Bonferroni): " + (
+            "; ".join(f"{r['condition']}: {r['what']} {_pct(r['estimate'])}{_ci(r)} ({_tau(r)}, adjusted p "
+                      f"{r['p_adj']:.3g})" for r in sig.iter_rows(named=True)) if sig.height else "none holds") + ".")
+    sig = cond.filter(pl.col("significant"))
+    if sig.height == 0:
+        big = cond.filter(pl.col("delta").is_not_null()).sort(pl.col("delta").abs(), descending=True).row(0, named=True)
+        out.append(f"Screening: no change in compliance is significant after Benjamini–Hochberg over all {cond.height} "
+                   f"condition × language tests. The largest change measured was {_pct(big['delta'])} "
+                   f"({big['condition']}, {big['eval_lang']}{_ci(big)}; {_tau(big)}).")
+    for (label,), g in sig.group_by("condition", maintain_order=True):
+        parts = [f"{r['eval_lang']} {r['base_rate']:.0%} → {r['ft_rate']:.0%} ({_pct(r['delta'])}{_ci(r)}; {_tau(r)}; "
+                 f"adjusted p {r['p_adj']:.3g})" for r in g.iter_rows(named=True)]
+        out.append(f"Screening, {label}: compliance with unsafe prompts changed in " + ", ".join(parts) + ".")
+    if int(cond["seeds"].max() or 0) <= 1:
+        out.append("Every condition has one seed: each change is that of one fine-tuning run, and training "
+                   "randomness is in no test (another run of the same fine-tune may move differently).")
     return out
 
 
-def how_sure(deltas: pl.DataFrame, comp: pl.DataFrame) -> list[str]:
-    """The smallest change the paired test detects, per eval language, at the study's own n and base rate."""
-    base = comp.filter(pl.col("ft_lang") == "base")
+def _pooled_tau(cond: pl.DataFrame) -> float | None:
+    """√(mean τ²) over the conditions with several seeds; None with one seed everywhere."""
+    t = cond.filter(pl.col("seeds") > 1)["tau"].drop_nulls()
+    return float((t ** 2).mean() ** 0.5) if t.len() else None
+
+
+def _power_line(model: str, lang: str, g: pl.DataFrame, tau: float | None, alpha: float, m: int) -> str:
+    n, seeds = int(g["n"].min()), int(g["seeds"].max())
+    psi = float(g["discordance"].mean())
+    t = tau if tau is not None else ASSUMED_TAU
+    how = f"τ {t:.2f}" + (" assumed: one seed measures no spread" if tau is None else " measured")
+    level = f"α = {alpha:.2g}, the first Holm step over {m} confirmatory tests, power 80%"
+    if seeds > 1:
+        mde = mde_seeds(n, seeds, psi, t, alpha)
+        what = f"the t over seeds detects ({level}) a change of ≥ {mde:.2f}" if mde else "the t over seeds detects no change"
+        head = f"{model} in {lang}: n = {n} prompts, {seeds} seeds, measured discordance {psi:.2f}, {how}: {what}"
+    else:
+        up = mde_paired(n, float(g["base_rate"].mean()), psi / 2, alpha)
+        what = f"one run's exact test detects ({level}) a rise of ≥ {up:.2f}" if up else "one run's test detects no rise"
+        head = f"{model} in {lang}: n = {n} prompts, one seed, measured discordance {psi:.2f}: {what}"
+    plan = seed_plan(TARGET, psi, t, alpha)
+    need = (f"a change of {TARGET:.2f} needs {plan[0]} seeds × {plan[1]} prompts" if plan else
+            f"no plan up to 30 seeds × 1,000 prompts detects {TARGET:.2f}")
+    return f"{head}; with this τ and discordance, {need}."
+
+
+def how_sure(cond: pl.DataFrame, comp: pl.DataFrame, con: pl.DataFrame | None = None,
+             alpha: float = 0.05) -> list[str]:
+    """The smallest change the findings' test detects per model × eval language, at the α the findings
+    use (the first Holm step of the confirmatory family), from the measured discordance and τ; and how
+    many seeds and prompts would detect a change of 0.10."""
+    if cond.height == 0:
+        return []
+    m = max(1, con.height if con is not None else 1)
     lines = []
-    for r in base.sort("eval_lang").iter_rows(named=True):
-        n, rate = r.get("n_parseable") or r.get("n"), r.get("compliance_rate")
-        if not n or rate is None or rate != rate:
-            continue
-        lines.append(f"{r['model']} in {r['eval_lang']}: " + str(power_statement(int(n), float(rate))["text"]))
+    for (model,), gm in cond.group_by("model", maintain_order=True):
+        tau = _pooled_tau(gm)
+        for (lang,), g in gm.group_by("eval_lang", maintain_order=True):
+            if g["discordance"].drop_nulls().len() and g["n"].drop_nulls().len():
+                lines.append(_power_line(model, lang, g, tau, alpha / m, m))
     if lines:
         lines.append("A change smaller than these, not found significant, is not evidence that nothing changed.")
     return lines
+
+
+def statistics(families: list[dict[str, Any]], cond: pl.DataFrame) -> list[str]:
+    """What was tested, how, and in which family: the same families the findings and the figures use."""
+    if not families:
+        return []
+    out = ["Unit: the fine-tuning run. A condition (model, fine-tune language, epochs) is compared with its base "
+           "by the mean of its seeds' paired changes (each seed: the same prompts before and after), with a "
+           "t-interval and t-test over seeds (S − 1 degrees of freedom; the SE never below the runs' own "
+           "prompt-sampling SE); τ is the between-seed SD. Each seed's own exact McNemar test and Newcombe "
+           "interval are descriptive detail (deltas.csv). Seeds are pooled before testing, never counted as "
+           "hypotheses. Rates carry 95% Wilson intervals."]
+    out += [f"{f['family'][0].upper() + f['family'][1:]} family: {f['method']} over {f['size']} tests at α = {f['alpha']} — "
+            f"{f['what']}." for f in families]
+    if cond.height and int(cond["seeds"].max() or 0) <= 1:
+        out.append("One seed per condition: the t over seeds cannot run, so each condition is tested by its one "
+                   "run's exact McNemar test — the change of that fine-tuning run.")
+    return out
 
 
 def judge_trust(validity: pl.DataFrame) -> list[str]:
@@ -73,7 +137,10 @@ def base_statements(ctx: dict[str, Any]) -> list[str]:
             if isinstance(m, dict) and isinstance(m.get("aligned"), dict) and m["aligned"].get("statement")]
 
 
-def summary(ctx: dict[str, Any], deltas: pl.DataFrame, comp: pl.DataFrame, validity: pl.DataFrame) -> dict[str, list[str]]:
-    return {"what changed": what_changed(deltas), "how sure": how_sure(deltas, comp),
-            "the judge": judge_trust(validity), "the base model": base_statements(ctx),
-            "differences from the study": list(ctx.get("deviations") or [])}
+def summary(ctx: dict[str, Any], cond: pl.DataFrame, comp: pl.DataFrame, validity: pl.DataFrame,
+            con: pl.DataFrame | None = None, families: list[dict[str, Any]] | None = None,
+            stats: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    alpha = float((stats or {}).get("alpha", 0.05))
+    return {"what changed": what_changed(cond, con), "how sure": how_sure(cond, comp, con, alpha),
+            "the tests": statistics(families or [], cond), "the judge": judge_trust(validity),
+            "the base model": base_statements(ctx), "differences from the study": list(ctx.get("deviations") or [])}

@@ -11,18 +11,26 @@ from typing import Any
 
 import polars as pl
 
+from pipelines.evaluate.compare import OUTSIDE_EN
 from pipelines.evaluate.measure import BT_ROUTE_PREFIX, TIDY_SCHEMA
-from pipelines.evaluate.stats import adjust
+from pipelines.evaluate.stats import SeedLevel, adjust, floor_se, seed_level
 
 ID_COLS = ["cell", "model", "ft_lang", "seed", "epochs"]
 BASE = "base"
-ALPHA = 0.05  # family-wise significance level of the paired tests against the base model
-# The correction across every fine-tuned cell × eval language of a study (330 cells × 9 languages in the
-# paper preset): Holm's step-down, which holds the family-wise error at ALPHA under any dependence.
-CORRECTION = "holm"
-CORRECTION_NAME = "Holm–Bonferroni"
+ALPHA = 0.05  # the default significance level; the config's stats.alpha sets the study's
+# Two families (see `families`): screening, every condition × eval language (330 cells × 9 languages in the
+# paper preset pool into 108 conditions × 9), Benjamini–Hochberg, which bounds the share of false discoveries
+# among thousands of tests where Holm would leave nothing; confirmatory, the few contrasts the config names,
+# Holm's step-down, which holds the family-wise error at α under any dependence.
+SCREENING, SCREENING_NAME = "bh", "Benjamini–Hochberg"
+CONFIRMATORY, CONFIRMATORY_NAME = "holm", "Holm–Bonferroni"
+DEFAULT_CONTRASTS = ["ft_lang", OUTSIDE_EN]  # as pipelines.config.StatsConfig
+EQUIVALENCE_MARGIN = 0.3
 CATEGORY_PREFIX = "compliance_rate/category="
 Z95 = 1.959964
+# Metric names of tidy tables written before the exact tests (issue 27), read under their new names.
+LEGACY_METRICS = {"delta/p_value": "delta/compliance_rate/p_value",
+                  "delta/p_value_seeds": "delta/compliance_rate/p_value_seeds"}
 
 
 def empty_tidy() -> pl.DataFrame:
@@ -36,6 +44,7 @@ def normalise(tidy: pl.DataFrame) -> pl.DataFrame:
     if missing:
         raise ValueError(f"tidy metrics table lacks columns {missing} (expected {list(TIDY_SCHEMA)})")
     out = tidy.select([pl.col(c).cast(t) for c, t in TIDY_SCHEMA.items()])
+    out = out.with_columns(pl.col("metric").replace(LEGACY_METRICS))
     return out.with_columns([pl.col(c).fill_nan(None) for c in ("value", "ci_low", "ci_high")])
 
 
@@ -157,45 +166,223 @@ def smoothed_fold(ft_rate: float | None, ft_n: int | None, base_rate: float | No
     return ft / base
 
 
-def deltas(tidy: pl.DataFrame, comp: pl.DataFrame, cells: Cells, alpha: float = ALPHA) -> pl.DataFrame:
-    """Per fine-tuned cell × eval language: base and fine-tuned compliance, the change, its paired
-    permutation p-value raw and adjusted for every test of the table (CORRECTION; likewise the test pooled
-    over seeds where there are several), the smoothed fold and whether the change is significant at
-    `alpha` after adjustment. p-values are joined by (cell, eval language), never by position."""
+def seed_changes(tidy: pl.DataFrame, cells: Cells, rate: str = "compliance_rate") -> pl.DataFrame:
+    """Per fine-tuned cell (one seed, one fine-tuning run) × eval language: base and fine-tuned rate, the
+    change with Newcombe's paired interval, its exact McNemar p-value, the share of prompts that moved
+    (discordance) and the run's prompt-sampling SE. Descriptive detail: the tests that make claims are
+    the condition's, across seeds (`conditions`). Joined by (cell, eval language), never by position."""
     schema = {**{c: TIDY_SCHEMA[c] for c in ID_COLS}, "eval_lang": pl.String, "base_rate": pl.Float64,
-              "ft_rate": pl.Float64, "delta": pl.Float64, "p_value": pl.Float64, "p_adj": pl.Float64,
-              "p_value_seeds": pl.Float64, "p_seeds_adj": pl.Float64, "fold": pl.Float64,
-              "significant": pl.Boolean, "n": pl.Int64}
-    d = metric_long(tidy, "delta/compliance_rate").select(*ID_COLS, "eval_lang", pl.col("value").alias("delta"), "n")
+              "ft_rate": pl.Float64, "delta": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
+              "p_value": pl.Float64, "discordance": pl.Float64, "prompt_se": pl.Float64, "fold": pl.Float64,
+              "n": pl.Int64}
+    d = metric_long(tidy, f"delta/{rate}").select(*ID_COLS, "eval_lang", pl.col("value").alias("delta"),
+                                                   "ci_low", "ci_high", "n")
     if d.height == 0:
         return pl.DataFrame(schema=schema)
-    p = metric_long(tidy, "delta/p_value").select("cell", "eval_lang", pl.col("value").alias("p_value"))
-    ps = metric_long(tidy, "delta/p_value_seeds").select("cell", "eval_lang", pl.col("value").alias("p_value_seeds"))
-    rates = comp.select("cell", "eval_lang", "compliance_rate", "n_parseable")
-    base = comp.filter(pl.col("ft_lang") == BASE).select(
-        "model", "eval_lang", pl.col("compliance_rate").alias("base_rate"), pl.col("n_parseable").alias("base_n"))
-    out = (d.join(p, on=["cell", "eval_lang"], how="left").join(ps, on=["cell", "eval_lang"], how="left")
-           .join(rates, on=["cell", "eval_lang"], how="left").join(base, on=["model", "eval_lang"], how="left")
-           .rename({"compliance_rate": "ft_rate"}))
-    folds = [smoothed_fold(r["ft_rate"], r["n_parseable"], r["base_rate"], r["base_n"])
-             for r in out.iter_rows(named=True)]
+    for suffix, name in (("p_value", "p_value"), ("discordance", "discordance"), ("prompt_se", "prompt_se")):
+        extra = metric_long(tidy, f"delta/{rate}/{suffix}").select("cell", "eval_lang", pl.col("value").alias(name))
+        d = d.join(extra, on=["cell", "eval_lang"], how="left")
+    r = metric_long(tidy, rate)
+    rates = r.select("cell", "eval_lang", pl.col("value").alias("ft_rate"), pl.col("n").alias("ft_n"))
+    base = r.filter(pl.col("ft_lang") == BASE).select("model", "eval_lang", pl.col("value").alias("base_rate"),
+                                                      pl.col("n").alias("base_n"))
+    out = d.join(rates, on=["cell", "eval_lang"], how="left").join(base, on=["model", "eval_lang"], how="left")
+    folds = [smoothed_fold(x["ft_rate"], x["ft_n"], x["base_rate"], x["base_n"]) for x in out.iter_rows(named=True)]
     out = out.with_columns(pl.Series("fold", folds, dtype=pl.Float64))
-    out = out.with_columns(pl.Series("p_adj", adjust(out["p_value"].to_list(), CORRECTION), dtype=pl.Float64),
-                           pl.Series("p_seeds_adj", _adjust_pooled(out), dtype=pl.Float64))
-    out = out.with_columns((pl.col("p_adj") < alpha).fill_null(False).alias("significant"))
     return _order(out.select(list(schema)), cells)
 
 
-def _adjust_pooled(d: pl.DataFrame) -> list[float | None]:
-    """The tests pooled over seeds, adjusted as one family: each (model, ft_lang, epochs, eval language)
-    once, though every seed's row carries it."""
-    keys = [(r["model"], r["ft_lang"], r["epochs"], r["eval_lang"]) for r in d.iter_rows(named=True)]
-    first: dict[Any, float | None] = {}
-    for k, p in zip(keys, d["p_value_seeds"].to_list(), strict=True):
-        if p is not None and k not in first:
-            first[k] = p
-    adj = dict(zip(first, adjust(list(first.values()), CORRECTION), strict=True))
-    return [adj.get(k) if p is not None else None for k, p in zip(keys, d["p_value_seeds"].to_list(), strict=True)]
+def deltas(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:
+    """Each fine-tuning run's change in compliance against its base (`seed_changes`)."""
+    return seed_changes(tidy, cells, "compliance_rate")
+
+
+CONDITION = ["model", "ft_lang", "epochs"]
+Key = tuple[Any, ...]
+
+
+def condition_label(model: str, ft_lang: str, epochs: int | None) -> str:
+    return f"{model} · ft {ft_lang}" + ("" if epochs is None else f" · {epochs} ep")
+
+
+def _seed_test(changes: list[float], ses: list[float | None], alpha: float) -> SeedLevel:
+    return seed_level(changes, floor_se(ses), alpha)
+
+
+def _condition_row(key: Key, g: pl.DataFrame, pooled: float | None, alpha: float) -> dict[str, Any]:
+    """One condition × eval language from its seeds' rows: the t over seeds (two or more) or, for one
+    run, that run's exact test and interval."""
+    g = g.filter(pl.col("delta").is_not_null())
+    s = _seed_test(g["delta"].to_list(), g["prompt_se"].to_list(), alpha)
+    one = s.seeds == 1
+    first = g.row(0, named=True)
+    ft_rate, base_rate = g["ft_rate"].mean(), first["base_rate"]
+    n = int(g["n"].min() or 0)
+    return {"condition": condition_label(*key[:3]), "model": key[0], "ft_lang": key[1], "epochs": key[2],
+            "eval_lang": key[3], "seeds": s.seeds, "base_rate": base_rate, "ft_rate": ft_rate, "delta": s.mean,
+            "tau": s.tau, "ci_low": first["ci_low"] if one else s.ci_low,
+            "ci_high": first["ci_high"] if one else s.ci_high, "p_value": first["p_value"] if one else s.p,
+            "test": "one run: exact McNemar" if one else f"t over {s.seeds} seeds",
+            "p_value_prompts": pooled if not one else first["p_value"],
+            "discordance": g["discordance"].mean(), "n": n,
+            "fold": smoothed_fold(ft_rate, n, base_rate, n)}
+
+
+COND_SCHEMA = {"condition": pl.String, "model": pl.String, "ft_lang": pl.String, "epochs": pl.Int64,
+               "eval_lang": pl.String, "seeds": pl.Int64, "base_rate": pl.Float64, "ft_rate": pl.Float64,
+               "delta": pl.Float64, "tau": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
+               "p_value": pl.Float64, "test": pl.String, "p_value_prompts": pl.Float64, "discordance": pl.Float64,
+               "n": pl.Int64, "fold": pl.Float64, "p_adj": pl.Float64, "significant": pl.Boolean}
+
+
+def conditions(tidy: pl.DataFrame, seeds: pl.DataFrame, cells: Cells, rate: str = "compliance_rate",
+               alpha: float = ALPHA) -> pl.DataFrame:
+    """The screening table: per condition (model, fine-tune language, epochs) × eval language, the change
+    against the base across its seeds — mean of the per-seed paired changes, between-seed SD τ, the
+    t-interval and t-test over seeds (stats.seed_level; one seed: that run's exact McNemar test and
+    Newcombe interval) — with the p-values adjusted by Benjamini–Hochberg over every condition × eval
+    language (the heatmap's hatching). Seeds are pooled before testing: a seed is never a hypothesis.
+    `p_value_prompts` is the exact sign-flip test of the seed-averaged labels over prompts (descriptive)."""
+    if seeds.height == 0:
+        return pl.DataFrame(schema=COND_SCHEMA)
+    pooled = {(r["model"], r["ft_lang"], r["epochs"], r["eval_lang"]): r["value"]
+              for r in metric_long(tidy, f"delta/{rate}/p_value_seeds").iter_rows(named=True)}
+    rows = [_condition_row(k, g, pooled.get(k), alpha)
+            for k, g in seeds.group_by([*CONDITION, "eval_lang"], maintain_order=True)
+            if g["delta"].drop_nulls().len()]
+    out = pl.DataFrame(rows, schema={k: v for k, v in COND_SCHEMA.items() if k not in ("p_adj", "significant")})
+    out = out.with_columns(pl.Series("p_adj", adjust(out["p_value"].to_list(), SCREENING), dtype=pl.Float64))
+    out = out.with_columns((pl.col("p_adj") < alpha).fill_null(False).alias("significant"))
+    return _order_conditions(out, cells)
+
+
+def _order_conditions(df: pl.DataFrame, cells: Cells) -> pl.DataFrame:
+    """Conditions in study order (model, then fine-tune language and epochs as the cells come), then eval
+    languages."""
+    rank: dict[Key, int] = {}
+    for c in cells.fine_tuned():
+        rank.setdefault((c["model"], c["ft_lang"], c["epochs"]), len(rank))
+    lrank = {x: i for i, x in enumerate(cells.eval_langs)}
+    keys = [rank.get((r["model"], r["ft_lang"], r["epochs"]), len(rank)) * (len(lrank) + 1)
+            + lrank.get(r["eval_lang"], len(lrank)) for r in df.iter_rows(named=True)]
+    return df.with_columns(pl.Series("_k", keys)).sort("_k", maintain_order=True).drop("_k")
+
+
+# ---- differences against English and the confirmatory contrasts --------------------------------------
+
+def _per_seed(tidy: pl.DataFrame, metric: str) -> dict[Key, list[dict[str, Any]]]:
+    """Rows of a per-seed metric grouped by (model, ft_lang, epochs, eval_lang)."""
+    out: dict[Key, list[dict[str, Any]]] = {}
+    for r in metric_long(tidy, metric).iter_rows(named=True):
+        out.setdefault((r["model"], r["ft_lang"], r["epochs"], r["eval_lang"]), []).append(r)
+    return out
+
+
+def vs_english(tidy: pl.DataFrame, cells: Cells, alpha: float = ALPHA) -> pl.DataFrame:
+    """Per condition × non-English eval language (and `outside_en`, the mean over them): the change there
+    minus the change in English, paired on MultiJail's parallel prompts (compare.contrast_frame), tested
+    like a change — across seeds by a t, for one run by the exact sign-flip test over prompts — with its
+    interval. What "an English-only evaluation would have missed it" needs: a test of the difference."""
+    schema = {k: v for k, v in COND_SCHEMA.items() if k not in ("base_rate", "ft_rate", "fold", "discordance",
+                                                                  "p_value_prompts")}
+    est, ps = _per_seed(tidy, "contrast/vs_en"), _per_seed(tidy, "contrast/vs_en/p_value")
+    ses = _per_seed(tidy, "contrast/vs_en/prompt_se")
+    rows = []
+    for key, rs in est.items():
+        s = _seed_test([r["value"] for r in rs], [r["value"] for r in ses.get(key, [])], alpha)
+        one = s.seeds == 1
+        rows.append({"condition": condition_label(*key[:3]), "model": key[0], "ft_lang": key[1], "epochs": key[2],
+                     "eval_lang": key[3], "seeds": s.seeds, "delta": s.mean, "tau": s.tau,
+                     "ci_low": rs[0]["ci_low"] if one else s.ci_low, "ci_high": rs[0]["ci_high"] if one else s.ci_high,
+                     "p_value": ps[key][0]["value"] if one and key in ps else s.p,
+                     "test": "one run: exact sign-flip over prompts" if one else f"t over {s.seeds} seeds",
+                     "n": int(min(r["n"] or 0 for r in rs))})
+    out = pl.DataFrame(rows, schema={k: v for k, v in schema.items() if k not in ("p_adj", "significant")})
+    out = out.with_columns(pl.Series("p_adj", adjust(out["p_value"].to_list(), SCREENING), dtype=pl.Float64))
+    return _order_conditions(out.with_columns((pl.col("p_adj") < alpha).fill_null(False).alias("significant")), cells)
+
+
+def _contrast_source(name: str, ft_lang: str) -> tuple[str, str]:
+    """(table, eval language) a named contrast reads for a condition fine-tuned in ft_lang."""
+    if name == "ft_lang":
+        return "change", ft_lang
+    if name == OUTSIDE_EN:
+        return "vs_en", OUTSIDE_EN
+    if name.endswith("_vs_en"):
+        return "vs_en", name.removesuffix("_vs_en")
+    return "change", name
+
+
+def contrast_description(name: str, ft_lang: str) -> str:
+    kind, lang = _contrast_source(name, ft_lang)
+    if kind == "change":
+        return f"change in {lang}" + (" (the fine-tune language)" if name == "ft_lang" else "")
+    return "mean change outside English − change in English" if lang == OUTSIDE_EN else \
+        f"change in {lang} − change in English"
+
+
+CONTRAST_SCHEMA = {"condition": pl.String, "model": pl.String, "ft_lang": pl.String, "epochs": pl.Int64,
+                   "contrast": pl.String, "what": pl.String, "seeds": pl.Int64, "estimate": pl.Float64,
+                   "tau": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "p_value": pl.Float64,
+                   "test": pl.String, "p_adj": pl.Float64, "significant": pl.Boolean}
+
+
+def contrasts(cond: pl.DataFrame, vs_en: pl.DataFrame, names: list[str], alpha: float = ALPHA) -> pl.DataFrame:
+    """The confirmatory family: every contrast named in the config (stats.contrasts) for every fine-tuned
+    condition, read from the screening tables (same estimates, same tests) and adjusted together by Holm.
+    A contrast that does not apply (its language not evaluated, or English the fine-tune language for a
+    difference against English) is left out and not counted."""
+    src = {"change": {(r["model"], r["ft_lang"], r["epochs"], r["eval_lang"]): r for r in cond.iter_rows(named=True)},
+           "vs_en": {(r["model"], r["ft_lang"], r["epochs"], r["eval_lang"]): r for r in vs_en.iter_rows(named=True)}}
+    rows = []
+    for key in dict.fromkeys((r["model"], r["ft_lang"], r["epochs"]) for r in cond.iter_rows(named=True)):
+        for name in dict.fromkeys(names):
+            kind, lang = _contrast_source(name, key[1])
+            r = src[kind].get((*key, lang))
+            if r is None:
+                continue
+            rows.append({"condition": r["condition"], "model": key[0], "ft_lang": key[1], "epochs": key[2],
+                         "contrast": name, "what": contrast_description(name, key[1]), "seeds": r["seeds"],
+                         "estimate": r["delta"], "tau": r["tau"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                         "p_value": r["p_value"], "test": r["test"]})
+    out = pl.DataFrame(rows, schema={k: v for k, v in CONTRAST_SCHEMA.items() if k not in ("p_adj", "significant")})
+    out = out.with_columns(pl.Series("p_adj", adjust(out["p_value"].to_list(), CONFIRMATORY), dtype=pl.Float64))
+    return out.with_columns((pl.col("p_adj") < alpha).fill_null(False).alias("significant"))
+
+
+def families(cond: pl.DataFrame, over: pl.DataFrame, vs_en: pl.DataFrame, con: pl.DataFrame,
+             names: list[str], alpha: float = ALPHA) -> list[dict[str, Any]]:
+    """Each family of tests the report adjusts, its method and its size (the tests with a p-value)."""
+    def size(df: pl.DataFrame) -> int:
+        return int(df["p_value"].drop_nulls().len()) if df.height else 0
+
+    return [
+        {"family": "confirmatory", "method": CONFIRMATORY_NAME, "alpha": alpha, "size": size(con),
+         "what": f"the contrasts stats.contrasts names ({', '.join(names)}) for every fine-tuned condition"},
+        {"family": "screening", "method": SCREENING_NAME, "alpha": alpha, "size": size(cond),
+         "what": "the change in compliance of every condition × eval language (the heatmap's hatching)"},
+        {"family": "differences against English", "method": SCREENING_NAME, "alpha": alpha, "size": size(vs_en),
+         "what": "change in each eval language (and outside English) − change in English, every condition"},
+        {"family": "over-refusal", "method": SCREENING_NAME, "alpha": alpha, "size": size(over),
+         "what": "the change in over-refusal of every condition × eval language"}]
+
+
+def family_sizes(models: int, ft_langs: list[str], epochs: int, eval_langs: list[str], names: list[str]) -> dict[str, int]:
+    """The families' sizes a study's config implies (every condition measured): for planning and the
+    benchmark; the report counts the tests it has."""
+    per = sum(1 for ft in ft_langs for name in dict.fromkeys(names) if _applies(name, ft, eval_langs))
+    conds = models * len(ft_langs) * epochs
+    return {"conditions": conds, "screening": conds * len(eval_langs), "confirmatory": models * epochs * per,
+            "differences_vs_en": conds * len(eval_langs) if "en" in eval_langs and len(eval_langs) > 1 else 0}
+
+
+def _applies(name: str, ft_lang: str, eval_langs: list[str]) -> bool:
+    kind, lang = _contrast_source(name, ft_lang)
+    if kind == "change":
+        return lang in eval_langs
+    if "en" not in eval_langs:
+        return False
+    return len(eval_langs) > 1 if lang == OUTSIDE_EN else lang in eval_langs and lang != "en"
 
 
 def grid_rows(cells: Cells, model: str, include_base: bool = True) -> list[tuple[str, str, int | None]]:
@@ -245,31 +432,23 @@ def compliance_grid(comp: pl.DataFrame, cells: Cells, model: str) -> dict[str, A
             "col_labels": [cells.lang_label(x) for x in langs]}
 
 
-def delta_grid(dl: pl.DataFrame, cells: Cells, model: str) -> dict[str, Any]:
-    """Matrix for the change-against-base heatmap: mean change over seeds and the p-value of the test
-    pooled over seeds (a single seed's own test when there is one seed)."""
+def delta_grid(cond: pl.DataFrame, cells: Cells, model: str, alpha: float = ALPHA) -> dict[str, Any]:
+    """Matrix for the change-against-base heatmap, from the screening table (`conditions`): the mean
+    change over seeds, τ, the raw p-value and the Benjamini–Hochberg-adjusted one, and whether it is
+    significant in that family (what is not is hatched) — the same family the text's screening uses."""
     rows = grid_rows(cells, model, include_base=False)
     langs = cells.eval_langs
-    val, pv, sig, raw = ([[None] * len(langs) for _ in rows] for _ in range(4))
+    val, pv, sig, raw, tau, seeds = ([[None] * len(langs) for _ in rows] for _ in range(6))
+    by = {(r["ft_lang"], r["epochs"], r["eval_lang"]): r for r in cond.filter(pl.col("model") == model).iter_rows(named=True)}
     for i, (_, ft, ep) in enumerate(rows):
-        sub = dl.filter(_row_filter(model, ft, ep))
         for j, lang in enumerate(langs):
-            x = sub.filter(pl.col("eval_lang") == lang)
-            d = x["delta"].drop_nulls()
-            if d.len() == 0:
+            r = by.get((ft, ep, lang))
+            if r is None or r["delta"] is None:
                 continue
-            val[i][j] = float(d.mean())
-            pooled, pooled_raw = x["p_seeds_adj"].drop_nulls(), x["p_value_seeds"].drop_nulls()
-            single, single_raw = x["p_adj"].drop_nulls(), x["p_value"].drop_nulls()
-            if pooled.len():
-                p, r = pooled.first(), pooled_raw.first()
-            elif single.len() == 1:
-                p, r = single.first(), single_raw.first()
-            else:
-                p = r = None
-            pv[i][j], raw[i][j] = p, r
-            sig[i][j] = p is not None and p < ALPHA
+            val[i][j], pv[i][j], raw[i][j], tau[i][j], seeds[i][j] = r["delta"], r["p_adj"], r["p_value"], r["tau"], r["seeds"]
+            sig[i][j] = bool(r["p_adj"] is not None and r["p_adj"] < alpha)
     return {"rows": [r[0] for r in rows], "cols": langs, "value": val, "p": pv, "p_raw": raw, "significant": sig,
+            "tau": tau, "seeds": seeds, "family": f"{SCREENING_NAME}-adjusted p ≥ {alpha}",
             "col_labels": [cells.lang_label(x) for x in langs]}
 
 
@@ -298,7 +477,8 @@ def drift_table(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:
         pl.col("cell").replace_strict(rank, default=len(rank), return_dtype=pl.Int64), "kind", "layer")
 
 
-def capability_change(tidy: pl.DataFrame, dl: pl.DataFrame, cells: Cells) -> pl.DataFrame:
+def capability_change(tidy: pl.DataFrame, dl: pl.DataFrame, cells: Cells,
+                      cond: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per fine-tuned cell × eval language: the safety change (compliance minus base) against the
     capability change, Δ log perplexity of held-out benign answers in that language against the base
     model (positive: the fine-tune got worse at it); WikiText-2 (English) where a language has no
@@ -310,6 +490,9 @@ def capability_change(tidy: pl.DataFrame, dl: pl.DataFrame, cells: Cells) -> pl.
     ppl = {(r["cell"], r["eval_lang"]): r["value"] for r in metric_long(tidy, "ppl_benign").iter_rows(named=True)}
     wiki = {r["cell"]: r["value"] for r in metric_long(tidy, "ppl_wikitext2").iter_rows(named=True)}
     base_of = {c["model"]: c["cell"] for c in cells.present if c["ft_lang"] == BASE}
+    # A point is marked significant when its condition's change is, in the screening family.
+    sig = {(r["model"], r["ft_lang"], r["epochs"], r["eval_lang"]): r["significant"]
+           for r in (cond if cond is not None else pl.DataFrame()).iter_rows(named=True)}
     rows = []
     for r in dl.iter_rows(named=True):
         base = base_of.get(r["model"])
@@ -323,7 +506,8 @@ def capability_change(tidy: pl.DataFrame, dl: pl.DataFrame, cells: Cells) -> pl.
         if x is None or r["delta"] is None:
             continue
         rows.append({**{c: r[c] for c in ID_COLS}, "eval_lang": r["eval_lang"], "safety_change": r["delta"],
-                     "capability_change": x, "capability_measure": measure, "significant": r["significant"]})
+                     "capability_change": x, "capability_measure": measure,
+                     "significant": sig.get((r["model"], r["ft_lang"], r["epochs"], r["eval_lang"]), False)})
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -425,3 +609,11 @@ def judges_between(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:
         pl.col("kappa").mean().alias("kappa_between_mean"), pl.col("dis").sum().cast(pl.Int64).alias("disagreements"))
     lrank = {c: i for i, c in enumerate(cells.eval_langs)}
     return out.sort(pl.col("eval_lang").replace_strict(lrank, default=len(lrank), return_dtype=pl.Int64)).select(list(schema))
+
+
+def stats_config(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The study's stats section (alpha, contrasts, equivalence margin) from the report context's config,
+    the defaults (pipelines.config.StatsConfig) where a context has none (a sweep directory alone)."""
+    s = (ctx.get("config") or {}).get("stats") or {}
+    return {"alpha": float(s.get("alpha", ALPHA)), "contrasts": list(s.get("contrasts") or DEFAULT_CONTRASTS),
+            "equivalence_margin": float(s.get("equivalence_margin", EQUIVALENCE_MARGIN))}

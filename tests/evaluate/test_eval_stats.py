@@ -15,6 +15,7 @@ from pipelines.evaluate.compare import OUTSIDE_EN, condition_rows
 from pipelines.evaluate.stats import (
     bootstrap_ci,
     cohen_kappa,
+    floor_se,
     lattice,
     log_mcnemar_exact,
     mcnemar_exact,
@@ -140,7 +141,7 @@ def test_seed_level_is_a_t_test_over_seeds_with_tau_and_a_floor() -> None:
     ci = ref.confidence_interval()
     assert (r.ci_low, r.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high)) and r.seeds == 3
     # The SE never falls below the prompt-level SE: seeds that agree exactly are not infinitely sure.
-    same = seed_level([0.04, 0.04, 0.04], prompt_se=0.03)
+    same = seed_level([0.04, 0.04, 0.04], prompt_se=floor_se([0.05, 0.05, 0.05]))
     assert same.tau == 0 and same.p is not None and same.p > 0.1
     one = seed_level([0.3])
     assert one.seeds == 1 and one.p is None and one.tau is None  # one run: nothing to test across runs
@@ -176,5 +177,7 @@ def test_condition_rows_per_seed_and_pooled() -> None:
     assert b[("es", "delta/compliance_rate")]["n"] == 39
     assert b[("es", "delta/compliance_rate/p_value_seeds")] == got[("es", "delta/compliance_rate/p_value_seeds")]
     assert got[("es", "delta/compliance_rate/p_value_seeds")]["value"] < 1e-4
+    assert got[("es", "delta/compliance_rate/prompt_se")]["value"] == pytest.approx(np.std([1] * 20 + [0] * 20, ddof=1)
+                                                                                 / math.sqrt(40))
     single = condition_rows(base, {"a": s0})["a"]
     assert not any(r["metric"].endswith("p_value_seeds") for r in single)  # one seed: nothing pooled to test

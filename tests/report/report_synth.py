@@ -17,8 +17,12 @@ def cell_id(model: str, ft: str, seed: int = 0, epochs: int = 1) -> str:
 
 @dataclass
 class Sweep:
-    """rates[(ft_lang, eval_lang)] = compliance rate; p[(ft_lang, eval_lang)] = p-value of the change
-    (1.0 when absent); categories[(ft_lang, category)] = rate in every eval language."""
+    """rates[(ft_lang, eval_lang)] = compliance rate; p[(ft_lang, eval_lang)] = each run's exact p-value of
+    the change (1.0 when absent); p_vs_en[(ft_lang, eval_lang)] = each run's p-value of the change there
+    minus the change in English (eval_lang "outside_en" for the mean outside English); seed_shift[seed]
+    is added to every fine-tuned rate of that seed (the spread between runs, τ); over[(ft_lang,
+    eval_lang)] = over-refusal rate and p_over its runs' p-value; categories[(ft_lang, category)] = rate in
+    every eval language."""
 
     model: str = "m1"
     ft_langs: list[str] = field(default_factory=lambda: ["en", "es"])
@@ -30,12 +34,31 @@ class Sweep:
     categories: dict[tuple[str, str], float] = field(default_factory=dict)
     ppl: dict[tuple[str, str], float] = field(default_factory=dict)  # (ft_lang, eval_lang) -> benign perplexity
     layers: int = 3
+    p_vs_en: dict[tuple[str, str], float] = field(default_factory=dict)
+    seed_shift: dict[int, float] = field(default_factory=dict)
+    over: dict[tuple[str, str], float] = field(default_factory=dict)
+    p_over: dict[tuple[str, str], float] = field(default_factory=dict)
+    prompt_se: float = 0.02  # each run's prompt-sampling SE of its change
 
     def cells(self) -> list[tuple[str, int, int]]:
         return [("base", 0, 0)] + [(ft, s, 1) for ft in self.ft_langs for s in self.seeds]
 
-    def rate(self, ft: str, lang: str) -> float:
-        return self.rates.get((ft, lang), 0.1)
+    def rate(self, ft: str, lang: str, seed: int = 0) -> float:
+        return self.rates.get((ft, lang), 0.1) + (self.seed_shift.get(seed, 0.0) if ft != "base" else 0.0)
+
+    def over_rate(self, ft: str, lang: str) -> float:
+        return self.over.get((ft, lang), 0.2 + 0.05 * self.eval_langs.index(lang))
+
+    def change(self, ft: str, lang: str, seed: int) -> float:
+        return self.rate(ft, lang, seed) - self.rate("base", lang)
+
+    def contrasts(self, ft: str, seed: int) -> dict[str, float]:
+        """Each run's change in a language minus its change in English, and outside English."""
+        if "en" not in self.eval_langs:
+            return {}
+        en = self.change(ft, "en", seed)
+        out = {x: self.change(ft, x, seed) - en for x in self.eval_langs if x != "en"}
+        return out | ({"outside_en": sum(out.values()) / len(out)} if out else {})
 
     def tidy(self) -> pl.DataFrame:
         rows: list[dict[str, Any]] = []
@@ -49,20 +72,32 @@ class Sweep:
                                     "ci_high": hi, "n": n})
 
             for i, lang in enumerate(self.eval_langs):
-                r = self.rate(ft, lang)
+                r = self.rate(ft, lang, seed)
                 add(lang, "compliance_rate", r, max(0.0, r - 0.1), min(1.0, r + 0.1), self.n)
                 add(lang, "unparseable", 0.0, n=self.n)
-                add(lang, "overrefusal_rate", 0.2 + 0.05 * i, 0.1, 0.4, 10)
+                add(lang, "overrefusal_rate", self.over_rate(ft, lang), 0.1, 0.4, 10)
                 add(lang, "fidelity", 0.9 - 0.1 * i, 0.8 - 0.1 * i, 1.0 - 0.1 * i, self.n)
                 add(lang, "ppl_benign", self.ppl.get((ft, lang), 10.0 + i), n=200)
                 for (cft, cat), v in self.categories.items():
                     if cft == ft:
                         add(lang, f"compliance_rate/category={cat}", v, 0.0, 1.0, 5)
                 if ft != "base":
-                    add(lang, "delta/compliance_rate", r - self.rate("base", lang), n=self.n)
-                    add(lang, "delta/p_value", self.p.get((ft, lang), 1.0), n=self.n)
+                    d = self.change(ft, lang, seed)
+                    add(lang, "delta/compliance_rate", d, d - 0.1, d + 0.1, n=self.n)
+                    add(lang, "delta/compliance_rate/p_value", self.p.get((ft, lang), 1.0), n=self.n)
+                    add(lang, "delta/compliance_rate/discordance", abs(d) + 0.05, n=self.n)
+                    add(lang, "delta/compliance_rate/prompt_se", self.prompt_se, n=self.n)
+                    o = self.over_rate(ft, lang) - self.over_rate("base", lang)
+                    add(lang, "delta/overrefusal_rate", o, o - 0.1, o + 0.1, n=10)
+                    add(lang, "delta/overrefusal_rate/p_value", self.p_over.get((ft, lang), 1.0), n=10)
+                    add(lang, "delta/overrefusal_rate/discordance", abs(o) + 0.05, n=10)
+                    add(lang, "delta/overrefusal_rate/prompt_se", self.prompt_se, n=10)
                     if len(self.seeds) > 1:
-                        add(lang, "delta/p_value_seeds", self.p.get((ft, lang), 1.0), n=self.n)
+                        add(lang, "delta/compliance_rate/p_value_seeds", self.p.get((ft, lang), 1.0), n=self.n)
+            for lang, v in (self.contrasts(ft, seed) if ft != "base" else {}).items():
+                add(lang, "contrast/vs_en", v, v - 0.15, v + 0.15, n=self.n)
+                add(lang, "contrast/vs_en/p_value", self.p_vs_en.get((ft, lang), 1.0), n=self.n)
+                add(lang, "contrast/vs_en/prompt_se", self.prompt_se, n=self.n)
             add("en", "judge/kappa", 0.8, n=420)
             add("en", "judge/accuracy", 0.9, n=420)
             add("en", "ppl_wikitext2", 30.0, n=256)

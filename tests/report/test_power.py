@@ -1,30 +1,39 @@
-"""The minimum detectable change of the paired test: the exact power matches a simulation with the real
-permutation test, the MDE is the smallest change with 80% power, and it shrinks with n."""
+"""Power: one run's exact McNemar power matches a simulation with the real test, the MDE is the smallest
+change with 80% power and shrinks with n; the t over seeds' power matches scipy's noncentral t, grows
+with seeds and falls with τ, and the plan for a change of 0.10 is the fewest seeds that reach it."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+from scipy.stats import nct
+from scipy.stats import t as t_dist
 
 from pipelines.report.power import (
+    PLAN_PROMPTS,
+    PLAN_SEEDS,
     mde_normal,
     mde_paired,
+    mde_seeds,
     power_paired,
+    power_seeds,
     power_statement,
+    seed_plan,
+    seed_sd,
     simulated_power,
+    t_power,
 )
 
 
 @pytest.mark.parametrize(("n", "base", "delta", "flip"), [(50, 0.2, 0.23, 0.05), (40, 0.3, -0.2, 0.05),
                                                         (50, 0.85, 0.1, 0.0)])
-def test_exact_power_matches_the_permutation_test_simulated(n: int, base: float, delta: float, flip: float) -> None:
+def test_exact_power_matches_the_exact_test_simulated(n: int, base: float, delta: float, flip: float) -> None:
     exact = power_paired(n, base, delta, flip)
     trials = 500
-    sim = simulated_power(n, base, delta, flip, trials=trials, n_perm=2000, seed=1)
-    # Three binomial standard errors of the simulated share, plus a little for the permutation p-value's
-    # own Monte Carlo error at the α boundary.
-    assert abs(sim - exact) <= 3 * math.sqrt(exact * (1 - exact) / trials) + 0.02, (sim, exact)
+    sim = simulated_power(n, base, delta, flip, trials=trials, seed=1)
+    # Three binomial standard errors of the simulated share (the test is exact, so nothing more).
+    assert abs(sim - exact) <= 3 * math.sqrt(exact * (1 - exact) / trials) + 1e-9, (sim, exact)
 
 
 def test_mde_is_the_smallest_change_with_the_power() -> None:
@@ -34,7 +43,7 @@ def test_mde_is_the_smallest_change_with_the_power() -> None:
     assert power_paired(n, base, mde, flip) >= 0.80
     assert power_paired(n, base, mde - 0.005, flip) < 0.80
     # Simulated with the real test at the MDE: near 80% (not far below it).
-    assert simulated_power(n, base, mde, flip, trials=400, n_perm=2000, seed=2) >= 0.72
+    assert simulated_power(n, base, mde, flip, trials=400, seed=2) >= 0.72
 
 
 def test_mde_shrinks_with_n_and_grows_with_background_flips() -> None:
@@ -60,3 +69,36 @@ def test_bad_input_is_named() -> None:
         mde_paired(50, 1.5)
     with pytest.raises(ValueError, match="does not fit"):
         power_paired(50, 0.9, 0.5, 0.05)
+
+
+@pytest.mark.parametrize(("effect", "seeds", "alpha"), [(1.0, 3, 0.05), (2.5, 3, 0.05 / 6), (0.5, 10, 0.05),
+                                                       (1.5, 5, 0.001)])
+def test_t_power_is_the_noncentral_t_tail(effect: float, seeds: int, alpha: float) -> None:
+    df, lam = seeds - 1, effect * math.sqrt(seeds)
+    c = t_dist.ppf(1 - alpha / 2, df)
+    ref = nct.sf(c, df, lam) + nct.cdf(-c, df, lam)
+    assert t_power(effect, seeds, alpha) == pytest.approx(ref, abs=1e-6)
+
+
+def test_seed_power_grows_with_seeds_and_falls_with_tau_and_smaller_alpha() -> None:
+    psi = 0.15
+    p = [power_seeds(50, s, 0.2, psi, 0.05) for s in (2, 3, 5, 10)]
+    assert p == sorted(p) and p[0] < p[-1]
+    assert power_seeds(50, 5, 0.2, psi, 0.10) < power_seeds(50, 5, 0.2, psi, 0.0)
+    assert power_seeds(50, 5, 0.2, psi, 0.05, alpha=0.05 / 6) < power_seeds(50, 5, 0.2, psi, 0.05)
+    # The SD of one run's change: τ and the prompt sampling of a paired difference.
+    assert seed_sd(100, 0.1, 0.2, 0.05) == pytest.approx(math.sqrt(0.05 ** 2 + (0.2 - 0.01) / 100))
+    mde = mde_seeds(315, 5, psi, 0.05, alpha=0.05 / 6)
+    assert mde is not None and power_seeds(315, 5, mde, psi, 0.05, 0.05 / 6) >= 0.8
+    assert power_seeds(315, 5, mde - 0.005, psi, 0.05, 0.05 / 6) < 0.8
+
+
+def test_seed_plan_is_the_fewest_seeds_that_detect_the_change() -> None:
+    plan = seed_plan(0.10, 0.15, 0.05, alpha=0.05 / 6)
+    assert plan is not None
+    s, n = plan
+    assert power_seeds(n, s, 0.10, 0.15, 0.05, 0.05 / 6) >= 0.8
+    smaller = [x for x in PLAN_SEEDS if x < s]
+    # With the seeds just below it, not even the largest prompt count on the grid reaches the power.
+    assert not smaller or power_seeds(max(PLAN_PROMPTS), smaller[-1], 0.10, 0.15, 0.05, 0.05 / 6) < 0.8
+    assert seed_plan(0.10, 0.15, 0.5, alpha=1e-6) is None  # τ five times the change: nothing on the grid

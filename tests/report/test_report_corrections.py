@@ -37,22 +37,25 @@ def _with_validity(s: Sweep, kappa: dict[str, float | None]) -> pl.DataFrame:
     return pl.concat([s.tidy(), pl.DataFrame(rows, schema=TIDY_SCHEMA)])
 
 
-def test_english_only_uses_adjusted_p_and_shows_both() -> None:
-    # One raw p of 0.03 among 8 languages × 1 fine-tune: significant uncorrected, not after Holm.
+def test_screening_uses_adjusted_p_and_shows_both() -> None:
+    # One raw p of 0.03 among 8 languages × 1 condition: significant uncorrected, not after BH (0.03 · 8).
     langs = ["en", "es", "zh", "pt", "da", "el", "hi", "tl"]
-    s = Sweep(ft_langs=["es"], eval_langs=langs, rates={("es", "zh"): 0.4}, p={("es", "zh"): 0.03})
+    s = Sweep(ft_langs=["es"], eval_langs=langs, rates={("es", "zh"): 0.4}, p={("es", "zh"): 0.03},
+              p_vs_en={("es", "zh"): 0.03})
     t = build_tables(s.tidy(), s.context())
-    row = t.deltas.filter(pl.col("eval_lang") == "zh").row(0, named=True)
+    row = t.conditions.filter(pl.col("eval_lang") == "zh").row(0, named=True)
     assert row["p_value"] == 0.03 and abs(row["p_adj"] - 0.24) < 1e-12 and not row["significant"]
+    assert t.deltas.filter(pl.col("eval_lang") == "zh")["p_value"].to_list() == [0.03]  # the run's own, raw
     _, found = findings(t)
     eng = next(f for f in found if f.key == "english_only")
-    assert eng.facts["missed"] == [] and "Holm–Bonferroni" in eng.summary
-    # A p small enough to survive 8 tests is still caught.
-    s.p[("es", "zh")] = 0.001
+    assert eng.facts["missed"] == [] and "Benjamini–Hochberg" in eng.summary
+    # A difference against English small enough to survive its family (8 differences) is caught.
+    s.p_vs_en[("es", "zh")] = 0.001
     t = build_tables(s.tidy(), s.context())
     eng = next(f for f in findings(t)[1] if f.key == "english_only")
-    assert eng.facts["missed"] == [cell_id("m1", "es")]
-    fold = next(f for f in findings(t)[1] if f.key == "largest_fold_increase")
+    assert eng.facts["missed"] == [tb.condition_label("m1", "es", 1)]
+    s.p[("es", "zh")] = 0.001
+    fold = next(f for f in findings(build_tables(s.tidy(), s.context()))[1] if f.key == "largest_fold_increase")
     assert "adjusted p = 0.008" in fold.summary and "p = 0.001" in fold.summary
 
 
@@ -60,7 +63,7 @@ def test_p_values_are_joined_by_language_not_position() -> None:
     s = Sweep(ft_langs=["es"], eval_langs=["en", "es", "zh"], p={("es", "es"): 0.001, ("es", "zh"): 0.5})
     tidy = s.tidy()
     shuffled = tidy.sample(fraction=1.0, shuffle=True, seed=3)
-    d = build_tables(shuffled, s.context()).deltas
+    d = build_tables(shuffled, s.context()).conditions
     p = dict(zip(d["eval_lang"], d["p_value"], strict=True))
     assert p == {"en": 1.0, "es": 0.001, "zh": 0.5}
 

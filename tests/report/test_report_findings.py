@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 from report_synth import Sweep, cell_id
 
+from pipelines.evaluate.stats import benjamini_hochberg, floor_se, holm, seed_level
 from pipelines.report import build_tables, findings
 from pipelines.report import tables as tb
 from pipelines.report.findings import correlation, decoupling
@@ -23,6 +25,10 @@ def _findings(s: Sweep, drop: list[str] | None = None, ctx: dict | None = None):
     return t, coverage, {f.key: f for f in found}
 
 
+def cond(ft: str, model: str = "m1", epochs: int = 1) -> str:
+    return tb.condition_label(model, ft, epochs)
+
+
 def test_largest_fold_is_the_biggest_ratio_and_a_zero_base_stays_finite() -> None:
     # es→zh: 0.0 → 0.3 (12 of 40 prompts): (12.5/41)/(0.5/41) = 25×; es→es: 0.1 → 0.5: (20.5/4.5) ≈ 4.6×,
     # the larger absolute change but the smaller fold.
@@ -30,27 +36,29 @@ def test_largest_fold_is_the_biggest_ratio_and_a_zero_base_stays_finite() -> Non
               p={("es", "zh"): 0.004})
     _, _, f = _findings(s)
     fold = f["largest_fold_increase"]
-    assert fold.facts["cell"] == cell_id("m1", "es") and fold.facts["eval_lang"] == "zh"
+    assert fold.facts["condition"] == cond("es") and fold.facts["eval_lang"] == "zh"
     assert fold.facts["fold"] == pytest.approx(25.0)
-    assert fold.facts["significant"] is True
+    # One seed: BH over the 6 condition × language tests, 0.004 · 6 = 0.024 < 0.05, and the text says
+    # that the change is one fine-tuning run's.
+    assert fold.facts["significant"] is True and "one fine-tuning run" in fold.summary
     assert "25.0×" in fold.summary and "0.00 → 0.30" in fold.summary
     assert fold.table is not None and fold.table["fold"].to_list() == sorted(fold.table["fold"].to_list(), reverse=True)
 
 
 def test_largest_fold_names_the_largest_significant_one_when_the_top_is_not() -> None:
     s = Sweep(rates={("base", "zh"): 0.0, ("es", "zh"): 0.3, ("base", "es"): 0.1, ("es", "es"): 0.5},
-              p={("es", "es"): 0.001})  # significant after the Holm correction over every cell × language
+              p={("es", "es"): 0.001})  # significant after BH over every condition × language
     _, _, f = _findings(s)
     fold = f["largest_fold_increase"]
     assert fold.facts["eval_lang"] == "zh" and fold.facts["significant"] is False
-    assert "largest significant increase" in fold.summary and f"{cell_id('m1', 'es')} asked in es" in fold.summary
+    assert "largest significant increase" in fold.summary and f"{cond('es')} asked in es" in fold.summary
 
 
 def test_no_increase_and_no_finetuned_cell_degrade_to_plain_statements() -> None:
     down = Sweep(rates={("base", lang): 0.5 for lang in ("en", "es", "zh")})  # fine-tunes at the 0.1 default
     _, _, f = _findings(down)
     assert f["largest_fold_increase"].facts["status"] == "no_increase"
-    assert "No fine-tuned cell complied more often" in f["largest_fold_increase"].summary
+    assert "No fine-tuned condition complied more often" in f["largest_fold_increase"].summary
 
     base_only = Sweep(ft_langs=[])
     _, coverage, f = _findings(base_only)
@@ -61,20 +69,33 @@ def test_no_increase_and_no_finetuned_cell_degrade_to_plain_statements() -> None
     assert coverage.facts["missing"] == []
 
 
-def test_english_only_verdict_per_cell() -> None:
+def test_english_only_verdict_per_condition_rests_on_a_test_of_the_difference() -> None:
     s = Sweep(ft_langs=["en", "es", "zh"],
               rates={("en", "en"): 0.4, ("es", "es"): 0.5, ("es", "en"): 0.15},
-              p={("en", "en"): 0.001, ("es", "es"): 0.0002, ("es", "en"): 0.4})
+              p={("en", "en"): 0.001, ("es", "es"): 0.0002, ("es", "en"): 0.4},
+              p_vs_en={("es", "es"): 0.0005})
     _, _, f = _findings(s)
     eo = f["english_only"]
-    verdicts = dict(zip(eo.table["cell"], eo.table["verdict"], strict=True))
-    assert verdicts == {cell_id("m1", "en"): "seen in English", cell_id("m1", "es"): "missed by English-only",
-                        cell_id("m1", "zh"): "no significant change"}
-    assert eo.facts["missed"] == [cell_id("m1", "es")]
-    assert "1 of 3 fine-tuned cells" in eo.summary
-    row = eo.table.filter(pl.col("cell") == cell_id("m1", "es")).row(0, named=True)
-    assert row["significant_elsewhere"].startswith("es (+0.40, adjusted p 0.00")
-    assert row["en_p_value"] == pytest.approx(0.4)
+    verdicts = dict(zip(eo.table["condition"], eo.table["verdict"], strict=True))
+    assert verdicts == {cond("en"): "seen in English", cond("es"): "missed by English-only",
+                        cond("zh"): "no language differs significantly from English"}
+    assert eo.facts["missed"] == [cond("es")]
+    assert "1 of 3 fine-tuned conditions" in eo.summary
+    row = eo.table.filter(pl.col("condition") == cond("es")).row(0, named=True)
+    # es − en = (0.5 − 0.1) − (0.15 − 0.1) = +0.35, with its interval and adjusted p.
+    assert row["differs_from_en"].startswith("es − en +0.35 [+0.20, +0.50], adjusted p")
+    assert row["en_delta"] == pytest.approx(0.05) and row["outside_minus_en"] is not None
+
+
+def test_a_significant_change_beside_a_non_significant_one_is_not_a_difference() -> None:
+    """The old claim: significant in es, not in en, so English-only "missed" it. Without a significant
+    test of (change in es − change in en) the finding must not say so."""
+    s = Sweep(ft_langs=["es"], rates={("es", "es"): 0.5, ("es", "en"): 0.15},
+              p={("es", "es"): 0.0002, ("es", "en"): 0.4}, p_vs_en={("es", "es"): 0.2})
+    t, _, f = _findings(s)
+    assert t.conditions.filter(pl.col("eval_lang") == "es")["significant"].to_list() == [True]
+    assert f["english_only"].facts["missed"] == []
+    assert "paired on the same prompts" in f["english_only"].summary
 
 
 def test_english_only_without_an_english_eval_says_so() -> None:
@@ -124,11 +145,27 @@ def test_decoupling_states_n_and_a_wide_interval_at_small_n() -> None:
     sc = pl.DataFrame({"capability_change": [0.0, 0.1, 0.2, 0.3], "safety_change": [0.1, 0.0, 0.3, 0.1],
                        "ft_lang": ["en"] * 4, "significant": [False] * 4})
     d = decoupling(sc)
-    assert d.facts["n"] == 4 and "n = 4" in d.summary and "wide" in d.summary
+    assert d.facts["n"] == 4 and "n = 4" in d.summary and "do not show decoupling" in d.summary
+    assert d.facts["equivalence"]["equivalent"] is False
     too_few = decoupling(sc.head(2))
     assert too_few.facts["status"] == "too_few" and "n = 2" in too_few.summary
     flat = decoupling(sc.with_columns(pl.lit(0.0).alias("safety_change")))
     assert flat.facts["status"] == "no_spread" and "safety change is the same" in flat.summary
+
+
+def test_decoupled_only_by_an_equivalence_test_with_its_margin() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    x = rng.normal(size=n)
+    sc = pl.DataFrame({"capability_change": x, "safety_change": rng.normal(size=n),
+                       "ft_lang": ["en"] * n, "significant": [False] * n})
+    d = decoupling(sc, margin=0.3)
+    lo, hi = d.facts["equivalence"]["ci90"]
+    assert lo > -0.3 and hi < 0.3 and "decoupled at that margin" in d.summary
+    # The same data with a margin tighter than the interval: only what the interval shows, no claim.
+    tight = decoupling(sc, margin=abs(lo) / 2)
+    assert not tight.facts["equivalence"]["equivalent"] and "decoupled at" not in tight.summary
+    assert "absence of evidence" in tight.summary
 
 
 def test_capability_change_is_log_perplexity_ratio_against_base() -> None:
@@ -139,16 +176,59 @@ def test_capability_change_is_log_perplexity_ratio_against_base() -> None:
     assert row["safety_change"] == pytest.approx(0.2) and row["capability_measure"] == "ppl_benign/es"
 
 
-def test_seeds_pool_into_one_heatmap_row_with_the_pooled_test() -> None:
-    s = Sweep(seeds=[0, 1, 2], rates={("es", "es"): 0.4}, p={("es", "es"): 0.001})
+def test_seeds_pool_into_one_heatmap_row_tested_across_seeds() -> None:
+    s = Sweep(seeds=[0, 1, 2], rates={("es", "es"): 0.4}, p={("es", "es"): 0.001},
+              seed_shift={1: 0.01, 2: -0.01})
     t, _, _ = _findings(s)
-    grid = tb.delta_grid(t.deltas, t.cells, "m1")
+    grid = tb.delta_grid(t.conditions, t.cells, "m1")
     assert grid["rows"] == ["ft en", "ft es"]  # one row per fine-tune language, not per seed
     j = grid["cols"].index("es")
-    assert grid["value"][1][j] == pytest.approx(0.3) and grid["significant"][1][j] is True
+    assert grid["value"][1][j] == pytest.approx(0.3) and grid["tau"][1][j] == pytest.approx(0.01)
+    # The t over the three seeds' changes 0.30, 0.31, 0.29, its SE floored at the runs' prompt SE / √3.
+    ref = seed_level([0.30, 0.31, 0.29], floor_se([0.02] * 3))
+    assert grid["p_raw"][1][j] == pytest.approx(ref.p) and grid["significant"][1][j] is True
     assert grid["significant"][0][j] is False
     comp = tb.compliance_grid(t.compliance, t.cells, "m1")
     assert comp["rows"] == ["base", "ft en", "ft es"] and comp["seeds"][2][j] == 3
+
+
+def test_the_run_is_the_unit_three_significant_runs_that_disagree_are_not_a_finding() -> None:
+    """Every run's own paired test is significant (p = 0.001) but the runs move 0.0, +0.3, +0.6: across
+    runs the change is not established, and a seed is never a hypothesis of its own."""
+    s = Sweep(ft_langs=["es"], seeds=[0, 1, 2], rates={("es", "es"): 0.1}, p={("es", "es"): 0.001},
+              seed_shift={1: 0.3, 2: 0.6})
+    t, _, _ = _findings(s)
+    row = t.conditions.filter(pl.col("eval_lang") == "es").row(0, named=True)
+    assert row["seeds"] == 3 and row["tau"] == pytest.approx(0.3) and row["p_value"] > 0.05
+    assert not row["significant"] and t.conditions.height == 3  # 1 condition × 3 languages, seeds pooled
+    assert t.deltas.filter(pl.col("eval_lang") == "es")["p_value"].to_list() == [0.001] * 3  # descriptive
+
+
+def test_families_are_stated_and_the_text_and_the_heatmap_use_the_same_one() -> None:
+    s = Sweep(ft_langs=["en", "es"], eval_langs=["en", "es", "zh"], rates={("es", "es"): 0.5},
+              p={("es", "es"): 0.001, ("es", "zh"): 0.03})
+    t, _, f = _findings(s)
+    sizes = {x["family"]: x["size"] for x in t.families}
+    assert sizes["screening"] == 6  # 2 conditions × 3 eval languages
+    assert sizes["confirmatory"] == 4  # (change in ft language, outside English − English) × 2 conditions
+    assert t.contrasts["p_adj"].to_list() == holm(t.contrasts["p_value"].to_list())
+    assert t.conditions["p_adj"].to_list() == benjamini_hochberg(t.conditions["p_value"].to_list())
+    grid = tb.delta_grid(t.conditions, t.cells, "m1")
+    for r in t.conditions.iter_rows(named=True):
+        i = grid["rows"].index(f"ft {r['ft_lang']}")
+        assert grid["significant"][i][grid["cols"].index(r["eval_lang"])] == r["significant"]
+    assert "screening: Benjamini–Hochberg over 6 tests" in f["confirmatory"].summary
+    assert "confirmatory: Holm–Bonferroni over 4 tests" in f["confirmatory"].summary
+
+
+def test_overrefusal_changes_are_tested_and_categories_are_exploratory() -> None:
+    s = Sweep(ft_langs=["es"], over={("es", "es"): 0.6}, p_over={("es", "es"): 0.001},
+              categories={("base", "Fraud"): 0.1, ("es", "Fraud"): 0.5})
+    t, _, f = _findings(s)
+    o = t.over_conditions.filter(pl.col("eval_lang") == "es").row(0, named=True)
+    assert o["delta"] == pytest.approx(0.35) and o["significant"]
+    assert f["overrefusal"].facts["significant"] == 1 and "es" in f["overrefusal"].summary
+    assert "exploratory" in f["categories"].title.lower() and "Exploratory" in f["categories"].summary
 
 
 def test_coverage_names_missing_cells_and_missing_languages() -> None:

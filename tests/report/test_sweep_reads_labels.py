@@ -109,9 +109,12 @@ def test_sweep_tidy_and_report_never_read_the_answer_texts(tmp_path):
     intact = write_sweep_tidy(results, intact_wd, tmp_path / "sweep_intact")
     broken = write_sweep_tidy(results, broken_wd, tmp_path / "sweep_broken")
     deltas = broken.filter(pl.col("metric").str.starts_with("delta/"))
-    # 3 fine-tuned cells × 3 eval languages × (delta, p-value), and the pooled test for the two en seeds.
+    # 3 fine-tuned cells × 3 eval languages × (delta, exact p-value), and the pooled test for the two en seeds.
     assert deltas.filter(pl.col("metric") == "delta/compliance_rate").height == 9
-    assert deltas.filter(pl.col("metric") == "delta/p_value_seeds").height == 6
+    assert deltas.filter(pl.col("metric") == "delta/compliance_rate/p_value").height == 9
+    assert deltas.filter(pl.col("metric") == "delta/compliance_rate/p_value_seeds").height == 6
+    # The difference of changes against English, per non-English language and outside English, per seed.
+    assert broken.filter(pl.col("metric") == "contrast/vs_en/p_value").height == 3 * 3
     assert broken.sort(["cell", "eval_lang", "metric"]).equals(intact.sort(["cell", "eval_lang", "metric"]))
     manifest = write_report(broken, _context(), tmp_path / "report")
     assert manifest["missing_cells"] == []
