@@ -72,6 +72,10 @@ class Capacity:
     # Node groups an autoscaler may start (KubeRay, the cluster launcher); empty on a fixed cluster. A GPU
     # group at 0 replicas is real capacity: the sweep's placement groups are what make it scale up.
     autoscale: list[NodeShape] = field(default_factory=list)
+    # False when nodes may be added that nothing here can see: an autoscaler watches the cluster but
+    # publishes no node groups, which is every KubeRay cluster on Ray 2.60 (FIELD-NOTES).
+    # A shortfall is then a warning, not an error: only work that asks for the nodes makes them appear.
+    known: bool = True
 
     def slots(self, needs: CellNeeds) -> int:
         return max(total_slots(self.live, needs), total_slots(self.autoscale, needs))
@@ -80,7 +84,18 @@ class Capacity:
         text = f"{len(self.live)} live node(s): " + ", ".join(n.describe() for n in self.live)
         if self.autoscale:
             text += "; may scale to: " + ", ".join(n.describe() for n in self.autoscale)
+        elif not self.known:
+            text += "; node groups an autoscaler may add: unknown"
         return text
+
+
+def _proceed_unknown(what: str, capacity: Capacity, fixes: list[str]) -> None:
+    """The shortfall on a cluster whose autoscaler's node groups cannot be read, logged instead of raised."""
+    log.warning(
+        "%s, more than the live nodes hold (%s). The cluster's autoscaler publishes no node groups (KubeRay on "
+        "Ray 2.60), so the run goes on: its resource request is what makes the autoscaler add nodes. If no "
+        "node group can hold it, the work waits for resources forever: give the RayCluster a worker group of "
+        "that shape (infra/base/raycluster.yaml), or %s", what, capacity.describe(), ", or ".join(fixes))
 
 
 def check_fits(needs: CellNeeds, capacity: Capacity, local_cluster: bool = False) -> None:
@@ -97,9 +112,12 @@ def check_fits(needs: CellNeeds, capacity: Capacity, local_cluster: bool = False
         fixes.append("add nodes with more CPUs")
     if local_cluster:
         fixes.append("raise ray.num_cpus (the local cluster's logical CPUs)")
+    what = f"one cell needs {needs.describe()}, each worker on one node beside its {TRIAL_CPU:g}-CPU Tune trial"
+    if not capacity.known:
+        _proceed_unknown(what, capacity, fixes)
+        return
     raise ClusterTooSmallError(
-        f"one cell needs {needs.describe()}, each worker on one node beside its {TRIAL_CPU:g}-CPU Tune trial, "
-        f"but the cluster holds only {capacity.slots(needs)} such worker(s) ({capacity.describe()}); "
+        f"{what}, but the cluster holds only {capacity.slots(needs)} such worker(s) ({capacity.describe()}); "
         + ", or ".join(fixes))
 
 
@@ -112,13 +130,22 @@ def choose_concurrency(setting: int | str | None, needs: CellNeeds, capacity: Ca
         if setting > fit:
             why += f" (the cluster holds {fit} cell(s) at once: the others wait for resources)"
         return setting, why
+    if not capacity.known and fit < n_pending:
+        # Only pending trials make an autoscaler add nodes: filling the live nodes alone would run the
+        # grid one cell at a time on a cluster whose GPU group starts at 0 replicas. Tune's own cap on
+        # pending placement groups keeps the requests bounded.
+        return n_pending, (f"auto: the live nodes hold {fit} cell(s) at once and the autoscaler's node groups "
+                           f"are unknown: all {n_pending} pending cell(s) are submitted, the autoscaler adds "
+                           "the nodes they ask for (set sweep.max_concurrent to cap them)")
     n = max(1, min(fit, n_pending))
     return n, (f"auto: the cluster holds {capacity.slots(needs)} worker slot(s) for {needs.describe()} "
                f"per cell = {fit} cell(s) at once, {n_pending} pending")
 
 
-def read_capacity() -> Capacity:
-    """The connected cluster's alive nodes, and the node groups its autoscaler may add."""
+def read_capacity(local_cluster: bool = False) -> Capacity:
+    """The connected cluster's alive nodes, and the node groups its autoscaler may add. A cluster this run
+    started itself (`local_cluster`) has no autoscaler; on one an autoscaler watches, unreadable groups
+    leave the capacity unknown."""
     import ray
 
     live = [NodeShape(dict(n["Resources"])) for n in ray.nodes() if n.get("Alive")]
@@ -135,7 +162,23 @@ def read_capacity() -> Capacity:
             count = UNBOUNDED if group.max_count == -1 else int(group.max_count)
             if count > 0:
                 groups.append(NodeShape({k: float(v) for k, v in group.resources.items()}, count))
-    return Capacity(live, groups)
+    return Capacity(live, groups, known=local_cluster or config is not None or not autoscaler_running())
+
+
+def autoscaler_running() -> bool:
+    """Whether an autoscaler watches the connected cluster (KubeRay's sidecar, the cluster launcher's
+    monitor): v2 marks itself in the GCS, v1's monitor writes its status to the KV on every update. A
+    fixed cluster has neither, and there the live nodes are all there is."""
+    from ray._private import ray_constants
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        return is_autoscaler_v2(fetch_from_server=True) or bool(
+            _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS))
+    except Exception as exc:  # internal APIs: unreadable counts as no autoscaler (the check stays strict)
+        log.debug("autoscaler status not readable: %s", exc)
+        return False
 
 
 def evaluation_needs(cfg: StudyConfig) -> dict[str, float]:
@@ -159,6 +202,9 @@ def check_evaluation_fits(need: Mapping[str, float], capacity: Capacity, local_c
         fixes = ["add GPU nodes", "set evaluate.num_gpus=0 with a CPU backend (generate.backend=transformers)"] + fixes
     if local_cluster:
         fixes.append("raise ray.num_cpus (the local cluster's logical CPUs)")
+    if not capacity.known:
+        _proceed_unknown(f"an evaluation worker needs {shown} on one node", capacity, fixes)
+        return
     raise ClusterTooSmallError(f"an evaluation worker needs {shown} on one node, but no node of the cluster "
                                f"holds that ({capacity.describe()}): " + ", or ".join(fixes))
 
@@ -166,9 +212,9 @@ def check_evaluation_fits(need: Mapping[str, float], capacity: Capacity, local_c
 def check_cluster(cfg: StudyConfig, train: bool = True) -> Capacity:
     """Fails before any work when one cell's training workers (train=True) or one evaluation worker of
     `cfg` cannot fit the connected cluster."""
-    capacity = read_capacity()
     # On a cluster this run started itself, its logical CPUs are a setting the user can raise.
     local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    capacity = read_capacity(local_cluster=local)
     if train:
         check_fits(CellNeeds.of(cfg.finetune), capacity, local_cluster=local)
     check_evaluation_fits(evaluation_needs(cfg), capacity, local_cluster=local)
