@@ -27,7 +27,6 @@ import asyncio
 import importlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +45,12 @@ logger = logging.getLogger("ray.serve")
 
 Results = list[dict[str, Any]]
 STAT_KEYS = ("requests", "judge_calls", "items", "cancelled", "expired", "splits", "item_errors", "info_calls",
-             "judge_failures")
+             "judge_failures", "max_call_items")
+# Items in one merged judge call at most (a single larger request still goes alone). Uncapped, 64 requests
+# of 64 items made a 4,096-item call that also back-translates: about 110 s at the plan's throughputs,
+# which every request queued behind it waits on top of its own call. 512 keeps a call near 14 s there and
+# is still far past the batch a 7B judge needs to fill a GPU.
+MAX_CALL_ITEMS = 512
 # What the judge must answer while it works: an item is blamed for a failure only when the judge judges
 # this one meanwhile (an always-failing judge gave every request 422 for its last item, issue 30).
 CANARY = [{"prompt": "What is the capital of France?", "response": "Paris.", "language": "en"}]
@@ -67,12 +71,14 @@ def _reason(exc: BaseException) -> str:
 
 class JudgeQueue:
     """Runs ``fn`` on one thread, one call at a time; requests queued during a call are merged into the
-    next one (at most ``max_requests``). Failures are isolated per request and per item (module doc)."""
+    next one (at most ``max_requests`` and ``max_items``). Failures are isolated per request and per item
+    (module doc)."""
 
     def __init__(self, fn: Callable[[list[dict[str, Any]]], Results], max_requests: int, wait_s: float = 0.0,
                  stats: dict[str, int] | None = None, clock: Callable[[], float] = time.time,
-                 canary: list[dict[str, Any]] | None = None) -> None:
+                 canary: list[dict[str, Any]] | None = None, max_items: int = MAX_CALL_ITEMS) -> None:
         self._fn, self._max, self._wait_s, self._clock = fn, max_requests, wait_s, clock
+        self._max_items = max_items
         self._canary, self._down_until = canary, 0.0
         self.stats = stats if stats is not None else dict.fromkeys(STAT_KEYS, 0)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge")
@@ -93,7 +99,7 @@ class JudgeQueue:
             if self._wait_s > 0 and len(self._pending) < self._max:
                 await asyncio.sleep(self._wait_s)  # idle until now: give concurrent requests a moment to join
             while self._pending:
-                batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+                batch = self._take()
                 try:
                     await self._judge_requests(batch)
                 except Exception as exc:  # a bug here must not leave callers waiting forever
@@ -102,6 +108,22 @@ class JudgeQueue:
                             req.future.set_exception(exc)
         finally:
             self._running = False
+
+    def _take(self) -> list[_Pending]:
+        """The next call's requests, in queue order: at most max_requests and max_items items (a request
+        larger than max_items alone)."""
+        n = items = 0
+        for req in self._pending[: self._max]:
+            if n and items + len(req.items) > self._max_items:
+                break
+            n, items = n + 1, items + len(req.items)
+        batch, self._pending = self._pending[:n], self._pending[n:]
+        return batch
+
+    def run_beside(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn`` on the judge's one thread, between calls: other work that uses the judge's model (the
+        validity measurement) must never run beside a call (one vLLM engine serves one thread)."""
+        return self._executor.submit(fn, *args)
 
     def _alive(self, req: _Pending) -> bool:
         """False (and the request settled) when it was cancelled or its deadline passed."""
@@ -123,8 +145,10 @@ class JudgeQueue:
         reqs = [r for r in reqs if self._alive(r)]
         if not reqs:
             return
+        items = [item for r in reqs for item in r.items]
+        self.stats["max_call_items"] = max(self.stats.get("max_call_items", 0), len(items))
         try:
-            results = await self._call([item for r in reqs for item in r.items])
+            results = await self._call(items)
         except Exception as exc:
             if len(reqs) == 1:
                 await self._judge_alone(reqs[0], exc)
@@ -211,9 +235,6 @@ class JudgeBackend:
         self._judging = Judging(self._judge, cfg.judge.back_translate, cfg.judge.translate_prefer)
         self._languages: list[dict[str, Any]] = self._judging.languages_info()
         self._validity_state = "computing" if cfg.judge.validity else "off"
-        if cfg.judge.validity:
-            threading.Thread(target=self._measure_validity, args=(cfg.judge.options,), daemon=True,
-                             name="judge-validity").start()
         self._timeout_s = cfg.judge_timeout_s
         batching = cfg.batching
         # Unbatched: one request per judge call (max 1), still one call at a time, as on one device.
@@ -221,6 +242,10 @@ class JudgeBackend:
         self._queue = JudgeQueue(self._run_sync, batching.max_batch_size if batching.enabled else 1,
                                  batching.batch_wait_timeout_s if batching.enabled else 0.0, self._stats,
                                  canary=CANARY)
+        if cfg.judge.validity:
+            # On the judge's own thread, not a second one: the measurement judges with the same model,
+            # and a vLLM engine driven from two threads mixes up their outputs.
+            self._queue.run_beside(self._measure_validity, cfg.judge.options)
         # Optional judge hook: check_item(JudgeItem) -> reason or None, for limits the judge knows best
         # (e.g. a model's context length). Checked per item before any batching.
         self._check_item = getattr(self._judge, "check_item", None)

@@ -12,6 +12,7 @@ without ``deploy`` it must be running, and the study fails before any evaluation
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,10 @@ from pipelines.secrets import read_secret
 from serving.auth import load_token
 from serving.client import JudgeAPIError, JudgeClient
 from serving.config import DEFAULT_APP_NAME
+from serving.errors import DeadlineExceeded
 from serving.schemas import LABEL_VALUES, LEGACY_LABELS
+
+log = logging.getLogger(__name__)
 
 
 def _verdict(result: dict[str, Any]) -> Verdict:
@@ -56,8 +60,14 @@ class RemoteJudge(Judge):
         deploy: str | None = None,
         deploy_host: str = "127.0.0.1",
         deploy_port: int = 8000,
+        wait_s: float = 3600.0,
+        validity_wait_s: float = 900.0,
     ) -> None:
         self._deploy, self._deploy_host, self._deploy_port = deploy, deploy_host, deploy_port
+        # The handle transport waits for a whole judge() call, not per result: the replica judges one merged
+        # call at a time, so a chunk's wait is the queue ahead of it (other cells' and other models'), which
+        # `timeout` (one HTTP request's) does not bound. The service drops what is still queued at wait_s.
+        self._wait_s, self._validity_wait_s = wait_s, validity_wait_s
         self._client: JudgeClient | None = None
         self._handle = handle
         self._app_name, self._deployment = app_name, deployment
@@ -80,6 +90,7 @@ class RemoteJudge(Judge):
 
         app = serve.status().applications.get(self._app_name)
         if app is not None and str(app.status).endswith("RUNNING"):
+            self._await_validity()
             return
         if not self._deploy:
             raise ConfigError(
@@ -90,6 +101,15 @@ class RemoteJudge(Judge):
 
         serve_judge(repo_path(self._deploy), host=self._deploy_host, port=self._deploy_port,
                       app_name=self._app_name)
+        self._await_validity()
+
+    def _await_validity(self) -> None:
+        """On the driver, before any evaluation worker holds a GPU: the replica's validity measurement
+        (minutes cold) is waited for here once, so that no worker waits for it (served_languages)."""
+        if self._info_after_validity(self._validity_wait_s).get("validity") == "computing":
+            log.warning("the judge service's validity is still being measured after %g s: the cells "
+                        "report its languages unvalidated (raise judge.options.validity_wait_s)",
+                        self._validity_wait_s)
 
     def _backend(self) -> Any:
         if self._handle is None:
@@ -99,33 +119,48 @@ class RemoteJudge(Judge):
         return self._handle
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
-        if self._client is not None:
-            results = self._client.judge(items)
-        else:
-            payload = [{"prompt": i.prompt, "response": i.response, "language": i.language} for i in items]
-            chunks = [payload[i : i + self._batch_size] for i in range(0, len(payload), self._batch_size)]
-            # All chunks in flight at once, so the deployment's dynamic batching can merge them.
-            handle = self._backend()
-            responses = [handle.judge.remote(c) for c in chunks]
-            results = [r for resp in responses for r in resp.result(timeout_s=self._timeout)]
+        results = self._client.judge(items) if self._client is not None else self._judge_by_handle(items)
         if len(results) != len(items):
             raise JudgeAPIError(f"remote judge returned {len(results)} results for {len(items)} items")
         if results and self._served is None:
             self._served = {"judge": results[0]["judge"], "judge_version": results[0]["judge_version"]}
         return [_verdict(r) for r in results]
 
-    def served_languages(self, languages: Sequence[str], wait_s: float = 900.0) -> list[dict[str, Any]]:
-        """The service's own per-language policy and κ (GET /v1/info), for the eval languages: the service
-        back-translates or reads natively as its config says, so the pipeline reports what it did. Waits
-        (up to wait_s) while the replica is still measuring its validity; a language the service does not
-        list is reported unjudgeable here."""
+    def _judge_by_handle(self, items: Sequence[JudgeItem]) -> list[dict[str, Any]]:
+        payload = [{"prompt": i.prompt, "response": i.response, "language": i.language} for i in items]
+        chunks = [payload[i : i + self._batch_size] for i in range(0, len(payload), self._batch_size)]
+        # All chunks in flight at once, so the deployment's dynamic batching can merge them; each carries
+        # the call's deadline, so the service drops what nobody waits for any more.
+        deadline = time.time() + self._wait_s
+        handle = self._backend()
+        responses = [handle.judge.remote(c, deadline) for c in chunks]
+        try:
+            return [r for resp in responses for r in resp.result(timeout_s=max(0.0, deadline - time.time()) + 5.0)]
+        except (TimeoutError, DeadlineExceeded) as exc:  # DeadlineExceeded is a TimeoutError; named for the reader
+            for resp in responses:
+                resp.cancel()
+            raise JudgeAPIError(
+                f"the judge service '{self._app_name}' did not judge {len(items)} item(s) within "
+                f"judge.options.wait_s={self._wait_s:g} s: raise judge.options.wait_s, or give the judge more "
+                "replicas (backend.num_replicas in its Serve config)") from exc
+
+    def _info_after_validity(self, wait_s: float) -> dict[str, Any]:
+        """The service's info, once its replica has measured its validity (or after wait_s)."""
         deadline = time.monotonic() + wait_s
         while True:
             info = self._client.info() if self._client else self._backend().info.remote().result(
                 timeout_s=self._timeout)
             if info.get("validity") != "computing" or time.monotonic() > deadline:
-                break
-            time.sleep(5.0)
+                return info
+            time.sleep(min(5.0, max(0.1, wait_s / 10)))
+
+    def served_languages(self, languages: Sequence[str], wait_s: float = 60.0) -> list[dict[str, Any]]:
+        """The service's own per-language policy and κ (GET /v1/info), for the eval languages: the service
+        back-translates or reads natively as its config says, so the pipeline reports what it did. Waits
+        (up to wait_s: the driver's prepare() waited already, before any worker held a GPU) while the
+        replica is still measuring its validity; a language the service does not list is reported
+        unjudgeable here."""
+        info = self._info_after_validity(wait_s)
         listed = {r["language"]: r for r in info.get("languages") or []}
         return [listed.get(lang) or {"language": lang, "mode": "refuse", "route": None, "validated": False,
                                      "kappa": None, "accuracy": None, "n": 0, "labels": None}
