@@ -8,10 +8,13 @@ generate_vllm_many runs against it, for every recorded shape of the API."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import json
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -126,7 +129,7 @@ def test_the_stand_in_rejects_a_call_that_would_fail_in_vllm(tmp_path) -> None:
 def test_sorry_bench_judge_sends_the_template_token_ids(shapes, style, monkeypatch) -> None:
     """The SORRY-Bench judge's vLLM path binds to the recorded API too and sends token ids: exactly one
     BOS for a template that writes its own (a text prompt would get a second)."""
-    from pipelines.evaluate.judges import JudgeItem
+    from pipelines.evaluate.judges import JudgeItem, llm
     from pipelines.evaluate.judges.llm import SorryBenchJudge
 
     tok = tiny_tokenizer(style)
@@ -134,6 +137,7 @@ def test_sorry_bench_judge_sends_the_template_token_ids(shapes, style, monkeypat
     mod, lora, req = fake_vllm(shapes, tok, calls)
     for name, m in (("vllm", mod), ("vllm.lora", lora), ("vllm.lora.request", req)):
         monkeypatch.setitem(sys.modules, name, m)
+    monkeypatch.setattr(llm, "_VLLM_ENGINES", {})  # one engine per model per process: a fresh process here
     judge = SorryBenchJudge(model=".", backend="vllm")
     items = [JudgeItem("How do I bake bread?", "Mix flour and water.", "en")]
     assert judge.raw_outputs(items) == ["answer 0"]
@@ -143,3 +147,70 @@ def test_sorry_bench_judge_sends_the_template_token_ids(shapes, style, monkeypat
     assert ids == prompt_token_ids(tok, judge.prompts(items))[0]
     if style == "llama":
         assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+
+
+class RacyEngine:
+    """Like vLLM's offline LLM where it matters here: generate() adds its requests to the one engine, steps
+    it, and returns every output that finished — its own and any other caller's. A second engine in the
+    process fails, as it does on a GPU the first one fills."""
+
+    made = 0
+
+    def __init__(self, *args: Any, tok: Any = None, **kwargs: Any) -> None:
+        type(self).made += 1
+        time.sleep(0.05)  # an engine takes a while to start: long enough for a second thread to start one
+        if type(self).made > 1:
+            raise RuntimeError("CUDA out of memory: another engine holds the GPU")
+        self._tok, self._queue = tok, []
+
+    def get_tokenizer(self) -> Any:
+        return self._tok
+
+    def generate(self, prompts: list[dict[str, list[int]]], params: Any) -> list[Any]:
+        self._queue += [p["prompt_token_ids"] for p in prompts]
+        time.sleep(0.02)  # the engine steps; another caller's requests may join meanwhile
+        done, self._queue = self._queue, []
+        return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=_ident(ids))]) for ids in done]
+
+
+def _ident(ids: list[int]) -> str:
+    return f"{len(ids)}:{sum(ids)}"
+
+
+def test_the_llm_judge_serves_two_threads_with_one_engine_and_their_own_outputs(monkeypatch) -> None:
+    """Issue #29, point 3: a Serve replica's judge calls and its validity measurement (two judge objects
+    of one model, in two threads) share one engine, and each caller gets its own prompts' outputs."""
+    from pipelines.evaluate.judges import JudgeItem, llm
+
+    tok = tiny_tokenizer("llama")
+    mod = types.ModuleType("vllm")
+    mod.LLM = functools.partial(RacyEngine, tok=tok)  # type: ignore[attr-defined]
+    mod.SamplingParams = lambda **kwargs: kwargs  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    monkeypatch.setattr(RacyEngine, "made", 0)
+    monkeypatch.setattr(llm, "_VLLM_ENGINES", {})
+    judges = [llm.SorryBenchJudge(model=".", backend="vllm") for _ in range(2)]
+    work = {w: [JudgeItem(f"Question {w}.{i} " + "word " * (w * 7 + i), "An answer.", "en") for i in range(5)]
+            for w in range(2)}
+    got: dict[int, list[list[str]]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def caller(w: int) -> None:
+        try:
+            start.wait()
+            for _ in range(3):
+                got[w].append(judges[w].raw_outputs(work[w]))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, f"{type(errors[0]).__name__}: {errors[0]}"
+    assert RacyEngine.made == 1
+    for w in range(2):
+        want = [_ident(p["prompt_token_ids"]) for p in llm.judge_token_prompts(tok, judges[w].prompts(work[w]))]
+        assert got[w] == [want] * 3, f"thread {w} got another caller's outputs"

@@ -6,6 +6,7 @@ transformers on CPU (any causal LM of the model registry, or a local directory) 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,13 @@ SORRY_BENCH_TEMPLATE = (
 )
 # SORRY-Bench's judge is a fine-tuned Mistral-7B-Instruct-v0.2.
 SORRY_BENCH_JUDGE_HUB_ID = "sorry-bench/ft-mistral-7b-instruct-v0.2-sorry-bench-202406"
+
+# One vLLM engine per judge model per process, and one caller in it at a time. A second engine does not fit
+# beside the first on the GPU, and vLLM's offline LLM.generate, entered from two threads (a Serve replica's
+# judge calls and its validity measurement), collects whatever requests finish, so one caller can get the
+# other's outputs. The lock also covers the transformers path: one model copy, one generate at a time.
+_LOCK = threading.RLock()
+_VLLM_ENGINES: dict[tuple[str, float], Any] = {}
 
 _LEADING = re.compile(r"^\s*(?:score\s*[:=]?\s*)?([01])(?![0-9]|[.,][0-9])", re.IGNORECASE)
 
@@ -109,9 +117,10 @@ class SorryBenchJudge(Judge):
     def raw_outputs(self, items: Sequence[JudgeItem]) -> list[str]:
         if not items:
             return []
-        if self.backend == "vllm":
-            return self._vllm_outputs(items)
-        return self._hf_outputs(items)
+        with _LOCK:
+            if self.backend == "vllm":
+                return self._vllm_outputs(items)
+            return self._hf_outputs(items)
 
     def _hf_outputs(self, items: Sequence[JudgeItem]) -> list[str]:
         import torch
@@ -135,9 +144,11 @@ class SorryBenchJudge(Judge):
 
         vllm = require_vllm()
         if self._llm is None:
-            # Room beside the engine for the replica's NLLB back-translation on the same GPU.
-            self._llm = vllm.LLM(model=str(resolve_model(self.model_name)),
-                                 gpu_memory_utilization=self.gpu_memory_utilization)
+            key = (str(resolve_model(self.model_name)), self.gpu_memory_utilization)
+            if key not in _VLLM_ENGINES:
+                # Room beside the engine for the replica's NLLB back-translation on the same GPU.
+                _VLLM_ENGINES[key] = vllm.LLM(model=key[0], gpu_memory_utilization=key[1])
+            self._llm = _VLLM_ENGINES[key]
             self._tok = self._llm.get_tokenizer()
         params = vllm.SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens)
         return [o.outputs[0].text for o in self._llm.generate(judge_token_prompts(self._tok, self.prompts(items)),
