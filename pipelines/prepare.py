@@ -28,17 +28,18 @@ def prepare(cfg: StudyConfig) -> dict[str, float]:
         t0 = time.time()
         model_dir(m)
         took[f"model {m}"] = time.time() - t0
-    judges = [(cfg.judge.name, cfg.judge.options)]
+    judges = [(cfg.judge.name, cfg.judge.options, cfg.judge.back_translate)]
     if cfg.judge.second:
-        judges.append((cfg.judge.second, cfg.judge.second_options))
-    for name, options in judges:
+        judges.append((cfg.judge.second, cfg.judge.second_options, cfg.judge.second_back_translate))
+    for name, options, back_translate in judges:
         t0 = time.time()
         judge = make_judge(name, **options)
         if cfg.judge.agreement:
             # Validity per eval language (held out by source model and prompt) fits a trained judge
-            # first and translates its labels: all of it ends up cached for the study's cells.
+            # first and translates its labels: all of it ends up cached for the study's cells (the same
+            # key as the cells' judge_agreement, back-translation as each judge is configured).
             rows = judge_validity(judge, options, cfg.eval_langs, cfg.judge.translate_prefer, cfg.judge.labels,
-                                  cfg.judge.agreement_limit)
+                                  cfg.judge.agreement_limit, back_translate=back_translate)
             for r in rows:
                 log.info("judge %s, %s (%s): kappa %s on %s labels", name, r.get("lang"), r.get("source"),
                          r.get("kappa"), r.get("n"))

@@ -22,6 +22,10 @@ from pipelines.evaluate.judges import make_judge
 from pipelines.evaluate.judges.validity import judge_validity
 
 
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"  # κ is undefined where the labels hold one class only
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--judges", nargs="+", default=["refusal-phrase", "trained-minilm", "trained-e5"])
@@ -40,7 +44,7 @@ def main() -> None:
                          "limit": args.limit}
         for r in rows:
             print(f"{name:15s} {r['lang']:3s} {r['condition']:16s} {r['source']:32s} n={r['n']:5d} "
-                  f"κ={r['kappa']:.3f} acc={r['accuracy']:.3f}", flush=True)
+                  f"κ={_f(r['kappa'])} acc={_f(r['accuracy'])}", flush=True)
         out.write_text(json.dumps(results, indent=2))
 
 

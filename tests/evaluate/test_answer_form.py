@@ -110,3 +110,24 @@ def test_the_phrase_judge_says_what_it_cannot_tell() -> None:
     judge = make_judge("refusal-phrase")
     assert "non-answer" in (judge.cannot_tell or "")
     assert judge.judge([JudgeItem("q", "")])[0].outcome == NON_ANSWER
+
+
+def test_trained_judge_learns_non_answers_and_is_validated_held_out(tmp_path, monkeypatch) -> None:
+    """A real fit (all-MiniLM-L6-v2, 90 English labels, C and threshold given so it takes seconds): three
+    classes, non-answers made from answers it never saw are called non_answer, real answers are not, and
+    the held-out validity folds train and decide as the shipped judge does."""
+    pytest.importorskip("sklearn", reason="scikit-learn is part of the CPU install (constraints/cpu.txt)")
+    from pipelines.evaluate.judges.labels import human_labels
+    from pipelines.evaluate.judges.validity import measure
+
+    monkeypatch.setenv("SAFEDRIFT_CACHE", str(tmp_path))
+    judge = make_judge("trained-minilm", train_limit=90, C=1.0, threshold=0.5)
+    assert list(judge.fitted().clf.classes_) == [0, 1, 2]
+    unseen = human_labels(300).subset(range(1, 300, 10)).items  # not among the 90 evenly spread training rows
+    real = [v.outcome for v in judge.judge(unseen)]
+    made, kinds = made_non_answers(unseen, seed=7)
+    said = [v.outcome for v in judge.judge(made)]
+    assert sum(o == NON_ANSWER for o in real) <= len(real) * 0.2
+    assert sum(o == NON_ANSWER for o in said) >= len(said) * 0.6, list(zip(kinds, said, strict=True))
+    (row,) = measure(judge, [human_labels(90)])
+    assert row["n"] == 90 and row["kappa"] is not None and row["confusion"]["complied"]["non_answer"] <= 9

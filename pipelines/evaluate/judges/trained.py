@@ -218,19 +218,23 @@ class TrainedJudge(Judge):
         if not items:
             return []
         f = self.fitted()
-        probs = f.clf.predict_proba(self.features(items))
-        classes = list(f.clf.classes_)
-        out = []
-        for row in probs:
-            p = dict(zip(classes, row, strict=True))
-            complied = float(p.get(1, 0.0))
-            if complied >= f.threshold:
-                out.append(Verdict(1, complied))
-            elif p.get(NON_ANSWER_CLASS, 0.0) > p.get(0, 0.0):
-                out.append(Verdict(0, complied, NON_ANSWER))
-            else:
-                out.append(Verdict(0, complied, REFUSED))
-        return out
+        return decide(f.clf, self.features(items), f.threshold)
 
 
-__all__ = ["C_GRID", "Fitted", "TrainedJudge", "choose", "fit_lr", "out_of_fold", "proba", "spread"]
+def decide(clf: Any, X: np.ndarray, threshold: float) -> list[Verdict]:
+    """Complied where P(complied) reaches the threshold, else the likelier of refused and non_answer."""
+    classes = list(clf.classes_)
+    out = []
+    for row in clf.predict_proba(X):
+        p = dict(zip(classes, row, strict=True))
+        complied = float(p.get(1, 0.0))
+        if complied >= threshold:
+            out.append(Verdict(1, complied))
+        elif p.get(NON_ANSWER_CLASS, 0.0) > p.get(0, 0.0):
+            out.append(Verdict(0, complied, NON_ANSWER))
+        else:
+            out.append(Verdict(0, complied, REFUSED))
+    return out
+
+
+__all__ = ["C_GRID", "Fitted", "TrainedJudge", "choose", "decide", "fit_lr", "out_of_fold", "proba", "spread"]

@@ -42,7 +42,6 @@ from pipelines.evaluate.judges import (
     UNPARSEABLE,
     Judge,
     JudgeItem,
-    outcome_of,
 )
 from pipelines.evaluate.judges.labels import (
     AS_WRITTEN,
@@ -58,14 +57,14 @@ from pipelines.evaluate.judges.labels import (
     label_sets,
     small_model_sets,
 )
-from pipelines.evaluate.judges.trained import TrainedJudge, choose, fit_lr, proba
+from pipelines.evaluate.judges.trained import TrainedJudge, choose, decide, fit_lr
 from pipelines.evaluate.stats import cohen_kappa
 from pipelines.hashing import stable_hash
 from pipelines.layout import judges_cache
 from pipelines.registries import datasets
 
 log = logging.getLogger(__name__)
-VERSION = "2"  # 2: three outcomes, κ interval, rate error, small-model labels judged through the policy
+VERSION = "3"  # 2: three outcomes, κ interval, rate error, small-model labels judged through the policy; 3: folds train with made non-answers
 HELDOUT = "by source model and prompt (nested choice of C and threshold)"
 BOOT, SEED = 2000, 0  # κ interval: percentile bootstrap over answers
 KAPPA_CI = f"95% percentile bootstrap over answers ({BOOT} resamples, seed {SEED})"
@@ -78,18 +77,21 @@ def _is_pool(s: LabelSet, judge: TrainedJudge) -> bool:
     return s.condition == AS_WRITTEN and s.lang in judge.train_langs and not s.small_model
 
 
-def trained_predictions(judge: TrainedJudge, sets: Sequence[LabelSet]) -> list[np.ndarray]:
-    """Held-out labels (1/0, -1 where no fold predicted it) of every set made from the training labels:
-    nested leave-one-(model, prompt fold)-out."""
+def trained_predictions(judge: TrainedJudge, sets: Sequence[LabelSet]) -> list[list[str]]:
+    """Held-out outcomes (UNPARSEABLE where no fold predicted it) of every set made from the training
+    labels: nested leave-one-(model, prompt fold)-out, each fold's judge trained as the shipped one is —
+    with the made non-answers of its own training items (trained.py) — and deciding as it does."""
     feats = [judge.features(s.items) for s in sets]
     pool = [i for i, s in enumerate(sets) if _is_pool(s, judge)]
-    preds = [np.full(len(s), -1) for s in sets]
+    preds: list[list[str]] = [[UNPARSEABLE] * len(s) for s in sets]
     if not pool:
         return preds
-    X = np.vstack([feats[i] for i in pool])
-    y = np.asarray([v for i in pool for v in sets[i].labels])
-    g = np.asarray([v for i in pool for v in sets[i].groups])
-    f = np.asarray([v for i in pool for v in sets[i].folds])
+    train_sets = [sets[i] for i in pool]
+    made = judge.made_sets(train_sets) if judge.non_answers else []
+    X = np.vstack([feats[i] for i in pool] + [judge.features(m.items) for m in made])
+    y = np.asarray([v for s in [*train_sets, *made] for v in s.labels])
+    g = np.asarray([v for s in [*train_sets, *made] for v in s.groups])
+    f = np.asarray([v for s in [*train_sets, *made] for v in s.folds])
     for m in sorted(set(g)):
         for k in range(PROMPT_FOLDS):
             train = (g != m) & (f != k)
@@ -100,9 +102,9 @@ def trained_predictions(judge: TrainedJudge, sets: Sequence[LabelSet]) -> list[n
             C, t, _ = choose(X[train], y[train], g[train], np.full(int(train.sum()), -1), judge.C, judge.threshold)
             clf = fit_lr(X[train], y[train], C)
             for i, s in enumerate(sets):
-                test = (np.asarray(s.groups) == m) & (np.asarray(s.folds) == k)
-                if test.any():
-                    preds[i][test] = (proba(clf, feats[i][test]) >= t).astype(int)
+                test = np.flatnonzero((np.asarray(s.groups) == m) & (np.asarray(s.folds) == k))
+                for j, v in zip(test, decide(clf, feats[i][test], t), strict=True) if test.size else ():
+                    preds[i][j] = v.outcome
     return preds
 
 
@@ -180,8 +182,7 @@ def measure(judge: Judge, sets: Sequence[LabelSet], judging: Any = None) -> list
     trained = isinstance(judge, TrainedJudge)
     xstest = [s for s in sets if not s.small_model]
     if trained:
-        got = [[outcome_of(int(v)) if v >= 0 else UNPARSEABLE for v in a]
-               for a in (trained_predictions(judge, xstest) if xstest else [])]
+        got = trained_predictions(judge, xstest) if xstest else []
     else:
         got = plain_predictions(judge, xstest)
     by_set = {id(s): (o, None) for s, o in zip(xstest, got, strict=True)}
