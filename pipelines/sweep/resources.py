@@ -8,6 +8,7 @@ resources forever instead of failing."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -166,19 +167,24 @@ def read_capacity(local_cluster: bool = False) -> Capacity:
 
 
 def autoscaler_running() -> bool:
-    """Whether an autoscaler watches the connected cluster (KubeRay's sidecar, the cluster launcher's
-    monitor): v2 marks itself in the GCS, v1's monitor writes its status to the KV on every update. A
-    fixed cluster has neither, and there the live nodes are all there is."""
+    """Whether an autoscaler with node groups watches the connected cluster (KubeRay's sidecar, the cluster
+    launcher's monitor): v2 marks itself in the GCS; v1's monitor writes a report to the KV on each update.
+    Every `ray start`/`ray.init` cluster runs a read-only v1 monitor too, whose report names each node's
+    type after the node itself: that is a fixed cluster, where the live nodes are all there is."""
     from ray._private import ray_constants
+    from ray.autoscaler._private.util import format_readonly_node_type
     from ray.autoscaler.v2.utils import is_autoscaler_v2
     from ray.experimental.internal_kv import _internal_kv_get
 
     try:
-        return is_autoscaler_v2(fetch_from_server=True) or bool(
-            _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS))
+        if is_autoscaler_v2(fetch_from_server=True):
+            return True
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        mapping = (json.loads(raw).get("autoscaler_report") or {}).get("node_type_mapping") or {} if raw else {}
     except Exception as exc:  # internal APIs: unreadable counts as no autoscaler (the check stays strict)
         log.debug("autoscaler status not readable: %s", exc)
         return False
+    return any(kind != format_readonly_node_type(node) for node, kind in mapping.items())
 
 
 def evaluation_needs(cfg: StudyConfig) -> dict[str, float]:
