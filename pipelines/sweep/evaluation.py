@@ -27,12 +27,32 @@ from pipelines.sweep.trial import Tracking, finish_cell
 
 log = logging.getLogger(__name__)
 
+# vLLM starts its engine core in a child process and switches from fork to spawn by itself only inside Ray
+# actors (vLLM 0.33, FIELD-NOTES); an evaluation worker is a task, where a forked child inherits the
+# worker's Ray and CUDA state. Set for the task's process before it starts, so any vLLM it imports sees it.
+WORKER_ENV = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+
 
 def worker_resources(cfg: StudyConfig) -> dict[str, Any]:
     """The Ray resources of one evaluation worker as ray.remote options (resources.evaluation_needs in
     node resource keys: the one place they are read from the config)."""
     keys = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
     return {keys[k]: int(v) if k == "memory" else v for k, v in evaluation_needs(cfg).items()}
+
+
+def task_options(cfg: StudyConfig) -> dict[str, Any]:
+    """ray.remote options of one evaluation task: its resources, a fresh process per task (max_calls=1:
+    a model's engine and weights go with it), the sweep's retries, and WORKER_ENV."""
+    return {**worker_resources(cfg), "max_calls": 1, "max_retries": cfg.sweep.max_failures,
+            "runtime_env": {"env_vars": dict(WORKER_ENV)}}
+
+
+def evaluation_task(cfg: StudyConfig, name: str) -> Any:
+    """evaluate_model as a Ray task with task_options (max_calls is given to ray.remote: .options refuses it)."""
+    import ray
+
+    opts = task_options(cfg)
+    return ray.remote(max_calls=opts.pop("max_calls"))(evaluate_model).options(**opts, name=name)
 
 
 def by_model(cells: list[Cell]) -> dict[str, list[Cell]]:
@@ -77,11 +97,9 @@ def run_evaluation(cfg: StudyConfig, wd: Workdir, ds_path: Path, ds_hash: str, t
     for name, options in ((cfg.judge.name, cfg.judge.options), (cfg.judge.second, cfg.judge.second_options)):
         if name:
             make_judge(name, **options).prepare()
-    task = ray.remote(max_calls=1, max_retries=cfg.sweep.max_failures)(evaluate_model)
-    opts = worker_resources(cfg)
     log.info("evaluation: %d cell(s) of %d model(s), one worker per model holding %s", len(cells), len(groups),
-             ", ".join(f"{k}={v}" for k, v in opts.items()))
-    refs = {task.options(**opts, name=f"evaluate-{model}").remote(
+             ", ".join(f"{k}={v}" for k, v in worker_resources(cfg).items()))
+    refs = {evaluation_task(cfg, f"evaluate-{model}").remote(
                 cfg.model_dump(mode="json"), str(wd.root), str(ds_path), ds_hash, tracking.__dict__,
                 [c.to_dict() for c in cs]): model for model, cs in groups.items()}
     failed: list[str] = []
