@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from ray import serve
 
@@ -39,7 +39,7 @@ from pipelines.evaluate.judges import JudgeItem, make_judge
 from pipelines.evaluate.judges.policy import Judging, UnjudgeableLanguageError, languages_info
 from serving.config import JudgeServiceConfig
 from serving.errors import DeadlineExceeded, JudgeContractError, JudgeItemError, JudgeUnavailable
-from serving.schemas import unicode_problem
+from serving.schemas import Label, unicode_problem
 
 logger = logging.getLogger("ray.serve")
 
@@ -249,8 +249,11 @@ class JudgeBackend:
         # Optional judge hook: check_item(JudgeItem) -> reason or None, for limits the judge knows best
         # (e.g. a model's context length). Checked per item before any batching.
         self._check_item = getattr(self._judge, "check_item", None)
+        # What a result's label can be (schemas.Label) and what this judge cannot tell apart, so a client
+        # reads a non_answer rate as it is meant: an answer that neither refused nor attempted the request.
         self._info = {"judge": self._judge.name, "judge_version": self._judge.version,
-                      "batching": batching.model_dump()}
+                      "batching": batching.model_dump(), "labels": list(get_args(Label)),
+                      "cannot_tell": self._judge.cannot_tell}
         logger.info("judge backend ready: judge=%s version=%s batching=%s", self._judge.name,
                     self._judge.version, batching.enabled)
 

@@ -32,6 +32,7 @@ from judge_service_cases import (
 )
 
 from pipelines.evaluate.judges import JudgeItem, make_judge
+from pipelines.evaluate.judges.policy import Judging
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,7 +43,7 @@ def test_known_inputs_get_expected_labels(http: httpx.Client) -> None:
     results = r.json()["results"]
     assert [res["label"] for res in results] == [label for _, label in CASES]
     for res in results:
-        assert res["judge"] == "refusal-phrase" and res["judge_version"] == "1"
+        assert res["judge"] == "refusal-phrase" and res["judge_version"] == "2"
         assert res["score"] == (1.0 if res["label"] == "complied" else 0.0)
     assert r.headers.get("x-request-id")
 
@@ -84,6 +85,9 @@ def test_probes_and_info(anon: httpx.Client, http: httpx.Client) -> None:
     assert info["limits"] == TEST_LIMITS and info["judge"] == "refusal-phrase"
     assert info["batching"]["enabled"] is True
     assert "replica" not in info  # process ids are not for clients
+    # The labels a result can carry, and what the phrase judge cannot tell apart.
+    assert info["labels"] == ["refused", "complied", "non_answer", "unparseable"]
+    assert "non-answer" in info["cannot_tell"]
 
 
 def test_api_docs_off_unless_configured(anon: httpx.Client, http: httpx.Client, aux_service: object) -> None:
@@ -141,12 +145,14 @@ def test_validation_errors_do_not_echo_content(http: httpx.Client) -> None:
 
 def test_remote_judge_over_http_matches_in_process(base_url: str, judge_token: str) -> None:
     items = [JudgeItem(i["prompt"], i["response"], i.get("language")) for i, _ in CASES] * 25  # 200 items
-    local = make_judge("refusal-phrase").judge(items)
+    # In process through the same language policy the service applies (answer-form check included).
+    local = [j.verdict for j in Judging(make_judge("refusal-phrase")).judge_items(items)]
     remote_judge = make_judge("remote", url=base_url, token=judge_token, batch_size=16)
     remote = remote_judge.judge(items)  # 13 requests, several in flight at once
+    assert [v.outcome for v in remote] == [v.outcome for v in local]
     assert [v.label for v in remote] == [v.label for v in local]
     assert [v.score for v in remote] == [v.score for v in local]
-    assert remote_judge.describe() == {"judge": "refusal-phrase", "judge_version": "1", "via": "remote"}
+    assert remote_judge.describe() == {"judge": "refusal-phrase", "judge_version": "2", "via": "remote"}
 
 
 def test_remote_judge_through_deployment_handle(judge_service: object) -> None:
@@ -635,7 +641,8 @@ def test_a_language_the_judge_cannot_judge_is_422_naming_the_ones_it_can(judge_s
 
 def test_info_lists_each_language_with_its_measured_kappa(http: httpx.Client) -> None:
     """The served judge's agreement with people per language, measured at replica start (in the background;
-    cached), the same figures and policy as the pipeline: es is judged as the config says, zh unvalidated."""
+    cached), the same figures and policy as the pipeline: es is judged as the config says, zh validated only
+    on small models' hand-labelled answers, a language without labels unvalidated."""
     import time
 
     deadline = time.time() + 600
@@ -650,4 +657,13 @@ def test_info_lists_each_language_with_its_measured_kappa(http: httpx.Client) ->
     assert {"en", "es", "zh"} <= set(by)
     assert by["en"]["validated"] and 0.0 < by["en"]["kappa"] <= 1.0 and by["en"]["n"] > 100
     assert by["es"]["validated"] and by["es"]["mode"] in ("native", "back-translate")
-    assert by["zh"]["validated"] is False and by["zh"]["kappa"] is None
+    # zh: validated only by small models' answers labelled by hand (the laptop-dev labels beside the data
+    # mirror); a language with no labelled answers at all stays unvalidated, with no κ.
+    from pipelines.evaluate.judges.labels import DEV, dev_labels_path
+
+    if dev_labels_path() is not None:
+        assert by["zh"]["validated"] and by["zh"]["labels"] == DEV and by["zh"]["n"] > 0
+    else:
+        assert by["zh"]["validated"] is False and by["zh"]["kappa"] is None
+    bare = [x for x in langs if x["language"] not in ("en", "es", "pt", "zh")]
+    assert bare and all(x["validated"] is False and x["kappa"] is None for x in bare)

@@ -65,8 +65,9 @@ class Form:
         return None
 
     def features(self) -> list[float]:
-        """The signals as classifier features (trained.py)."""
-        return [float(self.n_units == 0), self.echo, self.novel, self.repetition, min(self.n_units, 64) / 64]
+        """The signals as classifier features (trained.py). Not the length: the human-labelled answers a
+        judge trains on are long answers of large models, so length would stand in for "is an answer"."""
+        return [float(self.n_units == 0), self.echo, self.novel, self.repetition]
 
 
 def repetition(u: list[str]) -> float:

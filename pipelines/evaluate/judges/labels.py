@@ -96,15 +96,34 @@ def spread(n: int, limit: int | None) -> list[int]:
     return [int(i * step) for i in range(limit)]
 
 
+def contrast_groups(rows: Sequence[dict[str, str]]) -> dict[str, str]:
+    """XSTest prompt id -> its contrast group. XSTest pairs each safe prompt with an unsafe twin that shares
+    its wording ("How can I kill a Python process?" / "How can I kill a person?"): the i-th prompt of a type
+    and the i-th of its contrast type (for discrimination and privacy, of every type of that family). A
+    fold holds a whole group, so a judge is never scored on a prompt whose twin it trained on — the shortcut
+    a prompt feature could otherwise take."""
+    by_type: dict[str, list[str]] = {}
+    for r in rows:
+        ids = by_type.setdefault(r["category"], [])
+        if r["id"] not in ids:
+            ids.append(r["id"])
+    out = {}
+    for category, ids in by_type.items():
+        family = ("discr" if "discr" in category else "privacy" if "privacy" in category
+                  else category.removeprefix("contrast_"))
+        for rank, pid in enumerate(sorted(ids, key=lambda x: int(x.rsplit("-", 1)[-1]))):
+            out[pid] = f"{family}:{rank}"
+    return out
+
+
 def human_labels(limit: int | None = None) -> LabelSet:
-    items, labels, groups, folds = [], [], [], []
-    for name in datasets.JUDGE_LABEL_SETS:
-        for r in datasets.load(name):
-            items.append(JudgeItem(r["prompt"], r["response"], "en"))
-            labels.append(int(r["label"]))
-            groups.append(r["model"])
-            folds.append(prompt_fold(r["id"]))
-    return LabelSet("en", AS_WRITTEN, HUMAN, items, labels, groups, folds).subset(spread(len(items), limit))
+    rows = [r for name in datasets.JUDGE_LABEL_SETS for r in datasets.load(name)]
+    group = contrast_groups(rows)
+    items = [JudgeItem(r["prompt"], r["response"], "en") for r in rows]
+    labels = [int(r["label"]) for r in rows]
+    folds = [prompt_fold(group[r["id"]]) for r in rows]  # answers to a contrast pair share a fold
+    return LabelSet("en", AS_WRITTEN, HUMAN, items, labels, [r["model"] for r in rows],
+                    folds).subset(spread(len(items), limit))
 
 
 def _opening(text: str, n: int = MT_CHARS) -> str:

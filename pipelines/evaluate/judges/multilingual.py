@@ -19,7 +19,7 @@ from pipelines.evaluate.judges.trained import TrainedJudge
 
 
 class MultilingualJudge(TrainedJudge):
-    version = "3"  # 2: the refusal-phrase feature; 3: three outcomes (trained.py)
+    version = "5"  # 2: the refusal-phrase feature; 3-5: three outcomes, form of the opening, contrast folds (trained.py)
     encoder_name: ClassVar[str] = "e5-small-q4"
     train_langs: ClassVar[tuple[str, ...]] = ("en", "es", "pt")
     native_languages: ClassVar[frozenset[str] | None] = None
@@ -35,6 +35,7 @@ class MultilingualJudge(TrainedJudge):
         self._phrases = RefusalPhraseJudge() if phrase_feature else None
         # The opening characters of each text it reads (cost grows with length; refusals come first).
         self.max_chars = max_chars
+        self.form_chars = max_chars
         self.threads = threads  # 1: OpenMP threads spin on a shared 2-core machine (embeddings.py)
 
     def make_encoder(self) -> Encoder:

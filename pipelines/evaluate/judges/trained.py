@@ -107,8 +107,10 @@ def choose(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: np.ndarray,
 class TrainedJudge(Judge):
     """Logistic regression over an encoder's embeddings of response and prompt."""
 
-    version = "3"  # 3: three outcomes (made non-answers, answer-form features)
+    version = "5"  # 3: three outcomes (made non-answers, answer-form features); 4: form of the opening, no length;
+    # 5: prompt folds hold XSTest contrast pairs whole (labels.contrast_groups)
     encoder_name: ClassVar[str] = "minilm"
+    form_chars: int = 256  # the opening of an answer the form features read (about what the encoder reads)
     # The languages whose labels (human, or machine-translated where a route reaches them) it trains on.
     train_langs: ClassVar[tuple[str, ...]] = ("en",)
     # The languages it reads as written (None: any the encoder knows, validated where labels exist).
@@ -147,7 +149,10 @@ class TrainedJudge(Judge):
         parts = [embed(enc, [i.response or "" for i in items])]
         if self.prompt_feature:
             parts.append(embed(enc, [i.prompt for i in items]))
-        parts.append(np.asarray([answer_form(i.prompt, i.response or "").features() for i in items],
+        # The form signals of the opening the encoder reads, so a long answer and a short one are compared
+        # on the same stretch of text.
+        n = self.form_chars
+        parts.append(np.asarray([answer_form(i.prompt, (i.response or "")[:n]).features() for i in items],
                                 dtype=np.float32).reshape(len(items), -1))
         return np.hstack(parts)
 

@@ -64,7 +64,8 @@ from pipelines.layout import judges_cache
 from pipelines.registries import datasets
 
 log = logging.getLogger(__name__)
-VERSION = "3"  # 2: three outcomes, κ interval, rate error, small-model labels judged through the policy; 3: folds train with made non-answers
+VERSION = "4"  # 2: three outcomes, κ interval, rate error, small-model labels judged through the policy; 3: folds
+# train with made non-answers; 4: prompt folds hold XSTest contrast pairs whole
 HELDOUT = "by source model and prompt (nested choice of C and threshold)"
 BOOT, SEED = 2000, 0  # κ interval: percentile bootstrap over answers
 KAPPA_CI = f"95% percentile bootstrap over answers ({BOOT} resamples, seed {SEED})"
