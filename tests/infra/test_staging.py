@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -98,6 +101,77 @@ def test_stage_script_plans_every_model_and_data_file_of_the_paper_preset(tmp_pa
     assert importlib.util.find_spec("huggingface_hub") is not None
 
 
+def _stage_module():
+    spec = importlib.util.spec_from_file_location("stage", STAGING / "stage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """The hub's two calls the script makes, served from folders (the hub is not reachable here); which
+    files a pattern selects is huggingface_hub's own filter, as in snapshot_download."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    hub = tmp_path / "hub"
+
+    def list_repo_files(repo_id: str) -> list[str]:
+        return sorted(str(p.relative_to(hub / repo_id)) for p in (hub / repo_id).rglob("*") if p.is_file())
+
+    def snapshot_download(repo_id: str, local_dir, allow_patterns) -> str:
+        for rel in filter_repo_objects(list_repo_files(repo_id), allow_patterns=allow_patterns):
+            (Path(local_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(hub / repo_id / rel, Path(local_dir) / rel)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+
+    def repo(repo_id: str, files: dict[str, str]) -> None:
+        for rel, text in files.items():
+            (hub / repo_id / rel).parent.mkdir(parents=True, exist_ok=True)
+            (hub / repo_id / rel).write_text(text)
+    return repo
+
+
+def test_a_repo_that_ships_only_bin_weights_is_staged_with_them(local_hub, tmp_path):
+    """Issue #29, point 5: NLLB-200-distilled-600M ships pytorch_model.bin and no safetensors."""
+    stage = _stage_module()
+    local_hub("facebook/nllb-200-distilled-600M", {"config.json": "{}", "pytorch_model.bin": "w",
+                                                    "sentencepiece.bpe.model": "s", "tokenizer_config.json": "{}"})
+    target = tmp_path / "models" / "nllb-200-distilled-600M"
+    assert stage.stage_model("nllb-200-distilled-600M", "facebook/nllb-200-distilled-600M", target, False) is None
+    assert (target / "pytorch_model.bin").exists() and (target / "sentencepiece.bpe.model").exists()
+    # A repo with both formats: only safetensors is fetched.
+    local_hub("org/both", {"config.json": "{}", "model.safetensors": "w", "pytorch_model.bin": "w"})
+    stage.stage_model("both", "org/both", tmp_path / "models" / "both", False)
+    assert sorted(p.name for p in (tmp_path / "models" / "both").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_folder_without_its_weights_is_not_staged(local_hub, tmp_path, capsys):
+    stage = _stage_module()
+    target = tmp_path / "models" / "m"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")  # an interrupted earlier run
+    local_hub("org/m", {"config.json": "{}", "model.safetensors.index.json": json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}),
+        "model-00001-of-00002.safetensors": "w"})  # a shard the hub copy lacks: the index still names it
+    problem = stage.stage_model("m", "org/m", target, False)
+    assert "already staged" not in capsys.readouterr().out
+    assert problem == "weight shard(s) missing: model-00002-of-00002.safetensors"
+
+
+def test_a_judge_model_without_a_chat_template_is_named(tmp_path):
+    stage = _stage_module()
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+    assert "[INST]" in stage.chat_template_problem(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ '[INST]' }}"}))
+    assert stage.chat_template_problem(tmp_path) is None
+
+
 @pytest.fixture(autouse=True)
-def _kustomize():
-    render(STAGING)  # skips (or fails under CI) without kustomize, like the other infra tests
+def _kustomize(request):
+    if "local_hub" not in request.fixturenames and "chat_template" not in request.node.name:
+        render(STAGING)  # skips (or fails under CI) without kustomize, like the other infra tests
