@@ -14,6 +14,7 @@ loopback. The ingress replica checks the same rule again in its own environment.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,9 @@ from serving.auth import (
     load_tokens,
 )
 from serving.backend import JudgeBackend
-from serving.config import JudgeServiceConfig, app_settings, load_config
+from serving.config import JudgeServiceConfig, app_settings, http_settings, load_config
 from serving.ingress import JudgeIngress
+from serving.proxy import CALLBACK, CALLBACK_ENV, GUARD_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,22 @@ def _actual_bind(host: str, port: int, token: str | None) -> tuple[str, int]:
     return actual_host, actual_port
 
 
+def _check_proxy_limits(url: str) -> bool:
+    """Whether the proxy answering `url` runs serving/proxy.py's limits (a warning naming the fix if not:
+    a Ray cluster started elsewhere keeps the environment it was started with)."""
+    import httpx
+
+    try:
+        guarded = GUARD_HEADER.decode() in httpx.get(f"{url}/healthz", timeout=10).headers
+    except httpx.HTTPError:
+        return False
+    if not guarded:
+        logger.warning("Serve's HTTP proxy runs without safedrift's limits (head and body deadlines, header "
+                       "size, no client switch for the request timeout): start the Ray cluster with %s=%s "
+                       "in its environment", CALLBACK_ENV, CALLBACK)
+    return guarded
+
+
 def serve_judge(
     config: str | Path | dict[str, Any] | JudgeServiceConfig | None = None,
     host: str = "127.0.0.1",
@@ -137,14 +155,19 @@ def serve_judge(
         cfg = cfg.model_copy(update={"ingress": cfg.ingress.model_copy(update={"ray_actor_options": actor_opts})})
 
     if not ray.is_initialized():
+        # The proxy's limits (serving/proxy.py) load in the proxy process, from its environment: set
+        # before Ray starts, it is inherited by every process of the local cluster.
+        os.environ.setdefault(CALLBACK_ENV, CALLBACK)
         if ray_address:
             ray.init(address=ray_address)
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False)
-    serve.start(http_options={"host": host, "port": port})
+    serve_file = config if isinstance(config, str | Path | dict) else None
+    serve.start(http_options={"host": host, "port": port, **http_settings(serve_file)})
     host, port = _actual_bind(host, port, token)
     handle = serve.run(build_app(cfg.model_dump()), name=name, route_prefix=settings["route_prefix"])
     service = JudgeService(url=_url(host, port, settings["route_prefix"]), app_name=name, handle=handle)
+    _check_proxy_limits(service.url)
     logger.info("judge service %s up at %s", name, service.url)
     if blocking:
         try:

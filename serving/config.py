@@ -157,6 +157,21 @@ def load_config(source: str | Path | dict[str, Any] | JudgeServiceConfig | None)
     return JudgeServiceConfig.model_validate(data)
 
 
+# Serve's proxy settings that `safedrift serve` takes from a Serve config's http_options (Serve's own
+# schema checks them); host and port come from the command line.
+PROXY_HTTP_OPTIONS = ("request_timeout_s", "keep_alive_timeout_s")
+
+
+def http_settings(source: str | Path | dict[str, Any] | None) -> dict[str, Any]:
+    """The proxy's request timeout and keep-alive from a Serve config's ``http_options`` ({} if none):
+    `safedrift serve` ignored them, so its proxy had no request timeout at all (issue 30)."""
+    data: Any = source
+    if isinstance(source, str | Path):
+        data = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+    http = data.get("http_options") if isinstance(data, dict) else None
+    return {k: http[k] for k in PROXY_HTTP_OPTIONS if isinstance(http, dict) and http.get(k) is not None}
+
+
 def app_settings(source: str | Path | dict[str, Any] | None) -> dict[str, Any]:
     """Name and route prefix of the first application of a Serve config, with our defaults."""
     out: dict[str, Any] = {"name": DEFAULT_APP_NAME, "route_prefix": "/"}

@@ -48,6 +48,8 @@ def judge_service(secret_dir: Path) -> Iterator[object]:
         mp.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
         started_ray = not ray.is_initialized()
         if started_ray:
+            # Serve's proxy with safedrift's limits (serving/proxy.py), as `safedrift serve` starts it.
+            mp.setenv("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "serving.proxy:proxy_middlewares")
             ray.init(num_cpus=4, include_dashboard=False)
         service = serve_judge(service_config(), host="127.0.0.1", port=free_port())
         try:

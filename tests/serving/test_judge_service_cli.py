@@ -28,7 +28,8 @@ def test_serve_run_judge_yaml(tmp_path: Path) -> None:
     config_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     token = secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEDRIFT_JUDGE_TOKEN")}
-    env.update(SAFEDRIFT_JUDGE_TOKEN=token, RAY_AUTH_MODE="disabled")
+    env.update(SAFEDRIFT_JUDGE_TOKEN=token, RAY_AUTH_MODE="disabled",
+               RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH="serving.proxy:proxy_middlewares")  # as judge.yaml says
     serve_cli = Path(sys.executable).with_name("serve")
     proc = subprocess.Popen([str(serve_cli), "run", str(config_path)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -45,6 +46,7 @@ def test_serve_run_judge_yaml(tmp_path: Path) -> None:
             time.sleep(1)
         else:
             pytest.fail("judge service from serve run never became ready")
+        assert "x-safedrift-proxy-limits" in httpx.get(f"{base}/healthz", timeout=10).headers  # the proxy's limits
         headers = {"Authorization": f"Bearer {token}"}
         r = httpx.post(f"{base}/v1/judge", json={"items": [i for i, _ in CASES]}, headers=headers, timeout=30)
         assert r.status_code == 200
