@@ -1,10 +1,12 @@
-"""The calls safedrift's vLLM backend makes bind to vLLM's real signatures (issue #17, point 6).
+"""The calls safedrift's vLLM backend makes bind to vLLM's real signatures (issue #17 point 6, #29 point 10).
 
-vLLM has no CPU wheel, so its signatures are recorded from its source into vllm_api.json (provenance and
-how to refresh it are in that file). A stand-in `vllm` module is built from those records: each class
-binds its arguments with inspect.Signature exactly as Python would, so a renamed or missing parameter,
-a wrong positional order or an unknown TokensPrompt key raises TypeError. Then the backend's real
-generate_vllm_many runs against it, for every recorded shape of the API."""
+vLLM has no CPU wheel, so its API is recorded from the pinned wheel's source into vllm_api.json
+(record_vllm_api.py parses it; version and sha256 in the file). A stand-in `vllm` module is built from
+those records: each class binds its arguments with inspect.Signature exactly as Python would, so a renamed
+or missing parameter, a wrong positional order, an EngineArgs field vLLM lacks or an unknown TokensPrompt
+key raises TypeError; the values vLLM checks are checked too (max_lora_rank in vLLM's allowed set, LoRA ids
+from 1, a non-empty adapter path), and its outputs carry only the recorded fields. Then the backend's real
+generate_vllm_many runs against it."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import functools
 import inspect
 import itertools
 import json
+import os
+import re
 import sys
 import threading
 import time
@@ -26,7 +30,9 @@ from pipelines.config import GenerateConfig
 from pipelines.evaluate.backends import vllm as backend
 from pipelines.evaluate.chat import prompt_token_ids
 
-API = json.loads((Path(__file__).with_name("vllm_api.json")).read_text())["signatures"]
+RECORD = json.loads((Path(__file__).with_name("vllm_api.json")).read_text())
+API = RECORD["signatures"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def signature(record: dict[str, Any]) -> inspect.Signature:
@@ -46,6 +52,9 @@ def fake_vllm(shapes: dict[str, dict[str, Any]], tok: Any, calls: list[tuple[str
             extra = set(bound.arguments.get("kwargs", {})) - engine_fields
             if extra:
                 raise TypeError(f"EngineArgs has no field(s) {sorted(extra)}")
+            rank = kwargs.get("max_lora_rank")
+            if rank is not None and rank not in RECORD["values"]["max_lora_rank"]:
+                raise ValueError(f"max_lora_rank {rank} is not one of {RECORD['values']['max_lora_rank']}")
             calls.append(("LLM", kwargs))
 
         def get_tokenizer(self) -> Any:
@@ -61,8 +70,7 @@ def fake_vllm(shapes: dict[str, dict[str, Any]], tok: Any, calls: list[tuple[str
             if isinstance(loras, list) and len(loras) != len(prompts):
                 raise ValueError("lora_request must have one entry per prompt")
             calls.append(("generate", bound.arguments))
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f"answer {i}")])
-                    for i in range(len(prompts))]
+            return [request_output(f"answer {i}") for i in range(len(prompts))]
 
     def SamplingParams(*args: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: N802 - vLLM's name
         signature(shapes["SamplingParams"]).bind(*args, **kwargs)
@@ -73,6 +81,8 @@ def fake_vllm(shapes: dict[str, dict[str, Any]], tok: Any, calls: list[tuple[str
             b = signature(shapes["LoRARequest"]).bind(*args, **kwargs)
             self.lora_name, self.lora_int_id, self.lora_path = (b.arguments[k] for k in
                                                                  ("lora_name", "lora_int_id", "lora_path"))
+            if self.lora_int_id < RECORD["values"]["lora_int_id_min"] or not self.lora_path:
+                raise ValueError(f"LoRA id {self.lora_int_id} (vLLM reserves 0) or empty path {self.lora_path!r}")
 
     mod = types.ModuleType("vllm")
     mod.LLM, mod.SamplingParams = LLM, SamplingParams  # type: ignore[attr-defined]
@@ -80,6 +90,19 @@ def fake_vllm(shapes: dict[str, dict[str, Any]], tok: Any, calls: list[tuple[str
     req = types.ModuleType("vllm.lora.request")
     req.LoRARequest = LoRARequest  # type: ignore[attr-defined]
     return mod, lora, req  # type: ignore[return-value]
+
+
+def request_output(text: str) -> Any:
+    """A RequestOutput with only the fields vLLM's records: reading any other one raises AttributeError."""
+    def record(names: list[str], **values: Any) -> Any:
+        cls = type("Recorded", (), {"__slots__": tuple(names)})
+        obj = cls()
+        for name in names:
+            setattr(obj, name, values.get(name))
+        return obj
+
+    out = RECORD["outputs"]
+    return record(out["RequestOutput"], outputs=[record(out["CompletionOutput"], text=text, index=0)])
 
 
 SHAPES = [dict(zip(API, combo, strict=True)) for combo in itertools.product(*API.values())]
@@ -116,7 +139,7 @@ def test_the_stand_in_rejects_a_call_that_would_fail_in_vllm(tmp_path) -> None:
     with pytest.raises(TypeError):
         mod.SamplingParams(max_new_tokens=5)  # transformers' name, not vLLM's
     with pytest.raises(TypeError):
-        req.LoRARequest("a", 1, "/x", "extra", "too many")
+        req.LoRARequest("a", 1, "/x", *["extra"] * len(shapes["LoRARequest"]["params"]))  # more than its fields
     llm = mod.LLM(model="m", enable_lora=True)
     with pytest.raises(TypeError):
         llm.generate([{"prompt": "text"}])  # a TextPrompt where TokensPrompts are promised
@@ -214,3 +237,37 @@ def test_the_llm_judge_serves_two_threads_with_one_engine_and_their_own_outputs(
     for w in range(2):
         want = [_ident(p["prompt_token_ids"]) for p in llm.judge_token_prompts(tok, judges[w].prompts(work[w]))]
         assert got[w] == [want] * 3, f"thread {w} got another caller's outputs"
+
+
+def test_the_recording_is_of_the_pinned_wheel() -> None:
+    """The pin (pyproject's gpu extra, constraints/gpu.txt) and the recorded wheel agree."""
+    pins = {f"vllm=={RECORD['vllm_version_pinned']}"}
+    text = (REPO / "pyproject.toml").read_text() + (REPO / "constraints" / "gpu.txt").read_text()
+    assert set(re.findall(r"vllm==[0-9][^\"\s,]*", text)) == pins, "re-record vllm_api.json (record_vllm_api.py)"
+    wheel = RECORD["wheel"]
+    assert wheel["file"].startswith(f"vllm-{RECORD['vllm_version_pinned']}-") and len(wheel["sha256"]) == 64
+    assert all(e["source"].startswith(f"vllm=={RECORD['vllm_version_pinned']} wheel: ")
+               for shapes in API.values() for e in shapes)
+
+
+def test_the_recording_matches_the_wheel_when_it_is_here() -> None:
+    """Re-parses the pinned wheel (VLLM_WHEEL, or pip's download folder /tmp/vllmwheel) and compares."""
+    from record_vllm_api import record
+
+    name = RECORD["wheel"]["file"]
+    wheel = Path(os.environ.get("VLLM_WHEEL") or f"/tmp/vllmwheel/{name}")
+    if not wheel.exists():
+        pytest.skip(f"no {name} here: pip download --no-deps vllm=={RECORD['vllm_version_pinned']} -d /tmp/vllmwheel")
+    assert record(wheel) == RECORD
+
+
+def test_the_stand_in_checks_the_values_vllm_checks() -> None:
+    mod, _, req = fake_vllm(SHAPES[0], tiny_tokenizer("qwen3"), [])
+    with pytest.raises(ValueError, match="max_lora_rank 48"):
+        mod.LLM(model="m", enable_lora=True, max_lora_rank=48)
+    with pytest.raises(ValueError, match="LoRA id 0"):
+        req.LoRARequest("a", 0, "/x")
+    with pytest.raises(ValueError, match="empty path"):
+        req.LoRARequest("a", 1, "")
+    with pytest.raises(AttributeError):
+        getattr(request_output("x").outputs[0], "logprob")  # noqa: B009 - not a field (logprobs is)
