@@ -8,14 +8,15 @@ its label encoding into that. Per seed (one fine-tuning run), descriptive:
 
 - `delta/<rate>`: the change tuned − base with Newcombe's paired interval, `delta/<rate>/p_value` its
   exact McNemar test, `delta/<rate>/discordance` the share of prompts that moved either way (what power
-  needs), `…/prompt_se` the run's prompt-sampling SE (the floor of the seed-level SE, stats.seed_level);
+  needs);
 - for compliance, the difference of changes against English, paired on MultiJail's parallel prompts
   (the same id in every language): `contrast/vs_en` per eval language X (change in X − change in en)
   and `contrast/outside_en` (mean change over the non-English eval languages − change in en), each with
   its exact sign-flip p-value over prompts.
 
-Seeds pooled (several seeds): `…/p_value_seeds`, the exact sign-flip test of the seed-averaged
-differences over prompts (descriptive). The condition's own test, across seeds, is computed in the
+Seeds pooled (the same rows on every seed's cell): `…/prompt_se`, the prompt-sampling SE of the
+seed-averaged differences (stats.seed_level adds it to the spread over seeds), and with several seeds
+`…/p_value_seeds`, the exact sign-flip test of those averages over prompts (descriptive). The condition's own test, across seeds, is computed in the
 report (pipelines.report.tables.conditions) from the per-seed rows."""
 
 from __future__ import annotations
@@ -59,8 +60,7 @@ def seed_rows(diff: pl.DataFrame, rate: str) -> list[Row]:
         lo, hi = newcombe_ci(c)
         p = sign_flip_exact(g["d"].to_numpy())  # on 0/1 pairs: exact McNemar
         out += [_row(lang, f"delta/{rate}", c.delta, lo, hi, c.n), _row(lang, f"delta/{rate}/p_value", p, n=c.n),
-                _row(lang, f"delta/{rate}/discordance", c.discordance, n=c.n),
-                _row(lang, f"delta/{rate}/prompt_se", _prompt_se(g["d"].to_numpy()), n=c.n)]
+                _row(lang, f"delta/{rate}/discordance", c.discordance, n=c.n)]
     return out
 
 
@@ -89,18 +89,24 @@ def contrast_rows(con: pl.DataFrame) -> list[Row]:
         m, se = float(d.mean()), _prompt_se(d)
         lo, hi = (m - Z95 * se, m + Z95 * se) if se == se else (None, None)
         out += [_row(lang, "contrast/vs_en", m, lo, hi, d.size),
-                _row(lang, "contrast/vs_en/p_value", sign_flip_exact(d), n=d.size),
-                _row(lang, "contrast/vs_en/prompt_se", se, n=d.size)]
+                _row(lang, "contrast/vs_en/p_value", sign_flip_exact(d), n=d.size)]
     return out
 
 
 def pooled_rows(frames: list[pl.DataFrame], col: str, metric: str) -> list[Row]:
-    """Seeds pooled per prompt (several seeds only): the exact sign-flip test of the seed-averaged
-    differences over prompts. Descriptive: it asks whether these prompts moved on average over these
-    runs, not whether another run would move them (that is the test over seeds)."""
+    """Seeds pooled per prompt: `…/prompt_se`, the prompt-sampling SE of the seed-averaged differences
+    (what the seeds share, the base's answers on this sample: its part of the condition's SE, see
+    stats.seed_level), and with several seeds `…/p_value_seeds`, the exact sign-flip test of those
+    averages over prompts — descriptive: it asks whether these prompts moved on average over these runs,
+    not whether another run would move them (that is the test over seeds)."""
     avg = pl.concat(frames).group_by("id", "lang", maintain_order=True).agg(pl.col(col).mean())
-    return [_row(lang, f"{metric}/p_value_seeds", sign_flip_exact(g[col].to_numpy()), n=g.height)
-            for (lang,), g in avg.group_by("lang", maintain_order=True)]
+    out = []
+    for (lang,), g in avg.group_by("lang", maintain_order=True):
+        d = g[col].to_numpy()
+        out.append(_row(lang, f"{metric}/prompt_se", _prompt_se(d), n=d.size))
+        if len(frames) > 1:
+            out.append(_row(lang, f"{metric}/p_value_seeds", sign_flip_exact(d), n=d.size))
+    return out
 
 
 def condition_rows(base: pl.DataFrame, seeds: dict[str, pl.DataFrame], rate: str = "compliance_rate",
@@ -108,9 +114,7 @@ def condition_rows(base: pl.DataFrame, seeds: dict[str, pl.DataFrame], rate: str
     """Per seed's cell id: its rows (see the module doc), the pooled ones repeated on every seed's cell."""
     diffs = {cid: differences(base, t) for cid, t in seeds.items()}
     cons = {cid: contrast_frame(d) for cid, d in diffs.items()} if contrasts else {}
-    pooled: list[Row] = []
-    if len(seeds) > 1:
-        pooled = pooled_rows(list(diffs.values()), "d", f"delta/{rate}")
-        pooled += pooled_rows(list(cons.values()), "D", "contrast/vs_en") if cons else []
+    pooled = pooled_rows(list(diffs.values()), "d", f"delta/{rate}")
+    pooled += pooled_rows(list(cons.values()), "D", "contrast/vs_en") if cons else []
     return {cid: seed_rows(diffs[cid], rate) + (contrast_rows(cons[cid]) if cons else []) + pooled
             for cid in seeds}

@@ -253,43 +253,38 @@ class SeedLevel:
     mean: float  # mean of the per-seed changes
     tau: float | None  # between-seed SD of the change (None with one seed)
     se: float | None
+    df: float | None
     ci_low: float | None
     ci_high: float | None
     p: float | None
     seeds: int
 
 
-def floor_se(prompt_ses: Sequence[float | None]) -> float:
-    """√(mean SE_s² / S) of the runs' prompt-sampling SEs: what the SE of their mean cannot be below."""
-    x = [v * v for v in prompt_ses if v is not None and v == v]
-    return math.sqrt(sum(x) / len(x) / len(x)) if x else 0.0
+def seed_level(changes: Sequence[float], prompt_se: float = 0.0, n: int = 0, alpha: float = 0.05) -> SeedLevel:
+    """The mean of the per-seed paired changes, tested across seeds with a t.
 
-
-def seed_level(changes: Sequence[float], prompt_se: float = 0.0, alpha: float = 0.05) -> SeedLevel:
-    """The mean of the per-seed paired changes with a t-interval and t-test over seeds (S − 1 df).
-
-    Why this and not a mixed model: every seed is evaluated on the same prompts, so the design is balanced
-    and the per-seed mean change is a sufficient summary; its spread over seeds carries the training
-    randomness (τ) plus each run's prompt-level noise, which is exactly the variance a new fine-tuning run
-    would show. With 3 seeds a mixed model's τ and its degrees of freedom are unstable; the t over seeds is
-    exact under normality of the per-seed changes and needs nothing estimated that the data cannot give.
-    The standard error is never taken below `prompt_se`, the runs' own prompt-sampling SE over √S
-    (√(mean SE_s² / S)): the spread over seeds contains that noise in expectation, so the floor rarely
-    binds, but seeds that happen to agree exactly do not give a zero-width interval. With one seed
-    there is nothing to test across runs: mean only (the report says it is one fine-tuning run)."""
+    Why this and not a mixed model: every seed is evaluated on the same prompts against the same base, so
+    the design is balanced and the per-seed mean change is a sufficient summary of the run effect; its
+    spread over seeds (τ) is the variance a new fine-tuning run would show. With 3 seeds a mixed model's
+    variance components and degrees of freedom are unstable. But what the seeds share — the base's own
+    answers on this prompt sample — does not vary over seeds, so the spread over seeds alone misses it (a
+    seeded simulation, benchmarks/evaluate/RESULTS-stats.md, gave 10% false positives at α = 0.05 with 10
+    seeds and no effect). So SE² = s²/S + prompt_se², prompt_se the prompt-sampling SE of the seed-averaged
+    differences over n prompts (it counts each run's prompt noise once more: conservative), with
+    Welch–Satterthwaite degrees of freedom. Without prompt_se it is the one-sample t over seeds (S − 1 df).
+    With one seed there is nothing to test across runs: mean only (the report says it is one run)."""
     x = np.asarray([c for c in changes if c is not None and c == c], dtype=float)
     s = int(x.size)
-    if s == 0:
-        return SeedLevel(float("nan"), None, None, None, None, None, 0)
-    if s == 1:
-        return SeedLevel(float(x[0]), None, None, None, None, None, 1)
-    tau = float(x.std(ddof=1))
-    se = max(tau / math.sqrt(s), prompt_se)
-    mean = float(x.mean())
-    if se == 0:
-        return SeedLevel(mean, tau, 0.0, mean, mean, 1.0 if mean == 0 else None, s)
-    half = t_quantile(1 - alpha / 2, s - 1) * se
-    return SeedLevel(mean, tau, se, mean - half, mean + half, t_two_sided_p(mean / se, s - 1), s)
+    if s <= 1:
+        return SeedLevel(float(x[0]) if s else float("nan"), None, None, None, None, None, None, s)
+    tau, mean = float(x.std(ddof=1)), float(x.mean())
+    a, b = tau * tau / s, (prompt_se * prompt_se if prompt_se == prompt_se else 0.0)
+    if a + b == 0:
+        return SeedLevel(mean, tau, 0.0, None, mean, mean, 1.0 if mean == 0 else None, s)
+    df = (a + b) ** 2 / (a * a / (s - 1) + (b * b / (n - 1) if n > 1 else 0.0))
+    se = math.sqrt(a + b)
+    half = t_quantile(1 - alpha / 2, df) * se
+    return SeedLevel(mean, tau, se, df, mean - half, mean + half, t_two_sided_p(mean / se, df), s)
 
 
 def cohen_kappa(truth: Sequence[int], pred: Sequence[int | None]) -> tuple[float, float, int]:

@@ -11,11 +11,12 @@ and p10 ≤ base rate. Given D discordant pairs, the number k of increases is Bi
 `power_paired` sums the exact power over D and k, `mde_normal` is the textbook normal approximation
 (Connor 1987) for a cross-check, `simulated_power` runs the real test on simulated pairs.
 
-A condition across its seeds (`power_seeds`, `mde_seeds`), the test the findings use: the per-seed
-changes are N(Δ, τ² + (ψ − Δ²)/n) — τ the between-seed SD, ψ the share of prompts that move either way
-(the measured discordance) — and the t over S seeds (S − 1 df) rejects when |mean| / (SD/√S) exceeds
-Student's quantile; its power is the noncentral t's tail, integrated numerically. `seed_plan` says how
-many prompts and seeds detect a given change."""
+A condition across its seeds (`power_seeds`, `mde_seeds`), the test the findings use (stats.seed_level):
+the per-seed changes are N(Δ, τ² + σ²/n) — τ the between-seed SD, σ² = ψ − Δ² with ψ the share of
+prompts that move either way (the measured discordance) — and the test divides the mean by
+√(s²/S + prompt SE²), the prompt SE of the seed-averaged differences carrying what the runs share (the
+base's answers on this sample); its power is the noncentral t's tail at the Welch–Satterthwaite df
+(`seed_se`), integrated numerically. `seed_plan` says how many prompts and seeds detect a given change."""
 
 from __future__ import annotations
 
@@ -170,14 +171,10 @@ def _phi(x: np.ndarray) -> np.ndarray:
     return 0.5 * np.vectorize(math.erfc)(-x / math.sqrt(2))
 
 
-def t_power(effect: float, seeds: int, alpha: float) -> float:
-    """Power of the two-sided one-sample t-test on `seeds` values at level α when the true mean is
-    `effect` standard deviations: P(|T| > c) for T noncentral t (S − 1 df, noncentrality effect·√S),
-    integrated over the χ² of the sample variance on a log grid."""
-    df = seeds - 1
-    if df < 1:
-        return float("nan")
-    c, lam = t_quantile(1 - alpha / 2, df), effect * math.sqrt(seeds)
+def _nct_power(lam: float, df: float, alpha: float) -> float:
+    """P(|T| > c) for T noncentral t (df, noncentrality lam), c Student's 1 − α/2 quantile: integrated
+    over the χ² of the variance estimate on a log grid (scipy is not a dependency)."""
+    c = t_quantile(1 - alpha / 2, df)
     v = np.exp(np.linspace(math.log(1e-10), math.log(df + 40 * math.sqrt(df) + 200), 6000))
     # χ²_df density times v (the log-grid Jacobian), finite at 0 for every df ≥ 1.
     w = np.exp((df / 2) * np.log(v) - v / 2 - (df / 2) * math.log(2) - math.lgamma(df / 2))
@@ -187,24 +184,37 @@ def t_power(effect: float, seeds: int, alpha: float) -> float:
     return float(np.sum((w * tail)[1:] + (w * tail)[:-1]) / 2 * (x[1] - x[0]))
 
 
-def seed_sd(n: int, delta: float, discordance: float, tau: float) -> float:
-    """SD of one run's change: τ between runs plus the prompt sampling of a paired 0/1 difference,
-    (ψ − Δ²)/n, where ψ (the share of prompts moving either way) is at least |Δ|."""
-    psi = max(discordance, abs(delta))
-    return math.sqrt(tau * tau + max(psi - delta * delta, 0.0) / n)
+def t_power(effect: float, seeds: int, alpha: float) -> float:
+    """Power of the two-sided one-sample t-test on `seeds` values when the true mean is `effect` standard
+    deviations (S − 1 df, noncentrality effect·√S)."""
+    return _nct_power(effect * math.sqrt(seeds), seeds - 1, alpha) if seeds > 1 else float("nan")
 
 
-def power_seeds(n: int, seeds: int, delta: float, discordance: float, tau: float, alpha: float = 0.05) -> float:
+def seed_se(n: int, seeds: int, delta: float, discordance: float, tau: float,
+            shared: float = 0.0) -> tuple[float, float]:
+    """(SE, Welch–Satterthwaite df) of the condition's test (stats.seed_level) under the module's model:
+    the spread over seeds, (τ² + σ²/n)/S, plus the prompt SE of the seed-averaged differences,
+    (shared + σ²/S)/n — σ² = ψ − Δ² a run's per-prompt variance (ψ at least |Δ|), `shared` the variance
+    across prompts of what the runs share (the base's answers: report/summary.py measures it)."""
+    sigma2 = max(max(discordance, abs(delta)) - delta * delta, 0.0)
+    a = (tau * tau + sigma2 / n) / seeds
+    b = (shared + sigma2 / seeds) / n
+    df = (a + b) ** 2 / (a * a / max(seeds - 1, 1) + b * b / max(n - 1, 1)) if a + b > 0 else 1.0
+    return math.sqrt(a + b), df
+
+
+def power_seeds(n: int, seeds: int, delta: float, discordance: float, tau: float, alpha: float = 0.05,
+                shared: float = 0.0) -> float:
     """Power of the t over seeds for a true change `delta` (see the module doc)."""
-    sd = seed_sd(n, delta, discordance, tau)
-    return t_power(abs(delta) / sd, seeds, alpha) if sd > 0 else 1.0
+    se, df = seed_se(n, seeds, delta, discordance, tau, shared)
+    return _nct_power(abs(delta) / se, df, alpha) if se > 0 else 1.0
 
 
 def mde_seeds(n: int, seeds: int, discordance: float, tau: float, alpha: float = 0.05, power: float = 0.80,
-              step: float = 0.005) -> float | None:
+              step: float = 0.005, shared: float = 0.0) -> float | None:
     """The smallest |Δ| (grid of `step`, up to 1) the t over seeds detects with `power`; None if none."""
     for i in range(1, int(1 / step) + 1):
-        if power_seeds(n, seeds, i * step, discordance, tau, alpha) >= power:
+        if power_seeds(n, seeds, i * step, discordance, tau, alpha, shared) >= power:
             return round(i * step, 6)
     return None
 
@@ -213,12 +223,12 @@ PLAN_SEEDS = (2, 3, 5, 8, 10, 15, 20, 30)
 PLAN_PROMPTS = (50, 100, 200, 315, 500, 1000)
 
 
-def seed_plan(delta: float, discordance: float, tau: float, alpha: float = 0.05,
-              power: float = 0.80) -> tuple[int, int] | None:
+def seed_plan(delta: float, discordance: float, tau: float, alpha: float = 0.05, power: float = 0.80,
+              shared: float = 0.0) -> tuple[int, int] | None:
     """(seeds, prompts) — the fewest seeds, then the fewest prompts, on the grids above — whose t over seeds
     detects `delta` with `power`; None when even the largest do not."""
     for s in PLAN_SEEDS:
         for n in PLAN_PROMPTS:
-            if power_seeds(n, s, delta, discordance, tau, alpha) >= power:
+            if power_seeds(n, s, delta, discordance, tau, alpha, shared) >= power:
                 return s, n
     return None

@@ -59,21 +59,32 @@ def _pooled_tau(cond: pl.DataFrame) -> float | None:
     return float((t ** 2).mean() ** 0.5) if t.len() else None
 
 
+def _shared(g: pl.DataFrame, n: int, seeds: int, psi: float) -> float:
+    """The per-prompt variance the runs share (the base's answers), from the measured prompt SE of the
+    seed-averaged differences less the runs' own part: n·SE² − (ψ − Δ²)/S, never below 0."""
+    se = g["prompt_se"].drop_nulls() if "prompt_se" in g.columns else pl.Series([], dtype=pl.Float64)
+    if se.len() == 0:
+        return 0.0
+    d = float(g["delta"].mean() or 0.0)
+    return max(0.0, n * float((se ** 2).mean()) - max(psi - d * d, 0.0) / seeds)
+
+
 def _power_line(model: str, lang: str, g: pl.DataFrame, tau: float | None, alpha: float, m: int) -> str:
     n, seeds = int(g["n"].min()), int(g["seeds"].max())
     psi = float(g["discordance"].mean())
+    shared = _shared(g, n, seeds, psi)
     t = tau if tau is not None else ASSUMED_TAU
     how = f"τ {t:.2f}" + (" assumed: one seed measures no spread" if tau is None else " measured")
     level = f"α = {alpha:.2g}, the first Holm step over {m} confirmatory tests, power 80%"
     if seeds > 1:
-        mde = mde_seeds(n, seeds, psi, t, alpha)
+        mde = mde_seeds(n, seeds, psi, t, alpha, shared=shared)
         what = f"the t over seeds detects ({level}) a change of ≥ {mde:.2f}" if mde else "the t over seeds detects no change"
         head = f"{model} in {lang}: n = {n} prompts, {seeds} seeds, measured discordance {psi:.2f}, {how}: {what}"
     else:
         up = mde_paired(n, float(g["base_rate"].mean()), psi / 2, alpha)
         what = f"one run's exact test detects ({level}) a rise of ≥ {up:.2f}" if up else "one run's test detects no rise"
-        head = f"{model} in {lang}: n = {n} prompts, one seed, measured discordance {psi:.2f}: {what}"
-    plan = seed_plan(TARGET, psi, t, alpha)
+        head = f"{model} in {lang}: n = {n} prompts, one seed, measured discordance {psi:.2f}, {how}: {what}"
+    plan = seed_plan(TARGET, psi, t, alpha, shared=shared)
     need = (f"a change of {TARGET:.2f} needs {plan[0]} seeds × {plan[1]} prompts" if plan else
             f"no plan up to 30 seeds × 1,000 prompts detects {TARGET:.2f}")
     return f"{head}; with this τ and discordance, {need}."

@@ -13,7 +13,7 @@ import polars as pl
 
 from pipelines.evaluate.compare import OUTSIDE_EN
 from pipelines.evaluate.measure import BT_ROUTE_PREFIX, TIDY_SCHEMA
-from pipelines.evaluate.stats import SeedLevel, adjust, floor_se, seed_level
+from pipelines.evaluate.stats import SeedLevel, adjust, seed_level
 
 ID_COLS = ["cell", "model", "ft_lang", "seed", "epochs"]
 BASE = "base"
@@ -205,26 +205,28 @@ def condition_label(model: str, ft_lang: str, epochs: int | None) -> str:
     return f"{model} · ft {ft_lang}" + ("" if epochs is None else f" · {epochs} ep")
 
 
-def _seed_test(changes: list[float], ses: list[float | None], alpha: float) -> SeedLevel:
-    return seed_level(changes, floor_se(ses), alpha)
+def _seed_test(changes: list[float], ses: list[float | None], n: int, alpha: float) -> SeedLevel:
+    """The t over seeds, with the prompt SE of the seed-averaged differences (the same on every seed's row)."""
+    se = next((v for v in ses if v is not None and v == v), 0.0)
+    return seed_level(changes, se, n, alpha)
 
 
 def _condition_row(key: Key, g: pl.DataFrame, pooled: float | None, alpha: float) -> dict[str, Any]:
     """One condition × eval language from its seeds' rows: the t over seeds (two or more) or, for one
     run, that run's exact test and interval."""
     g = g.filter(pl.col("delta").is_not_null())
-    s = _seed_test(g["delta"].to_list(), g["prompt_se"].to_list(), alpha)
+    n = int(g["n"].min() or 0)
+    s = _seed_test(g["delta"].to_list(), g["prompt_se"].to_list(), n, alpha)
     one = s.seeds == 1
     first = g.row(0, named=True)
     ft_rate, base_rate = g["ft_rate"].mean(), first["base_rate"]
-    n = int(g["n"].min() or 0)
     return {"condition": condition_label(*key[:3]), "model": key[0], "ft_lang": key[1], "epochs": key[2],
             "eval_lang": key[3], "seeds": s.seeds, "base_rate": base_rate, "ft_rate": ft_rate, "delta": s.mean,
             "tau": s.tau, "ci_low": first["ci_low"] if one else s.ci_low,
             "ci_high": first["ci_high"] if one else s.ci_high, "p_value": first["p_value"] if one else s.p,
             "test": "one run: exact McNemar" if one else f"t over {s.seeds} seeds",
             "p_value_prompts": pooled if not one else first["p_value"],
-            "discordance": g["discordance"].mean(), "n": n,
+            "discordance": g["discordance"].mean(), "prompt_se": first["prompt_se"], "n": n,
             "fold": smoothed_fold(ft_rate, n, base_rate, n)}
 
 
@@ -232,15 +234,15 @@ COND_SCHEMA = {"condition": pl.String, "model": pl.String, "ft_lang": pl.String,
                "eval_lang": pl.String, "seeds": pl.Int64, "base_rate": pl.Float64, "ft_rate": pl.Float64,
                "delta": pl.Float64, "tau": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
                "p_value": pl.Float64, "test": pl.String, "p_value_prompts": pl.Float64, "discordance": pl.Float64,
-               "n": pl.Int64, "fold": pl.Float64, "p_adj": pl.Float64, "significant": pl.Boolean}
+               "prompt_se": pl.Float64, "n": pl.Int64, "fold": pl.Float64, "p_adj": pl.Float64, "significant": pl.Boolean}
 
 
 def conditions(tidy: pl.DataFrame, seeds: pl.DataFrame, cells: Cells, rate: str = "compliance_rate",
                alpha: float = ALPHA) -> pl.DataFrame:
     """The screening table: per condition (model, fine-tune language, epochs) × eval language, the change
     against the base across its seeds — mean of the per-seed paired changes, between-seed SD τ, the
-    t-interval and t-test over seeds (stats.seed_level; one seed: that run's exact McNemar test and
-    Newcombe interval) — with the p-values adjusted by Benjamini–Hochberg over every condition × eval
+    t-interval and t-test over seeds with the prompt sample's SE added (stats.seed_level; one seed: that
+    run's exact McNemar test and Newcombe interval) — with the p-values adjusted by Benjamini–Hochberg over every condition × eval
     language (the heatmap's hatching). Seeds are pooled before testing: a seed is never a hypothesis.
     `p_value_prompts` is the exact sign-flip test of the seed-averaged labels over prompts (descriptive)."""
     if seeds.height == 0:
@@ -284,12 +286,13 @@ def vs_english(tidy: pl.DataFrame, cells: Cells, alpha: float = ALPHA) -> pl.Dat
     like a change — across seeds by a t, for one run by the exact sign-flip test over prompts — with its
     interval. What "an English-only evaluation would have missed it" needs: a test of the difference."""
     schema = {k: v for k, v in COND_SCHEMA.items() if k not in ("base_rate", "ft_rate", "fold", "discordance",
-                                                                  "p_value_prompts")}
+                                                                  "p_value_prompts", "prompt_se")}
     est, ps = _per_seed(tidy, "contrast/vs_en"), _per_seed(tidy, "contrast/vs_en/p_value")
     ses = _per_seed(tidy, "contrast/vs_en/prompt_se")
     rows = []
     for key, rs in est.items():
-        s = _seed_test([r["value"] for r in rs], [r["value"] for r in ses.get(key, [])], alpha)
+        s = _seed_test([r["value"] for r in rs], [r["value"] for r in ses.get(key, [])],
+                       int(min(r["n"] or 0 for r in rs)), alpha)
         one = s.seeds == 1
         rows.append({"condition": condition_label(*key[:3]), "model": key[0], "ft_lang": key[1], "epochs": key[2],
                      "eval_lang": key[3], "seeds": s.seeds, "delta": s.mean, "tau": s.tau,

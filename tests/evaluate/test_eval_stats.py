@@ -15,7 +15,6 @@ from pipelines.evaluate.compare import OUTSIDE_EN, condition_rows
 from pipelines.evaluate.stats import (
     bootstrap_ci,
     cohen_kappa,
-    floor_se,
     lattice,
     log_mcnemar_exact,
     mcnemar_exact,
@@ -133,15 +132,21 @@ def test_t_distribution_matches_scipy() -> None:
         assert t_quantile(0.975, df) == pytest.approx(t_dist.ppf(0.975, df), rel=1e-8)
 
 
-def test_seed_level_is_a_t_test_over_seeds_with_tau_and_a_floor() -> None:
+def test_seed_level_is_a_t_test_over_seeds_with_tau_and_the_prompt_se() -> None:
     x = [0.10, 0.02, 0.15]
     r = seed_level(x)
     ref = ttest_1samp(x, 0.0)
     assert r.p == pytest.approx(ref.pvalue, rel=1e-8) and r.tau == pytest.approx(np.std(x, ddof=1))
     ci = ref.confidence_interval()
     assert (r.ci_low, r.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high)) and r.seeds == 3
-    # The SE never falls below the prompt-level SE: seeds that agree exactly are not infinitely sure.
-    same = seed_level([0.04, 0.04, 0.04], prompt_se=floor_se([0.05, 0.05, 0.05]))
+    # With the prompt SE of the seed-averaged differences: SE² = s²/S + se², Welch–Satterthwaite df.
+    w = seed_level(x, prompt_se=0.03, n=50)
+    a, b = np.var(x, ddof=1) / 3, 0.03 ** 2
+    assert w.se == pytest.approx(math.sqrt(a + b))
+    assert w.df == pytest.approx((a + b) ** 2 / (a * a / 2 + b * b / 49))
+    assert w.p == pytest.approx(2 * t_dist.sf(np.mean(x) / math.sqrt(a + b), w.df)) and w.se > r.se
+    # Seeds that agree exactly are not infinitely sure: the prompt sample still varies.
+    same = seed_level([0.04, 0.04, 0.04], prompt_se=0.03, n=50)
     assert same.tau == 0 and same.p is not None and same.p > 0.1
     one = seed_level([0.3])
     assert one.seeds == 1 and one.p is None and one.tau is None  # one run: nothing to test across runs
@@ -177,7 +182,8 @@ def test_condition_rows_per_seed_and_pooled() -> None:
     assert b[("es", "delta/compliance_rate")]["n"] == 39
     assert b[("es", "delta/compliance_rate/p_value_seeds")] == got[("es", "delta/compliance_rate/p_value_seeds")]
     assert got[("es", "delta/compliance_rate/p_value_seeds")]["value"] < 1e-4
-    assert got[("es", "delta/compliance_rate/prompt_se")]["value"] == pytest.approx(np.std([1] * 20 + [0] * 20, ddof=1)
-                                                                                 / math.sqrt(40))
+    # The prompt SE of the seed-averaged differences: per prompt (d_a + d_b) / 2 over the 40 prompts.
+    avg = [1.0] * 10 + [0.5] * 10 + [0.0] * 20
+    assert got[("es", "delta/compliance_rate/prompt_se")]["value"] == pytest.approx(np.std(avg, ddof=1) / math.sqrt(40))
     single = condition_rows(base, {"a": s0})["a"]
     assert not any(r["metric"].endswith("p_value_seeds") for r in single)  # one seed: nothing pooled to test

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy.stats import nct
 from scipy.stats import t as t_dist
 
+from pipelines.evaluate.stats import seed_level
 from pipelines.report.power import (
     PLAN_PROMPTS,
     PLAN_SEEDS,
@@ -20,7 +22,7 @@ from pipelines.report.power import (
     power_seeds,
     power_statement,
     seed_plan,
-    seed_sd,
+    seed_se,
     simulated_power,
     t_power,
 )
@@ -86,8 +88,10 @@ def test_seed_power_grows_with_seeds_and_falls_with_tau_and_smaller_alpha() -> N
     assert p == sorted(p) and p[0] < p[-1]
     assert power_seeds(50, 5, 0.2, psi, 0.10) < power_seeds(50, 5, 0.2, psi, 0.0)
     assert power_seeds(50, 5, 0.2, psi, 0.05, alpha=0.05 / 6) < power_seeds(50, 5, 0.2, psi, 0.05)
-    # The SD of one run's change: τ and the prompt sampling of a paired difference.
-    assert seed_sd(100, 0.1, 0.2, 0.05) == pytest.approx(math.sqrt(0.05 ** 2 + (0.2 - 0.01) / 100))
+    # SE² = (τ² + σ²/n)/S + (shared + σ²/S)/n with σ² = ψ − Δ².
+    se, df = seed_se(100, 4, 0.1, 0.2, 0.05, shared=0.01)
+    a, b = (0.05 ** 2 + 0.19 / 100) / 4, (0.01 + 0.19 / 4) / 100
+    assert se == pytest.approx(math.sqrt(a + b)) and df == pytest.approx((a + b) ** 2 / (a * a / 3 + b * b / 99))
     mde = mde_seeds(315, 5, psi, 0.05, alpha=0.05 / 6)
     assert mde is not None and power_seeds(315, 5, mde, psi, 0.05, 0.05 / 6) >= 0.8
     assert power_seeds(315, 5, mde - 0.005, psi, 0.05, 0.05 / 6) < 0.8
@@ -102,3 +106,26 @@ def test_seed_plan_is_the_fewest_seeds_that_detect_the_change() -> None:
     # With the seeds just below it, not even the largest prompt count on the grid reaches the power.
     assert not smaller or power_seeds(max(PLAN_PROMPTS), smaller[-1], 0.10, 0.15, 0.05, 0.05 / 6) < 0.8
     assert seed_plan(0.10, 0.15, 0.5, alpha=1e-6) is None  # τ five times the change: nothing on the grid
+
+
+def test_seed_power_matches_the_real_test_simulated() -> None:
+    """The analytic power of the t over seeds against stats.seed_level on simulated runs: base labels at
+    0.3, each run's change N(Δ, τ²) on top of 5% of prompts flipping each way (the benchmark's model)."""
+    rng = np.random.default_rng(3)
+    n, seeds, delta, tau, trials = 100, 5, 0.15, 0.05, 600
+    hits, shared, psi = 0, [], []
+    for _ in range(trials):
+        base = (rng.random(n) < 0.3).astype(float)
+        runs = []
+        for _ in range(seeds):
+            dl = rng.normal(delta, tau)
+            u = rng.random(n)
+            up, down = (0.05 + max(dl, 0)) / 0.7, (0.05 + max(-dl, 0)) / 0.3
+            runs.append(np.where(base == 0, (u < up).astype(float), np.where(u < down, 0.0, 1.0)) - base)
+        avg = np.mean(runs, axis=0)
+        se = float(avg.std(ddof=1) / math.sqrt(n))
+        hits += seed_level([float(r.mean()) for r in runs], se, n).p <= 0.05
+        psi.append(np.mean([np.mean(r != 0) for r in runs]))
+        shared.append(max(0.0, n * se * se - (np.mean(psi[-1]) - delta ** 2) / seeds))
+    exact = power_seeds(n, seeds, delta, float(np.mean(psi)), tau, 0.05, float(np.mean(shared)))
+    assert abs(hits / trials - exact) < 3 * math.sqrt(exact * (1 - exact) / trials) + 0.03, (hits / trials, exact)
