@@ -28,6 +28,7 @@ from pipelines.evaluate.stats import (
     t_two_sided_p,
     wilson_ci,
 )
+from pipelines.translate.plan import _sample
 
 
 def test_bootstrap_interval_brackets_the_rate_and_narrows_with_n() -> None:
@@ -187,3 +188,13 @@ def test_condition_rows_per_seed_and_pooled() -> None:
     assert got[("es", "delta/compliance_rate/prompt_se")]["value"] == pytest.approx(np.std(avg, ddof=1) / math.sqrt(40))
     single = condition_rows(base, {"a": s0})["a"]
     assert not any(r["metric"].endswith("p_value_seeds") for r in single)  # one seed: nothing pooled to test
+
+
+def test_eval_prompts_are_a_seeded_random_sample_in_the_sets_order() -> None:
+    rows = [{"id": f"multijail/{i}"} for i in range(315)]
+    a, b = _sample(rows, 50, 0), _sample(rows, 50, 0)
+    assert a == b and len(a) == 50  # the seed decides, so a rerun draws the same prompts
+    idx = [int(r["id"].split("/")[1]) for r in a]
+    assert idx == sorted(idx) and len(set(idx)) == 50 and max(idx) > 100  # not the first 50 rows
+    assert _sample(rows, 50, 1) != a
+    assert _sample(rows, 400, 0) == rows  # asking for more than the set takes all of it

@@ -15,7 +15,8 @@ from report_synth import Sweep, cell_id
 
 from pipelines.report import write_report
 
-FINDINGS = {"finding-largest_fold_increase", "finding-english_only", "finding-categories", "finding-decoupling"}
+FINDINGS = {"finding-non_answers", "finding-confirmatory", "finding-largest_fold_increase", "finding-english_only",
+            "finding-overrefusal", "finding-categories", "finding-decoupling"}
 SECTIONS = ["summary", "coverage", "findings", "figures", "tables", "provenance"]
 
 
@@ -70,9 +71,10 @@ def test_synthetic_report_every_figure_loads(chromium, tmp_path: Path) -> None:
     assert "All 3 planned cells were measured" in seen["coverage"]
     # The plain-language opening: what changed (after the correction), how sure, the judge per language.
     assert "What changed" in seen["summary"] and "How sure" in seen["summary"] and "The judge" in seen["summary"]
-    assert "detects (α=0.05, power 80%)" in seen["summary"]
+    assert "the first Holm step over 4 confirmatory tests, power 80%" in seen["summary"]
+    assert "Confirmatory family: Holm–Bonferroni over 4 tests" in seen["summary"]
     findings = json.loads((out / "findings.json").read_text())
-    assert findings["largest_fold_increase"]["facts"]["cell"] == cell_id("m1", "es")
+    assert findings["largest_fold_increase"]["facts"]["condition"] == "m1 · ft es · 1 ep"
 
 
 def test_missing_cell_is_named_not_drawn_blank(chromium, tmp_path: Path) -> None:
