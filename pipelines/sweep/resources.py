@@ -187,6 +187,20 @@ def autoscaler_running() -> bool:
     return any(kind != format_readonly_node_type(node) for node, kind in mapping.items())
 
 
+def gpus_to_come(cfg: StudyConfig) -> float:
+    """GPUs the connected cluster lacks now but gets when work asks for them: its autoscaler's GPU groups
+    (their total), or, where the groups cannot be read, no bound (inf) when the study itself runs on GPUs
+    (finetune.use_gpu, evaluate.num_gpus): its GPU nodes must then come from such a group."""
+    local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    capacity = read_capacity(local_cluster=local)
+    declared = sum(n.resources.get("GPU", 0.0) * n.count for n in capacity.autoscale)
+    if declared:
+        return float(declared)
+    if not capacity.known and (cfg.finetune.use_gpu or cfg.evaluate.num_gpus):
+        return math.inf
+    return 0.0
+
+
 def evaluation_needs(cfg: StudyConfig) -> dict[str, float]:
     """One evaluation worker's Ray resources, as node resource keys (memory in bytes)."""
     ev = cfg.evaluate

@@ -66,11 +66,19 @@ def actor_resources(cfg: StudyConfig, translators: list[str], n_batches: int | N
     """Concurrency and per-actor resources for the translator actors: the configured concurrency ("auto":
     one actor per CPU in the cluster), capped by what the cluster has and by the number of batches (an
     actor with no batch would only cost its start-up); a GPU per actor when a translator on the routes
-    wants one and the cluster has GPUs (translate.options.<name>.num_gpus overrides)."""
+    wants one and the cluster has GPUs or will have them when asked — an autoscaler's GPU group at 0
+    nodes, as KubeRay starts the paper's (translate.options.<name>.num_gpus overrides)."""
     import ray
 
     res = ray.cluster_resources() if ray.is_initialized() else {}
     cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+    if res and not gpus:
+        # Read with the Ray cluster, like ray above: pipelines.sweep's package imports the evaluation stage,
+        # which reads this one's splits, so a module-level import would be a cycle.
+        from pipelines.sweep.resources import gpus_to_come
+
+        # Else NLLB would run on CPU for hours (issue #29) while the GPUs the sweep is about to ask for idle.
+        gpus = gpus_to_come(cfg)
     num_gpus = 0.0
     for name in translators:
         cls = TRANSLATORS.get(name)
@@ -82,7 +90,7 @@ def actor_resources(cfg: StudyConfig, translators: list[str], n_batches: int | N
     # (FIELD-NOTES: deadlock on 2 CPUs otherwise).
     num_cpus = 0.5
     cap = max(1, int(cpus / num_cpus))
-    if num_gpus > 0:
+    if num_gpus > 0 and math.isfinite(gpus):
         cap = min(cap, max(1, int(gpus / num_gpus)))
     if n_batches is not None:
         cap = min(cap, max(1, n_batches))

@@ -33,13 +33,15 @@ class Collect(logging.Handler):
 
 
 def checks(cfg: Any) -> dict[str, Any]:
-    """The study's own pre-flight on the connected cluster: what it decided, or the error it raised."""
+    """The study's own pre-flight on the connected cluster: what it decided, or the error it raised; and
+    the resources of its NLLB translation actors."""
     from pipelines.errors import ClusterTooSmallError
     from pipelines.sweep.resources import check_cluster, plan_concurrency
+    from pipelines.translate import actor_resources
 
     handler = Collect()
     logging.getLogger("pipelines.sweep.resources").addHandler(handler)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"translate": actor_resources(cfg, ["nllb"], n_batches=8)}
     try:
         out["concurrency"] = plan_concurrency(cfg, n_pending=6)
         check_cluster(cfg, train=False)  # the evaluation-only resume (run_evaluation)

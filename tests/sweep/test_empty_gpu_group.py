@@ -48,3 +48,11 @@ def test_a_cluster_started_here_still_fails_naming_the_fix(driven: dict) -> None
     here = driven["started_here"]
     assert "concurrency" not in here and not here["warnings"]
     assert "set finetune.use_gpu=false" in here["error"] and "add GPU nodes" in here["error"]
+
+
+def test_translation_actors_ask_for_the_gpus_the_group_will_add(driven: dict) -> None:
+    """Issue #29, point 4: NLLB actors got a GPU only if one was live when the job started."""
+    assert driven["joined"]["translate"]["num_gpus"] == 1.0
+    assert driven["joined"]["translate"]["concurrency"] >= 1
+    # A cluster that cannot grow and has no GPU: NLLB on CPU, as before.
+    assert driven["started_here"]["translate"]["num_gpus"] == 0.0
