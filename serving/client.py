@@ -18,7 +18,9 @@ fraction of the requests sent, so an outage is not multiplied by the retries of 
 
 from __future__ import annotations
 
+import math
 import random
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +38,30 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 DEADLINE_HEADER = "X-Deadline-S"
 # The client waits this much longer than the deadline it sends, so the server's 504 arrives first.
 DEADLINE_MARGIN_S = 2.0
+_SECONDS = re.compile(r"^[0-9]{1,6}$")
+
+
+def _json(resp: httpx.Response) -> Any:
+    """The body as JSON, or JudgeAPIError (a proxy's HTML page or a truncated body answered 200)."""
+    try:
+        return resp.json()
+    except (ValueError, UnicodeDecodeError):
+        raise JudgeAPIError(f"judge service answered HTTP {resp.status_code} with a body that is not JSON "
+                            f"(content type {resp.headers.get('content-type')!r}): is {resp.url} the judge "
+                            "service?", status=resp.status_code) from None
+
+
+def _result_problem(r: Any) -> str | None:
+    """Why one result is unusable (not an object, unknown label, a score that is not a number in [0, 1])."""
+    if not isinstance(r, dict):
+        return f"a {type(r).__name__}, not an object"
+    if r.get("label") not in LABEL_VALUES:
+        return f"unknown label {r.get('label')!r}"
+    score = r.get("score")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score) \
+            or not 0.0 <= score <= 1.0:
+        return f"score {score!r} is not a number in [0, 1]"
+    return None
 
 
 class RetryBudget:
@@ -124,7 +150,10 @@ class JudgeClient:
         return [r for chunk in results for r in chunk]
 
     def info(self) -> dict[str, Any]:
-        return self._request("GET", "/v1/info").json()
+        info = _json(self._request("GET", "/v1/info"))
+        if not isinstance(info, dict):
+            raise JudgeAPIError("judge service answered /v1/info with JSON that is not an object")
+        return info
 
     def healthy(self) -> bool:
         try:
@@ -143,20 +172,21 @@ class JudgeClient:
 
     # -- internals ------------------------------------------------------------------------------------
     def _judge_chunk(self, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        body = self._request("POST", "/v1/judge", json={"items": chunk},
-                             headers={DEADLINE_HEADER: f"{self.timeout:g}"}).json()
+        body = _json(self._request("POST", "/v1/judge", json={"items": chunk},
+                                   headers={DEADLINE_HEADER: f"{self.timeout:g}"}))
         results = body.get("results") if isinstance(body, dict) else None
         if not isinstance(results, list) or len(results) != len(chunk):
             raise JudgeAPIError(f"judge service returned a malformed answer for {len(chunk)} items")
-        for r in results:
-            if r.get("label") not in LABEL_VALUES:
-                raise JudgeAPIError(f"judge service returned an unknown label {r.get('label')!r}")
+        for i, r in enumerate(results):
+            problem = _result_problem(r)
+            if problem:
+                raise JudgeAPIError(f"judge service returned a malformed result for item {i}: {problem}")
         return results
 
     def _sleep_before_retry(self, attempt: int, retry_after: str | None) -> None:
         # Full jitter (uniform in [0, backoff]): retrying clients spread out instead of stampeding.
         delay = random.uniform(0, min(self._max_backoff_s, self._backoff_s * (2**attempt)))
-        if retry_after and retry_after.isdigit():
+        if retry_after and _SECONDS.match(retry_after):  # ASCII digits only: "²".isdigit() is True too
             delay = max(delay, min(self._max_backoff_s, float(retry_after)))  # the server's wish is a floor
         time.sleep(delay)
 

@@ -18,9 +18,11 @@ goes away (the handler's cancellation cancels the downstream call).
 # annotation objects (string annotations would resolve in the wrong module; `request` became a query).
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
+import re
 import time
 import uuid
 from typing import Any
@@ -45,6 +47,7 @@ logger = logging.getLogger("ray.serve")
 API_VERSION = "1"
 _TEXT_FIELDS = ("prompt", "response")
 DEADLINE_HEADER = "x-deadline-s"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # A replica that died or is being replaced: the request was not answered, and judging is a pure
 # function of the items, so one more try on another replica is safe.
 _REPLICA_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
@@ -58,14 +61,34 @@ class APIError(Exception):
 
 
 def _request_id(request: Request) -> str:
-    # Serve assigns every request an id (returned as X-Request-Id); reuse it so logs line up.
-    try:
+    # Serve assigns every request an id (returned as X-Request-Id); reuse it so logs line up. A client may
+    # send its own (Serve keeps it unless serving/proxy.py drops it): only a plain token is logged as one,
+    # so an unauthenticated client cannot write what it likes into request-log lines.
+    if (known := request.scope.get("safedrift.request_id")) is not None:
+        return str(known)  # one id per request: its log line and its error body name the same
+    rid: object = None
+    with contextlib.suppress(Exception):  # private API: never let it break a request
         rid = serve.context._get_serve_request_context().request_id
-        if rid:
-            return str(rid)
-    except Exception:  # private API: never let it break a request
-        pass
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
+    rid = rid or request.headers.get("x-request-id")
+    rid = rid if isinstance(rid, str) and _SAFE_ID.match(rid) else uuid.uuid4().hex
+    request.scope["safedrift.request_id"] = rid
+    return rid
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key[:40]
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of repeated keys: what a validating proxy and this service read would differ.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _error(request: Request, status: int, detail: str, limit: str | None = None,
@@ -288,8 +311,16 @@ class JudgeIngress:
 
     def _parse(self, body: bytes) -> list[dict[str, Any]]:
         try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):  # bad JSON, bad encoding, absurd nesting or numbers
+            text = body.decode("utf-8")  # json.loads(bytes) would also take UTF-16 and UTF-32 (RFC 8259: UTF-8)
+        except UnicodeDecodeError as exc:
+            raise APIError(422, f"body is not UTF-8 (invalid byte at {exc.start}); send JSON encoded as UTF-8") from None
+        if "\x00" in text:  # valid UTF-8, but what UTF-16/32 text looks like; JSON text never holds a raw NUL
+            raise APIError(422, "body is not UTF-8 JSON (it holds NUL bytes: UTF-16 or UTF-32?); send UTF-8")
+        try:
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as exc:
+            raise APIError(422, f"body repeats the key {exc.key!r} in one object; send each key once") from None
+        except (ValueError, RecursionError):  # bad JSON, a BOM, absurd nesting or numbers
             raise APIError(422, "body is not valid JSON") from None
         max_items = self._limits.max_items
         if isinstance(data, dict) and isinstance(data.get("items"), list) and len(data["items"]) > max_items:

@@ -293,6 +293,24 @@ def test_malformed_requests_all_get_4xx_and_service_stays_healthy(base_url: str,
         assert [x["label"] for x in r.json()["results"]] == [label for _, label in CASES]
 
 
+@pytest.mark.parametrize(("body", "says"), [
+    ('{"items": []}'.encode("utf-16"), "not UTF-8"),  # json.loads(bytes) took UTF-16 and UTF-32
+    ('{"items": []}'.encode("utf-32-le"), "not UTF-8"),
+    (b'{"items": [], "items": [{"prompt": "p", "response": "r"}]}', "repeats the key 'items'"),
+    (b'{"items": [{"prompt": "p", "response": "a", "response": "b"}]}', "repeats the key 'response'"),
+])
+def test_non_utf8_bodies_and_repeated_keys_are_422_naming_the_problem(http: httpx.Client, body: bytes,
+                                                                       says: str) -> None:
+    r = http.post("/v1/judge", content=body, headers=JSON)
+    assert r.status_code == 422 and says in r.json()["detail"]
+
+
+def test_a_client_chosen_request_id_cannot_forge_log_lines(http: httpx.Client) -> None:
+    forged = "abc client=alpha status=200 items=9"
+    r = http.post("/v1/judge", content=b"not json", headers={**JSON, "x-request-id": forged})
+    assert r.status_code == 422 and r.json()["request_id"] != forged and " " not in r.json()["request_id"]
+
+
 # -- concurrent load ----------------------------------------------------------------------------------------
 
 CLIENTS, REQUESTS_EACH = 32, 20

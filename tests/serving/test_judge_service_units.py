@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -403,6 +404,36 @@ def test_client_rejects_malformed_answers() -> None:
 
     with pytest.raises(JudgeAPIError, match="malformed"):
         _client(handler).judge([{"prompt": "p", "response": "x"}])
+
+
+@pytest.mark.parametrize(("answer", "says"), [
+    (httpx.Response(200, text="<html>gateway</html>", headers={"content-type": "text/html"}), "not JSON"),
+    (httpx.Response(200, json={"results": ["refused"]}), "item 0: a str, not an object"),
+    (httpx.Response(200, json={"results": [None]}), "item 0: a NoneType, not an object"),
+    (httpx.Response(200, content=b'{"results": [{"label": "refused", "score": NaN, "judge": "j", "judge_version": "1"}]}',
+                    headers={"content-type": "application/json"}), "score nan is not a number in [0, 1]"),
+    (httpx.Response(200, json={"results": [{"label": "refused", "score": 7, "judge": "j", "judge_version": "1"}]}),
+     "score 7 is not a number in [0, 1]"),
+    (httpx.Response(200, json={"results": [{"label": "refused", "score": "0.1"}]}), "score '0.1'"),
+])
+def test_client_names_a_malformed_200_as_a_judge_api_error(answer: httpx.Response, says: str) -> None:
+    """Issue 30: a non-JSON 200 or non-object results crashed with ValueError/AttributeError; NaN passed."""
+    with pytest.raises(JudgeAPIError, match=re.escape(says)):
+        _client(lambda request: answer).judge([{"prompt": "p", "response": "x"}])
+
+
+def test_client_survives_a_non_ascii_retry_after() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            return httpx.Response(429, headers={"retry-after": "²".encode("latin-1")}, json={"detail": "slow down"})
+        return httpx.Response(200, json={"results": [{"label": "refused", "score": 0.1, "judge": "j",
+                                                      "judge_version": "1"}]})
+
+    assert _client(handler).judge([{"prompt": "p", "response": "x"}])[0]["label"] == "refused"
+    assert len(calls) == 2
 
 
 # -- batching: the judge queue (merging, isolation, deadlines, cancellation) --------------------------------
