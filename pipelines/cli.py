@@ -26,7 +26,7 @@ from pipelines.labels_sample import instructions, sample_labels
 from pipelines.layout import REPO_ROOT, Workdir
 from pipelines.plan import GPU_MEMORY_GIB, build_plan, check_node_args, render_text
 from pipelines.prepare import prepare
-from pipelines.presets import load_config
+from pipelines.presets import load_config, unchecked_reason
 from pipelines.registries.datasets import DATASETS
 from pipelines.registries.languages import LANGUAGES
 from pipelines.registries.models import MODELS
@@ -51,7 +51,13 @@ def _load(args: argparse.Namespace) -> Any:
     overrides = list(args.overrides)
     if getattr(args, "address", None):
         overrides.append(f"ray.address={args.address}")
-    return load_config(args.config, overrides)
+    # Commands that only read a config run none of its code (import_modules) unless asked: --import.
+    return load_config(args.config, overrides, import_user_modules=getattr(args, "import_user", True))
+
+
+def _import_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--import", dest="import_user", action="store_true",
+                   help="import the config's import_modules (runs their code) to check the names they register")
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -59,6 +65,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     # Secrets masked (***) and URIs without credentials: a terminal's scrollback is no place for a token.
     print(yaml.safe_dump(cfg.public(), sort_keys=False, allow_unicode=True), end="")
     print(f"# config hash: {cfg.digest()}  workdir: {cfg.resolved_workdir()}  (secrets shown as ***)")
+    if note := unchecked_reason(cfg, args.import_user):
+        print(f"# {note}")
     return 0
 
 
@@ -230,6 +238,8 @@ def cmd_labels_sample(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     """The dry run: no model, no translation, no Ray. Exits 2 when something would fail later."""
     cfg = _load(args)
+    if note := unchecked_reason(cfg, args.import_user):
+        print(f"note: {note}", file=sys.stderr)
     plan = build_plan(cfg, gpu=args.gpu, node=check_node_args(args.node_cpus, args.node_gpus, args.node_memory))
     print(json.dumps(plan, indent=2, ensure_ascii=False) if args.json else render_text(plan))
     return 2 if plan["problems"] else 0
@@ -323,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_cmd", required=True)
     q = csub.add_parser("show", help="print the resolved config and its hash")
     _config_args(q)
+    _import_arg(q)
     q.set_defaults(func=cmd_config_show)
 
     p = _sub(sub, "data", "data sets")
@@ -336,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "plan", "dry run: what the study would run and need, and what would fail, before any work",
              cmd_plan)
     _config_args(p)
+    _import_arg(p)
     p.add_argument("--json", action="store_true", help="the plan as JSON (keys cells, splits, judge, resources, "
                                                         "gpu_hours, problems, ...)")
     p.add_argument("--gpu", default="H100", choices=sorted(GPU_MEMORY_GIB), help="the GPU of the GPU nodes")

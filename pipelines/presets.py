@@ -6,7 +6,10 @@ reads the schema."""
 
 from __future__ import annotations
 
-from pipelines.config import DEFAULT_PRESET, StudyConfig, parse_config
+import yaml
+
+from pipelines.config import DEFAULT_PRESET, StudyConfig, parse_config, preset_path
+from pipelines.errors import ConfigError
 from pipelines.evaluate.backends import BACKENDS
 from pipelines.evaluate.judges import JUDGES
 from pipelines.evaluate.judges.policy import check_judge_config
@@ -17,11 +20,66 @@ from pipelines.registries.models import MODELS
 from pipelines.registry import bind_options, import_modules
 from pipelines.translate.translators import REFERENCE, TRANSLATORS
 
+# A config is a few hundred nodes; a "billion laughs" document (aliases of aliases) expands to billions
+# and hung `safedrift config show`. Counted on the composed graph, where an alias is shared, not copied.
+MAX_YAML_NODES = 100_000
 
-def load_config(name_or_path: str = DEFAULT_PRESET, overrides: list[str] | None = None) -> StudyConfig:
+
+def load_config(name_or_path: str = DEFAULT_PRESET, overrides: list[str] | None = None,
+                import_user_modules: bool = True) -> StudyConfig:
+    """The checked config. Config files are trusted input: ``import_modules`` runs their code. Commands
+    that only read a config (``config show``, ``plan``) pass ``import_user_modules=False`` unless the user
+    asks (``--import``): then nothing is imported, and the names only a user module registers are not
+    checked (`unchecked_reason` says so)."""
+    check_yaml_size(preset_path(name_or_path).read_text(encoding="utf-8"), str(preset_path(name_or_path)))
+    for item in overrides or []:
+        key, _, raw = item.partition("=")
+        check_yaml_size(raw, f"override {key.strip()!r}")
     cfg = parse_config(name_or_path, overrides)
-    check_components(cfg)
+    if import_user_modules or not cfg.import_modules:
+        check_components(cfg)
     return cfg
+
+
+def unchecked_reason(cfg: StudyConfig, imported: bool) -> str | None:
+    """Why a config loaded without importing its modules was not checked against the registries."""
+    if imported or not cfg.import_modules:
+        return None
+    return (f"not checked against the registries: the config imports {cfg.import_modules} (import_modules), "
+            "which runs their code; pass --import to import them and check every name")
+
+
+def check_yaml_size(text: str, where: str) -> None:
+    """ConfigError when the YAML's aliases would expand it past MAX_YAML_NODES nodes (or refer to
+    themselves), before anything builds the expanded document."""
+    try:
+        roots = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        sizes: dict[int, int] = {}
+        total = sum(_expanded(node, sizes, set()) for node in roots if node is not None)
+    except yaml.YAMLError:
+        return  # not YAML at all: the loader that follows names the error
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a config") from None
+    if total > MAX_YAML_NODES:
+        raise ConfigError(f"{where}: its aliases (*name) expand to {total:,}+ values, over {MAX_YAML_NODES:,}; "
+                          "a config needs no such repetition (write the values out, or fewer aliases)")
+
+
+def _expanded(node: yaml.Node, sizes: dict[int, int], path: set[int]) -> int:
+    """Values in `node` once every alias is expanded (memoised per node: linear in the composed graph)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in path:
+        raise ConfigError("a YAML alias refers to the value that contains it; write the value out")
+    path.add(id(node))
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded(child, sizes, path) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded(k, sizes, path) + _expanded(v, sizes, path) for k, v in node.value)
+    path.discard(id(node))
+    sizes[id(node)] = total = min(total, MAX_YAML_NODES + 1)  # capped: the sum stays a small integer
+    return total
 
 
 def check_components(cfg: StudyConfig) -> None:
