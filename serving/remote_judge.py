@@ -24,6 +24,7 @@ from pipelines.secrets import read_secret
 from serving.auth import load_token
 from serving.client import JudgeAPIError, JudgeClient
 from serving.config import DEFAULT_APP_NAME
+from serving.config import load_config as load_service_config
 from serving.errors import DeadlineExceeded
 from serving.schemas import LABEL_VALUES, LEGACY_LABELS
 
@@ -90,6 +91,7 @@ class RemoteJudge(Judge):
 
         app = serve.status().applications.get(self._app_name)
         if app is not None and str(app.status).endswith("RUNNING"):
+            self._check_running_judge()
             self._await_validity()
             return
         if not self._deploy:
@@ -102,6 +104,20 @@ class RemoteJudge(Judge):
         serve_judge(repo_path(self._deploy), host=self._deploy_host, port=self._deploy_port,
                       app_name=self._app_name)
         self._await_validity()
+
+    def _check_running_judge(self) -> None:
+        """A running application of that name (a RayService's, which serves refusal-phrase out of the box)
+        must judge with the judge that `deploy` names, or the study would be labelled by another judge than
+        its config says."""
+        if not self._deploy:
+            return
+        want = load_service_config(repo_path(self._deploy)).judge.name
+        got = self._backend().info.remote().result(timeout_s=self._timeout)["judge"]
+        if got != want:
+            raise ConfigError(
+                f"the Serve application '{self._app_name}' running on this cluster judges with '{got}', but "
+                f"judge.options.deploy ({self._deploy}) names '{want}': set judge.options.app_name to a name "
+                "of its own for the study to deploy its judge, or serve that config as this application")
 
     def _await_validity(self) -> None:
         """On the driver, before any evaluation worker holds a GPU: the replica's validity measurement

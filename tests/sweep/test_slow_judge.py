@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pipelines.errors import ConfigError
 from pipelines.evaluate.judges import JudgeItem, make_judge
 from serving.backend import MAX_CALL_ITEMS, JudgeQueue
 from serving.client import JudgeAPIError
@@ -120,3 +121,11 @@ def test_merged_calls_are_capped_by_items() -> None:
     results = asyncio.run(run())
     assert [len(r) for r in results] == [100] * 10 + [600]
     assert max(calls[:-1]) <= 256 and calls[-1] == 600 and sum(calls) == 1600
+
+
+def test_a_running_application_with_another_judge_is_not_used(slow_app: None) -> None:
+    """Issue #29, point 9: an application of that name (a RayService's) judging with another judge than
+    the study's deploy config names must not label the study."""
+    judge = make_judge("remote", app_name=APP, deploy="serving/judge-paper.yaml")
+    with pytest.raises(ConfigError, match=r"judges with 'simulated-model', but judge\.options\.deploy"):
+        judge.prepare()
