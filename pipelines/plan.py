@@ -4,8 +4,9 @@ back-translation routes, the judge, each stage's resources, the cluster it needs
 GPU-hours, and it names, with the fix, everything that would fail later (a gated model with neither
 weights nor token, an empty split, a missing route, a cell no node can hold).
 
-The GPU-hours estimate rests on one recorded figure (the H100 LoRA step, benchmarks/gpu/RESULTS.md) and
-on assumptions stated as such in ASSUMED; every figure is in the output beside the total."""
+The GPU-hours estimate rests on measured figures (the H100 LoRA step, benchmarks/gpu/RESULTS.md; the
+device check's JSON once recorded) and on assumptions stated as such in ASSUMED; every figure is in the
+output with its source, and the total is given both busy and held (what a cluster bills)."""
 
 from __future__ import annotations
 
@@ -40,12 +41,16 @@ RECORDED = {
     "source": "benchmarks/gpu/RESULTS.md (H100 80GB, 2026-11-27): LoRA r=8 on a 1.24B Llama, bf16, "
               "batch 8 x 1024, DeepSpeed ZeRO-2: 49,409 tokens/s, peak 23.9 GiB",
 }
-# Assumptions, not measurements (no vLLM or NLLB run on a GPU has been recorded for this project yet):
-# replace them with benchmarks/gpu figures when one exists. Throughputs scale with 1/parameters.
+# Assumptions, not measurements: no vLLM or NLLB run on a GPU has been recorded for this project yet.
+# benchmarks/gpu/device_check.py measures the ones marked in MEASURABLE; once its JSON is recorded
+# (DEVICE_RESULT) the plan reads those from it instead. Throughputs scale with 1/parameters.
 ASSUMED = {
     "vllm_decode_tokens_per_s_at_1.24b": 25_000,  # one H100, multi-LoRA, batch 256
     "judge_prefill_tokens_per_s_at_7.24b": 25_000,  # SORRY-Bench Mistral-7B on vLLM, prompt-bound
-    "nllb_tokens_per_s": 8_000,  # NLLB-600M through transformers generate() on one H100
+    "nllb_tokens_per_s": 8_000,  # NLLB-600M through transformers generate() on one H100, batch 64 (data)
+    # The judge replica back-translates each merged call at the translator's own batch (16, seq2seq.py):
+    # decoding steps, not FLOPs, bound it, so far fewer tokens a second than at batch 64.
+    "nllb_tokens_per_s_batch16": 2_500,
     "mean_answer_tokens": 200,  # refusals are short, compliances run longer; capped by max_new_tokens
     "judge_prompt_overhead_tokens": 160,  # SORRY-Bench template + the question
     "chars_per_token": 4.0,  # benign rows, any language (translations keep roughly the token count)
@@ -53,7 +58,18 @@ ASSUMED = {
     "padding_factor": 1.3,  # batches padded to their longest example
     "finetune_startup_s": 45,  # Ray Train + DeepSpeed start and model load per fine-tuned cell
     "engine_load_s": 30,  # a vLLM engine (generation, judge): one per base model's evaluation worker
+    # KubeRay's autoscaler keeps an idle GPU node this long (infra/base/rayjob.yaml idleTimeoutSeconds),
+    # billed, once per GPU node and stage (training, evaluation).
+    "idle_timeout_s": 300,
+    "gpu_nodes": 10,  # the paper RayJob's GPU group at most (infra/overlays/gpu/rayjob-gpu.yaml)
 }
+# What benchmarks/gpu/device_check.py measures, by the key of its JSON: figure -> (section, field).
+MEASURABLE = {
+    "judge_prefill_tokens_per_s_at_7.24b": ("judge_prefill", "tokens_per_s"),
+    "nllb_tokens_per_s": ("nllb_batch64", "tokens_per_s"),
+    "nllb_tokens_per_s_batch16": ("nllb_batch16", "tokens_per_s"),
+}
+DEVICE_RESULT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu" / "device_check.json"
 GPU_MEMORY_GIB = {"H100": 80, "H200": 141, "A100-80GB": 80, "A100-40GB": 40, "L40S": 48, "A10G": 24}
 # The GPU worker group of infra/base/rayjob.yaml: 8 CPUs, 64 GiB, one GPU.
 DEFAULT_NODE = {"CPU": 8.0, "GPU": 1.0, "memory_gib": 64.0}
@@ -188,48 +204,106 @@ def _scale(alias: str, base_b: float) -> float:
     return base_b / f.params_b if f else 1.0
 
 
-def gpu_hours(cfg: StudyConfig, splits: list[dict[str, Any]]) -> dict[str, Any]:
-    a = ASSUMED
+def figures(result: Path = DEVICE_RESULT) -> dict[str, dict[str, Any]]:
+    """Every figure the estimate rests on, each with where it comes from: measured (the recorded LoRA
+    step; the device check's JSON, when recorded) or assumed."""
+    out = {k: {"value": v, "source": "assumed"} for k, v in ASSUMED.items()}
+    out["lora_tokens_per_s"] = {"value": RECORDED["lora_tokens_per_s"], "source": f"measured: {RECORDED['source']}"}
+    if result.exists():
+        data = yaml.safe_load(result.read_text(encoding="utf-8")) or {}
+        for key, (section, field) in MEASURABLE.items():
+            value = (data.get(section) or {}).get(field)
+            if value:
+                out[key] = {"value": value, "source": f"measured: {result.name} ({data.get('device', '?')}, "
+                                                        f"{data.get('date', '?')})"}
+    return out
+
+
+def _translate_on_gpu(cfg: StudyConfig) -> bool:
+    """Where the data sets' NLLB translation runs (pipelines/translate.actor_resources): on a GPU when the
+    study runs on GPUs, whose group the autoscaler adds when the translators ask."""
+    return any(TRANSLATORS.get(t).prefers_gpu for t in cfg.translate.prefer if t in TRANSLATORS.names()) and bool(
+        cfg.finetune.use_gpu or cfg.evaluate.num_gpus)
+
+
+def _judge_replicas(deploy: str | None) -> tuple[int, int]:
+    """(min, max) GPU replicas of the judge the study deploys from `deploy` (1, 1 when none is deployed)."""
+    if not deploy:
+        return 1, 1
+    data = yaml.safe_load(repo_path(deploy).read_text(encoding="utf-8")) or {}
+    backend = ((data.get("applications") or [{}])[0].get("args") or {}).get("backend") or {}
+    auto = backend.get("autoscaling") or {}
+    n = backend.get("num_replicas") or 1
+    return int(auto.get("min_replicas", n)), int(auto.get("max_replicas", n))
+
+
+def _per_model_seconds(cfg: StudyConfig, splits: list[dict[str, Any]], f: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Busy GPU-seconds per base model and stage (one vLLM engine per base model answers all its cells)."""
     benign = {s["lang"]: s for s in splits if s["split"] == "benign"}
     answers = sum(s["rows"] for s in splits if s["split"] in ("eval", "eval_safe"))
     answers_bt = sum(s["rows"] for s in splits if s["split"] in ("eval", "eval_safe") and s["lang"] != "en")
-    ans_tokens = min(cfg.generate.max_new_tokens, a["mean_answer_tokens"])
-    stages = {"finetune": 0.0, "generate": 0.0, "judge": 0.0, "back_translate": 0.0}
-    per_model: dict[str, dict[str, float]] = {}
+    ans_tokens = min(cfg.generate.max_new_tokens, f["mean_answer_tokens"])
     judge_alias = cfg.judge.options.get("model") if cfg.judge.name == "sorry-bench" else None
     judge_b = hub_facts(judge_alias).params_b if judge_alias and hub_facts(judge_alias) else None
+    back = cfg.judge.back_translate and any(h == "nllb" for h in cfg.judge.translate_prefer)
+    per_model: dict[str, dict[str, float]] = {}
     for c in study_cells(cfg):
-        m = per_model.setdefault(c.model, {k: 0.0 for k in stages})
+        m = per_model.setdefault(c.model, dict.fromkeys(("finetune", "generate", "judge", "back_translate"), 0.0))
         if not c.is_base:
             s = benign.get(c.ft_lang)
             rows = s["rows"] if s else 0
-            tokens_per_row = (s["chars"] / max(rows, 1)) / a["chars_per_token"] + a["template_tokens"] if s else 0
-            tokens = rows * tokens_per_row * c.epochs * a["padding_factor"]
-            tps = RECORDED["lora_tokens_per_s"] * _scale(c.model, RECORDED["lora_params_b"])
-            m["finetune"] += tokens / tps + a["finetune_startup_s"]
-        gen_tps = a["vllm_decode_tokens_per_s_at_1.24b"] * _scale(c.model, 1.24)
-        # One engine per base model answers for all its cells (pipelines/sweep/evaluation.py): its load
-        # is paid once per model, with the model's base cell.
-        m["generate"] += answers * ans_tokens / gen_tps + (a["engine_load_s"] if c.is_base else 0)
+            tokens_per_row = (s["chars"] / max(rows, 1)) / f["chars_per_token"] + f["template_tokens"] if s else 0
+            tokens = rows * tokens_per_row * c.epochs * f["padding_factor"]
+            m["finetune"] += tokens / (f["lora_tokens_per_s"] * _scale(c.model, RECORDED["lora_params_b"]))
+            m["finetune"] += f["finetune_startup_s"]
+        load = f["engine_load_s"] if c.is_base else 0
+        m["generate"] += answers * ans_tokens / (f["vllm_decode_tokens_per_s_at_1.24b"] * _scale(c.model, 1.24)) + load
         if judge_b:
-            judge_tps = a["judge_prefill_tokens_per_s_at_7.24b"] * 7.24 / judge_b
-            m["judge"] += (answers * (ans_tokens + a["judge_prompt_overhead_tokens"]) / judge_tps
-                           + (a["engine_load_s"] if c.is_base else 0))
-        if cfg.judge.back_translate and any(h == "nllb" for h in cfg.judge.translate_prefer):
-            m["back_translate"] += answers_bt * ans_tokens / a["nllb_tokens_per_s"]
-    for m in per_model.values():
-        for k in stages:
-            stages[k] += m[k] / 3600
-    translate_rows = sum(s["rows"] for s in splits if "nllb" in (s["route"] or ""))
+            judge_tps = f["judge_prefill_tokens_per_s_at_7.24b"] * 7.24 / judge_b
+            m["judge"] += answers * (ans_tokens + f["judge_prompt_overhead_tokens"]) / judge_tps + load
+        if back:
+            m["back_translate"] += answers_bt * ans_tokens / f["nllb_tokens_per_s_batch16"]
+    return per_model
+
+
+def gpu_hours(cfg: StudyConfig, splits: list[dict[str, Any]], deployed_from: str | None = None,
+              result: Path = DEVICE_RESULT) -> dict[str, Any]:
+    """Busy GPU-hours per stage, and the held ones a cluster bills: an evaluation worker holds its GPU
+    while the judge replicas judge its answers, the judge's replicas (deployed from `deployed_from`) are
+    held for the whole evaluation, translation actors from their model load, and each GPU node an idle
+    timeout after its last work. `cfg` is served_judge's: the judge that labels."""
+    figs = figures(result)
+    f = {k: v["value"] for k, v in figs.items()}
+    per_model = _per_model_seconds(cfg, splits, f)
+    busy = {k: sum(m[k] for m in per_model.values()) / 3600 for k in ("finetune", "generate", "judge", "back_translate")}
+    on_gpu = _translate_on_gpu(cfg)
     translate_chars = sum(s["chars"] for s in splits if "nllb" in (s["route"] or ""))
-    stages["translate"] = translate_chars / a["chars_per_token"] / a["nllb_tokens_per_s"] / 3600
-    total = sum(stages.values())
-    return {"total_h100_hours": round(total, 1), "goal_h100_hours": 32, "within_goal": total <= 32,
-            "by_stage": {k: round(v, 2) for k, v in stages.items()},
+    translate_h = translate_chars / f["chars_per_token"] / f["nllb_tokens_per_s"] / 3600
+    busy["translate"] = translate_h if on_gpu else 0.0
+    lo, hi = _judge_replicas(deployed_from)
+    # The judge replicas work through every model's answers; a model's worker waits for its own.
+    evaluation_wall = max(max((m["generate"] + m["judge"] + m["back_translate"]) / 3600 for m in per_model.values()),
+                          (busy["judge"] + busy["back_translate"]) / hi)
+    actors = cfg.translate.concurrency if isinstance(cfg.translate.concurrency, int) else 1
+    held = {"finetune": busy["finetune"],
+            "evaluation_workers": sum(m["generate"] + m["judge"] + m["back_translate"] for m in per_model.values()) / 3600,
+            "judge_replicas": max(busy["judge"] + busy["back_translate"], lo * evaluation_wall),
+            "translate": (translate_h + actors * f["engine_load_s"] / 3600) if on_gpu else 0.0,
+            "idle_nodes": f["gpu_nodes"] * f["idle_timeout_s"] * 2 / 3600}
+    total_busy, total_held = sum(busy.values()), sum(held.values())
+    return {"total_h100_hours": round(total_held, 1), "busy_h100_hours": round(total_busy, 1),
+            "held_h100_hours": round(total_held, 1), "goal_h100_hours": 32, "within_goal": total_held <= 32,
+            "by_stage": {k: round(v, 2) for k, v in busy.items()},
+            "held_by_part": {k: round(v, 2) for k, v in held.items()},
+            "translate_runs_on": "GPU" if on_gpu else "CPU (not billed as GPU time)",
             "by_model": {k: round(sum(v.values()) / 3600, 2) for k, v in per_model.items()},
-            "answers_per_cell": answers, "answers_back_translated_per_cell": answers_bt,
-            "rows_machine_translated": translate_rows,
-            "recorded": RECORDED, "assumed": ASSUMED,
+            "answers_per_cell": sum(s["rows"] for s in splits if s["split"] in ("eval", "eval_safe")),
+            "answers_back_translated_per_cell": sum(s["rows"] for s in splits
+                                                    if s["split"] in ("eval", "eval_safe") and s["lang"] != "en"),
+            "rows_machine_translated": sum(s["rows"] for s in splits if "nllb" in (s["route"] or "")),
+            "figures": figs,
+            "measured": sorted(k for k, v in figs.items() if v["source"].startswith("measured")),
+            "recorded": RECORDED, "assumed": {k: v["value"] for k, v in figs.items() if v["source"] == "assumed"},
             "note": "perplexity, drift and the report are not counted (minutes per cell at most)"}
 
 
@@ -350,7 +424,7 @@ def build_plan(cfg: StudyConfig, gpu: str = "H100", node: dict[str, float] | Non
         "models": models, "hub_token": "present" if token else "absent",
         "judge": judge,
         "resources": _resources(cfg, gpu, node, problems),
-        "gpu_hours": gpu_hours(cfg, splits),
+        "gpu_hours": gpu_hours(cfg, splits, deployed_from),
         "deviations_from_study": deviations(cfg),
         "problems": [{"what": p.what, "fix": p.fix} for p in problems],
     }
@@ -382,10 +456,13 @@ def render_text(p: dict[str, Any]) -> str:
     lines.append(f"  evaluate: {e['workers']} worker(s), one per base model, each holding {e['per_worker']}")
     lines.append(f"  judge: {r['judge']}")
     lines.append(f"  cluster: {r['cluster']}")
-    lines.append(f"GPU-hours (H100): {g['total_h100_hours']} (goal <= {g['goal_h100_hours']}: "
-                 f"{'met' if g['within_goal'] else 'NOT met'}); by stage {g['by_stage']}; by model {g['by_model']}")
+    lines.append(f"GPU-hours (H100) billed: {g['held_h100_hours']} held, {g['busy_h100_hours']} busy (goal <= "
+                 f"{g['goal_h100_hours']} held: {'met' if g['within_goal'] else 'NOT met'})")
+    lines.append(f"  busy by stage {g['by_stage']}; held by part {g['held_by_part']}; by model {g['by_model']}")
+    lines.append(f"  translation runs on: {g['translate_runs_on']}")
     lines.append(f"  answers per cell: {g['answers_per_cell']} ({g['answers_back_translated_per_cell']} back-translated)")
-    lines.append(f"  recorded: {g['recorded']['source']}")
+    lines.append("  measured: " + "; ".join(f"{k}={g['figures'][k]['value']:,} ({g['figures'][k]['source'][10:]})"
+                                          for k in g["measured"]))
     lines.append("  assumed (not measured): " + ", ".join(f"{k}={v}" for k, v in g["assumed"].items()))
     lines.append("differs from the study: " + ("; ".join(p["deviations_from_study"]) or "nothing"))
     if p["problems"]:
