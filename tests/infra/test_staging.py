@@ -171,7 +171,56 @@ def test_a_judge_model_without_a_chat_template_is_named(tmp_path):
     assert stage.chat_template_problem(tmp_path) is None
 
 
+def _preflight_module():
+    sys.path.insert(0, str(STAGING))  # preflight.py imports stage.py beside it, as in the pod
+    try:
+        spec = importlib.util.spec_from_file_location("preflight", STAGING / "preflight.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(STAGING))
+    return module
+
+
+def test_preflight_names_an_old_driver_and_a_missing_one():
+    """Issue #29, point 7: torch 2.14.0 and vLLM 0.33.0 from PyPI are CUDA 13 builds (driver >= 580)."""
+    pf = _preflight_module()
+    assert "driver to 580 or newer" in pf.driver_problem((12, 8), "13.0")
+    assert pf.driver_problem((13, 0), "13.0") is None and pf.driver_problem((13, 1), "13.0") is None
+    assert "no NVIDIA driver is visible" in pf.driver_problem(None, "13.0")
+    assert "CPU build" in pf.driver_problem((13, 0), None)
+    assert pf.driver_cuda() is None  # this machine has no driver: the check says so rather than guessing
+
+
+def test_preflight_names_an_unwritable_volume_and_unstaged_weights(tmp_path):
+    """Issue #29, point 6: NFS, CephFS and Filestore ignore fsGroup; and a folder with only config.json."""
+    pf = _preflight_module()
+    (tmp_path / "file").write_text("")
+    assert "ignore the pods' fsGroup" in pf.volume_problem(tmp_path / "file")  # not a writable directory
+    assert pf.volume_problem(tmp_path) is None
+    models = tmp_path / "models"
+    (models / "nllb-200-distilled-600M").mkdir(parents=True)
+    (models / "nllb-200-distilled-600M" / "config.json").write_text("{}")
+    env = {**os.environ, "SAFEDRIFT_MODEL_DIR": str(models), "SAFEDRIFT_WORKDIR": str(tmp_path / "file")}
+    proc = subprocess.run([sys.executable, str(STAGING / "preflight.py"), "--config", "configs/paper.yaml", "--no-gpu"],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "ignore the pods' fsGroup" in proc.stderr
+    assert "model nllb-200-distilled-600M" in proc.stderr and "no weights" in proc.stderr
+
+
+def test_preflight_job_runs_on_a_gpu_without_the_hub_token():
+    objs = render(STAGING)
+    assert not pod_security_problems(objs)
+    (label, labels, spec), = [t for t in pod_templates(objs) if t[0].startswith("Job/safedrift-preflight")]
+    container = spec["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1" and not _secret_refs(spec)
+    assert container["command"][:2] == ["python", "/stage/preflight.py"]
+    assert one(objs, "ConfigMap", "safedrift-stage-script")["data"]["preflight.py"] == (STAGING / "preflight.py").read_text()
+
+
 @pytest.fixture(autouse=True)
 def _kustomize(request):
-    if "local_hub" not in request.fixturenames and "chat_template" not in request.node.name:
+    if "local_hub" not in request.fixturenames and not any(k in request.node.name for k in ("chat_template", "driver",
+                                                                                          "unwritable")):
         render(STAGING)  # skips (or fails under CI) without kustomize, like the other infra tests
