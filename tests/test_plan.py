@@ -171,3 +171,25 @@ def test_a_recorded_device_check_replaces_the_assumptions_it_measured(staged) ->
                                  "nllb_tokens_per_s_batch16"]
     assert "H100" in after["figures"]["nllb_tokens_per_s_batch16"]["source"]
     assert abs(after["by_stage"]["back_translate"] * 2 - before["by_stage"]["back_translate"]) < 0.02
+
+
+def test_the_device_check_runs_at_tiny_shapes_and_the_plan_reads_its_json(staged, tmp_path) -> None:
+    """Issue #29, what must hold 5: benchmarks/gpu/device_check.py runs on a CPU at tiny shapes (no GPU is
+    lent to this task: its real result is not recorded yet) and writes the JSON the plan reads."""
+    import importlib.util
+
+    from pipelines.plan import _split_rows, gpu_hours, served_judge
+    from pipelines.presets import load_config
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "device_check.py"
+    spec = importlib.util.spec_from_file_location("device_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "device_check.json"
+    res = module.main(["--tiny", "--device", "cpu", "--out", str(out)])
+    assert set(res["generation"]) == {"llama-3.2-1b", "qwen3-4b"} and res["lora_step"]["finite"]
+    assert res["nllb_batch16"]["batch"] == 16 and res["nllb_batch64"]["batch"] == 64
+    cfg, deploy = served_judge(load_config("paper"))
+    g = gpu_hours(cfg, _split_rows(cfg, [])[0], deploy, result=out)
+    assert {"nllb_tokens_per_s_batch16", "judge_prefill_tokens_per_s_at_7.24b"} <= set(g["measured"])
+    assert g["figures"]["nllb_tokens_per_s_batch16"]["value"] == res["nllb_batch16"]["tokens_per_s"]
