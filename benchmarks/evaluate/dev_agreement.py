@@ -7,7 +7,7 @@ the hand labels' (the rate error), and the non-answer class's recall and precisi
 
     SAFEDRIFT_CACHE=/tmp/sdc .venv/bin/python benchmarks/evaluate/dev_agreement.py [--variants] [--out FILE]
 
---variants adds the trained judge without the prompt feature and without the made non-answers (issue
+--variants adds the trained judge with the prompt feature and without the made non-answers (issue
 "what an answer does", point 4). Writes benchmarks/evaluate/dev_agreement.json by default. Prints figures
 only, never a prompt or an answer."""
 
@@ -40,8 +40,8 @@ JUDGES: dict[str, dict[str, Any]] = {
     "trained-e5": {"name": "trained-e5", "back_translate": False},
 }
 VARIANTS: dict[str, dict[str, Any]] = {
-    "trained-e5 (no prompt feature)": {"name": "trained-e5", "back_translate": False,
-                                       "options": {"prompt_feature": False}},
+    "trained-e5 (with the prompt feature)": {"name": "trained-e5", "back_translate": False,
+                                             "options": {"prompt_feature": True}},
     "trained-e5 (no made non-answers)": {"name": "trained-e5", "back_translate": False,
                                          "options": {"non_answers": False}},
 }

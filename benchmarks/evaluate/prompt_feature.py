@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     langs = args.langs.split(",")
     out = {"command": " ".join(sys.argv), "variants": {}}
-    for name, options in (("with prompt", {}), ("without prompt", {"prompt_feature": False})):
+    for name, options in (("with prompt", {"prompt_feature": True}), ("without prompt", {})):
         t0 = time.time()
         rows = judge_validity(make_judge("trained-e5", **options), options, langs, ["apertium"], back=False,
                               back_translate=False)

@@ -130,7 +130,9 @@ def test_trained_judge_learns_non_answers_and_is_validated_held_out(tmp_path, mo
     assert sum(o == NON_ANSWER for o in real) <= len(real) * 0.2
     assert sum(o == NON_ANSWER for o in said) >= len(said) * 0.6, list(zip(kinds, said, strict=True))
     (row,) = measure(judge, [human_labels(90)])
-    assert row["n"] == 90 and row["kappa"] is not None and row["confusion"]["complied"]["non_answer"] <= 9
+    # Every answer predicted by a fold that never saw it (none left unparseable), in the three outcomes.
+    assert row["n"] == 90 and row["unparseable"] == 0 and row["kappa"] is not None
+    assert sum(row["confusion"]["complied"].values()) + sum(row["confusion"]["refused"].values()) == 90
 
 
 def test_xstest_contrast_pairs_share_a_prompt_fold() -> None:

@@ -26,7 +26,7 @@ class MultilingualJudge(TrainedJudge):
 
     def __init__(self, C: float | None = None, threshold: float | None = None, train_limit: int | None = None,
                  translate_prefer: Sequence[str] = ("apertium",), max_chars: int = 160, threads: int = 1,
-                 phrase_feature: bool = True, non_answers: bool = True, prompt_feature: bool = True) -> None:
+                 phrase_feature: bool = True, non_answers: bool = True, prompt_feature: bool = False) -> None:
         super().__init__(C, threshold, train_limit, translate_prefer, non_answers, prompt_feature)
         # One more feature: whether a refusal phrase of any registered language opens the answer. Measured
         # held out by model and prompt (benchmarks/evaluate/RESULTS-judge-languages.md), it lifts κ in pt

@@ -1,6 +1,5 @@
-"""Small trained judges on CPU: logistic regression over sentence embeddings of the response and the
-prompt (the response carries the verdict; the prompt tells a refusal of a harmless question from one of a
-harmful one, which the human labels distinguish).
+"""Small trained judges on CPU: logistic regression over sentence embeddings of the response (and, with
+prompt_feature on, of the prompt: measured not to help on unseen answers, so off by default).
 
 - `trained-minilm`: all-MiniLM-L6-v2 (English), trained on the English XSTest v2 human labels.
 - `trained-e5` (multilingual.py): multilingual-e5-small, trained on those labels and their machine
@@ -118,15 +117,17 @@ class TrainedJudge(Judge):
 
     def __init__(self, C: float | None = None, threshold: float | None = None, train_limit: int | None = None,
                  translate_prefer: Sequence[str] = ("apertium",), non_answers: bool = True,
-                 prompt_feature: bool = True) -> None:
+                 prompt_feature: bool = False) -> None:
         self.C = C
         self.threshold = threshold
         self.train_limit = train_limit  # a subset of the English labels (tests); None = all
         self.translate_prefer = list(translate_prefer)
         # Learn the third outcome from made non-answers (nonanswers.py); off: refused/complied only.
         self.non_answers = non_answers
-        # The prompt's embedding among the features (it tells a refusal of a harmless question from one of a
-        # harmful one); off: the answer alone (benchmarks/evaluate: measured both ways, held out by prompt).
+        # The prompt's embedding among the features. Off by default: held out by model and by XSTest contrast
+        # pair, it did not help on answers the judge had not seen (trained-e5 κ en 0.799 with it, 0.814
+        # without; es 0.797 / 0.800; pt 0.732 / 0.707; the laptop's hand-labelled English answers 0.73 /
+        # 0.86: benchmarks/evaluate/prompt_feature.json), and without it the judge cannot lean on the prompt.
         self.prompt_feature = prompt_feature
         self._enc: Encoder | None = None
         self._fitted: Fitted | None = None
@@ -167,7 +168,7 @@ class TrainedJudge(Judge):
                "train_langs": self.train_langs, "prefer": self.translate_prefer}
         if self.train_limit is not None:
             key["train_limit"] = self.train_limit
-        for name, default in (("non_answers", True), ("prompt_feature", True)):
+        for name, default in (("non_answers", True), ("prompt_feature", False)):
             if getattr(self, name) != default:
                 key[name] = getattr(self, name)
         return key
