@@ -15,8 +15,8 @@ A condition across its seeds (`power_seeds`, `mde_seeds`), the test the findings
 the per-seed changes are N(Δ, τ² + σ²/n) — τ the between-seed SD, σ² = ψ − Δ² with ψ the share of
 prompts that move either way (the measured discordance) — and the test divides the mean by
 √(s²/S + prompt SE²), the prompt SE of the seed-averaged differences carrying what the runs share (the
-base's answers on this sample); its power is the noncentral t's tail at the Welch–Satterthwaite df
-(`seed_se`), integrated numerically. `seed_plan` says how many prompts and seeds detect a given change."""
+base's answers on this sample), on S − 1 df; its power integrates the rejection probability over the
+χ² of the seeds' spread, the prompt part taken as known (`seed_se`, `_t_power`). `seed_plan` says how many prompts and seeds detect a given change."""
 
 from __future__ import annotations
 
@@ -171,15 +171,17 @@ def _phi(x: np.ndarray) -> np.ndarray:
     return 0.5 * np.vectorize(math.erfc)(-x / math.sqrt(2))
 
 
-def _nct_power(lam: float, df: float, alpha: float) -> float:
-    """P(|T| > c) for T noncentral t (df, noncentrality lam), c Student's 1 − α/2 quantile: integrated
-    over the χ² of the variance estimate on a log grid (scipy is not a dependency)."""
+def _t_power(delta: float, a: float, b: float, df: float, alpha: float, overlap: float = 0.0) -> float:
+    """Power of |mean| / √(â + b) > c (c Student's 1 − α/2 quantile on df) when the mean is
+    N(Δ, a + b − overlap) — the test's SE² counts `overlap` twice — â = a·χ²_df/df is estimated (the
+    spread over seeds) and b is known (the prompt SE², estimated on hundreds of prompts): integrated over
+    the χ² on a log grid. With b = overlap = 0 it is the noncentral t."""
     c = t_quantile(1 - alpha / 2, df)
     v = np.exp(np.linspace(math.log(1e-10), math.log(df + 40 * math.sqrt(df) + 200), 6000))
     # χ²_df density times v (the log-grid Jacobian), finite at 0 for every df ≥ 1.
     w = np.exp((df / 2) * np.log(v) - v / 2 - (df / 2) * math.log(2) - math.lgamma(df / 2))
-    k = c * np.sqrt(v / df)
-    tail = _phi(lam - k) + _phi(-lam - k)
+    sigma, k = math.sqrt(max(a + b - overlap, 1e-300)), c * np.sqrt(a * v / df + b)
+    tail = _phi((abs(delta) - k) / sigma) + _phi((-abs(delta) - k) / sigma)
     x = np.log(v)
     return float(np.sum((w * tail)[1:] + (w * tail)[:-1]) / 2 * (x[1] - x[0]))
 
@@ -187,27 +189,26 @@ def _nct_power(lam: float, df: float, alpha: float) -> float:
 def t_power(effect: float, seeds: int, alpha: float) -> float:
     """Power of the two-sided one-sample t-test on `seeds` values when the true mean is `effect` standard
     deviations (S − 1 df, noncentrality effect·√S)."""
-    return _nct_power(effect * math.sqrt(seeds), seeds - 1, alpha) if seeds > 1 else float("nan")
+    return _t_power(effect * math.sqrt(seeds), 1.0, 0.0, seeds - 1, alpha) if seeds > 1 else float("nan")
 
 
 def seed_se(n: int, seeds: int, delta: float, discordance: float, tau: float,
             shared: float = 0.0) -> tuple[float, float]:
-    """(SE, Welch–Satterthwaite df) of the condition's test (stats.seed_level) under the module's model:
-    the spread over seeds, (τ² + σ²/n)/S, plus the prompt SE of the seed-averaged differences,
-    (shared + σ²/S)/n — σ² = ψ − Δ² a run's per-prompt variance (ψ at least |Δ|), `shared` the variance
-    across prompts of what the runs share (the base's answers: report/summary.py measures it)."""
+    """(a, b) of the condition's test (stats.seed_level) under the module's model: a = (τ² + σ²/n)/S the
+    spread over seeds' part of SE², b = (shared + σ²/S)/n the prompt SE² of the seed-averaged differences
+    — σ² = ψ − Δ² a run's per-prompt variance (ψ at least |Δ|), `shared` the variance across prompts of
+    what the runs share (the base's answers: report/summary.py measures it)."""
     sigma2 = max(max(discordance, abs(delta)) - delta * delta, 0.0)
-    a = (tau * tau + sigma2 / n) / seeds
-    b = (shared + sigma2 / seeds) / n
-    df = (a + b) ** 2 / (a * a / max(seeds - 1, 1) + b * b / max(n - 1, 1)) if a + b > 0 else 1.0
-    return math.sqrt(a + b), df
+    return (tau * tau + sigma2 / n) / seeds, (shared + sigma2 / seeds) / n
 
 
 def power_seeds(n: int, seeds: int, delta: float, discordance: float, tau: float, alpha: float = 0.05,
                 shared: float = 0.0) -> float:
-    """Power of the t over seeds for a true change `delta` (see the module doc)."""
-    se, df = seed_se(n, seeds, delta, discordance, tau, shared)
-    return _nct_power(abs(delta) / se, df, alpha) if se > 0 else 1.0
+    """Power of the t over seeds (S − 1 df) for a true change `delta` (see the module doc)."""
+    a, b = seed_se(n, seeds, delta, discordance, tau, shared)
+    # Each run's prompt noise, σ²/(nS), is in both parts of the test's SE² but once in the mean's variance.
+    overlap = max(max(discordance, abs(delta)) - delta * delta, 0.0) / (n * seeds)
+    return _t_power(delta, a, b, max(seeds - 1, 1), alpha, overlap) if a + b > 0 else 1.0
 
 
 def mde_seeds(n: int, seeds: int, discordance: float, tau: float, alpha: float = 0.05, power: float = 0.80,

@@ -140,12 +140,11 @@ def test_seed_level_is_a_t_test_over_seeds_with_tau_and_the_prompt_se() -> None:
     assert r.p == pytest.approx(ref.pvalue, rel=1e-8) and r.tau == pytest.approx(np.std(x, ddof=1))
     ci = ref.confidence_interval()
     assert (r.ci_low, r.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high)) and r.seeds == 3
-    # With the prompt SE of the seed-averaged differences: SE² = s²/S + se², Welch–Satterthwaite df.
+    # With the prompt SE of the seed-averaged differences: SE² = s²/S + se², still S − 1 df.
     w = seed_level(x, prompt_se=0.03, n=50)
     a, b = np.var(x, ddof=1) / 3, 0.03 ** 2
-    assert w.se == pytest.approx(math.sqrt(a + b))
-    assert w.df == pytest.approx((a + b) ** 2 / (a * a / 2 + b * b / 49))
-    assert w.p == pytest.approx(2 * t_dist.sf(np.mean(x) / math.sqrt(a + b), w.df)) and w.se > r.se
+    assert w.se == pytest.approx(math.sqrt(a + b)) and w.df == 2
+    assert w.p == pytest.approx(2 * t_dist.sf(np.mean(x) / math.sqrt(a + b), 2)) and w.p > r.p
     # Seeds that agree exactly are not infinitely sure: the prompt sample still varies.
     same = seed_level([0.04, 0.04, 0.04], prompt_se=0.03, n=50)
     assert same.tau == 0 and same.p is not None and same.p > 0.1
