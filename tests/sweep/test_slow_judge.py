@@ -129,3 +129,29 @@ def test_a_running_application_with_another_judge_is_not_used(slow_app: None) ->
     judge = make_judge("remote", app_name=APP, deploy="serving/judge-paper.yaml")
     with pytest.raises(ConfigError, match=r"judges with 'simulated-model', but judge\.options\.deploy"):
         judge.prepare()
+
+
+def test_work_beside_the_judge_runs_on_its_one_thread_between_calls() -> None:
+    """Issue #29, point 3: the replica's validity measurement judges with the same model; it runs on the
+    judge's own thread (JudgeQueue.run_beside), never at the same time as a call."""
+    seen: list[tuple[str, str, float, float]] = []
+
+    def record(what: str) -> None:
+        t0 = time.monotonic()
+        time.sleep(0.05)
+        seen.append((what, threading.current_thread().name, t0, time.monotonic()))
+
+    def judge(batch: list[dict]) -> list[dict]:
+        record("call")
+        return [{"label": "refused"} for _ in batch]
+
+    async def run() -> None:
+        queue = JudgeQueue(judge, max_requests=4)
+        beside = queue.run_beside(record, "validity")
+        await asyncio.gather(*(queue.submit([{}], time.time() + 60) for _ in range(6)))
+        beside.result(timeout=10)
+
+    asyncio.run(run())
+    assert {name for _, name, _, _ in seen} == {seen[0][1]} and seen[0][1].startswith("judge")
+    spans = sorted((t0, t1) for _, _, t0, t1 in seen)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))  # never two at once
