@@ -39,6 +39,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serving.auth import TokenChecker, check_exposure
 from serving.config import JudgeServiceConfig
+from serving.proxy import CALLBACK, CALLBACK_ENV, GUARD_HEADER
 from serving.ratelimit import RateLimiter
 from serving.schemas import ErrorResponse, JudgeRequest, JudgeResponse
 
@@ -173,6 +174,7 @@ class JudgeIngress:
         self._backend = backend
         self._ready: tuple[float, dict[str, Any] | None] | None = None  # (checked at, info or None)
         self._ready_probe: asyncio.Future[dict[str, Any] | None] | None = None
+        self._proxy_warned = False
         if not self._auth.enabled:
             logger.warning("judge ingress: no token configured, authentication is OFF (loopback use only)")
         else:
@@ -235,6 +237,7 @@ class JudgeIngress:
               summary="judge a batch of (prompt, response) items")
     async def judge(self, request: Request) -> Any:
         started = time.perf_counter()
+        self._check_proxy(request)
         rid, client = _request_id(request), "-"
         status, n_items, n_chars = 500, 0, 0
         try:
@@ -259,6 +262,15 @@ class JudgeIngress:
                         n_items, n_chars, (time.perf_counter() - started) * 1000)
 
     # -- steps ----------------------------------------------------------------------------------------
+    def _check_proxy(self, request: Request) -> None:
+        """Warns once when requests reach this replica through a proxy without serving/proxy.py's limits
+        (a `serve run` or RayService whose Ray nodes lack the callback variable)."""
+        if self._proxy_warned or GUARD_HEADER.decode() in request.headers:
+            return
+        self._proxy_warned = True
+        logger.warning("judge ingress: Serve's HTTP proxy runs without safedrift's limits (one client can hold "
+                       "connections and replica slots): start the Ray nodes with %s=%s", CALLBACK_ENV, CALLBACK)
+
     def _authorize(self, request: Request) -> str:
         """The client's name (``anonymous`` when auth is off), or 401."""
         header = request.headers.get("authorization")

@@ -183,7 +183,9 @@ class BodyGuard:
             await _respond(send, 431, f"request head of {head} bytes over {self.limits.max_header_bytes} "
                                       "(SAFEDRIFT_PROXY_MAX_HEADER_BYTES)")
             return
-        scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() not in DROPPED_HEADERS]}
+        # The marker tells the ingress this request came through the limits (a client's own copy dropped).
+        kept = [(k, v) for k, v in scope["headers"] if k.lower() not in DROPPED_HEADERS and k.lower() != GUARD_HEADER]
+        scope = {**scope, "headers": [*kept, (GUARD_HEADER, b"1")]}
         outcome = await self._read_body(receive)
         if isinstance(outcome, tuple):
             await _respond(send, *outcome)
