@@ -53,30 +53,35 @@ def checks(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def autoscaling_config(gcs_address: str) -> dict[str, Any]:
-    """A head of 2 CPUs and a GPU group of at most one node, starting at none (raycluster.yaml's shape)."""
+def autoscaling_config(gcs_address: str, head_cpus: int = 2, gpu_nodes: int = 1) -> dict[str, Any]:
+    """A GPU-less head and a group of up to `gpu_nodes` nodes of 2 CPUs and 1 GPU, starting at none
+    (raycluster.yaml's shape)."""
     return {
-        "cluster_name": "empty-gpu-group", "max_workers": 1, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
-        "provider": {"type": "external", "gcs_address": gcs_address,
+        "cluster_name": "empty-gpu-group", "max_workers": gpu_nodes, "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 5,
+        # The fake provider starts each node's raylet itself: no updater (it would ssh, fail, and end the node).
+        "provider": {"type": "external", "gcs_address": gcs_address, "disable_node_updaters": True,
+                     "disable_launch_config_check": True,
                      "module": "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"},
         "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 2}, "node_config": {}, "max_workers": 0},
-            "gpu": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1}},
+            "ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0},
+            "gpu": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0,
+                    "max_workers": gpu_nodes}},
         "head_node_type": "ray.head.default", "auth": {"ssh_user": "ray"}, "file_mounts": {},
         "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [],
         "rsync_filter": [], "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
         "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": []}
 
 
-def start_head(tmp: Path) -> str:
+def start_head(tmp: Path, head_cpus: int = 2, gpu_nodes: int = 1) -> str:
     """`ray start --head` with the autoscaler (never `ray stop`: the test kills what it started)."""
     port = free_port()
     address = f"{ray_ip()}:{port}"
     config = tmp / "autoscaling.json"
-    config.write_text(json.dumps(autoscaling_config(address)))
+    config.write_text(json.dumps(autoscaling_config(address, head_cpus, gpu_nodes)))
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     subprocess.run([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
-                    "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                    f"--num-cpus={head_cpus}", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
                     f"--autoscaling-config={config}"], env=env, check=True)
     return address
 
