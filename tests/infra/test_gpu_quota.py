@@ -37,3 +37,9 @@ def test_ray_pods_have_a_writable_home():
             assert home and any(home.startswith(m + "/") or home == m for m in mounts), (label, c["name"], home)
     for key in ("CUDA_CACHE_PATH", "TORCHINDUCTOR_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE"):
         assert env[key].startswith("/tmp/"), key
+
+
+def test_training_waits_for_a_gpu_node_the_autoscaler_adds():
+    """The GPU group starts at 0 pods; a new GPU pod takes minutes (scheduling, image pull)."""
+    env = one(render(INFRA / "overlays" / "gpu"), "ConfigMap", "safedrift-env")["data"]
+    assert float(env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"]) >= 900  # Ray Train's default: 60
