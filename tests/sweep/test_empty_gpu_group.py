@@ -8,6 +8,7 @@ a real autoscaler with a GPU group at 0 nodes). A joined cluster without an auto
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,28 @@ def test_translation_actors_ask_for_the_gpus_the_group_will_add(driven: dict) ->
     assert driven["joined"]["translate"]["concurrency"] >= 1
     # A cluster that cannot grow and has no GPU: NLLB on CPU, as before.
     assert driven["started_here"]["translate"]["num_gpus"] == 0.0
+
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_paper_shaped_study_scales_its_gpu_group_up_from_zero(tmp_path, require_tool) -> None:
+    """The simulated GPU study (simulated_gpu_driver.py) on a cluster whose two GPU nodes do not exist
+    when the study starts: the autoscaler adds them because the sweep, then the evaluation, ask; every
+    cell trains and evaluates on them and measures what the same evaluation measures in-process."""
+    require_tool("apertium")
+    out, log = tmp_path / "out.json", tmp_path / "driver.log"
+    rc = run_driver(Path(__file__).with_name("simulated_gpu_driver.py"),
+                    [str(tmp_path / "work"), str(out), "--empty-gpu-group"], log, timeout=1200)
+    assert rc == 0, tail(log, 8000)
+    got = json.loads(out.read_text())
+    assert got["gpus_at_start"] == 0 and 1 <= len(got["gpu_node_ids"]) <= 2
+    gpu_nodes = set(got["gpu_node_ids"])
+    assert len(got["train_workers"]) == 4 and len(got["cells"]) == 6
+    for workers in got["train_workers"].values():
+        assert workers[0]["node_id"] in gpu_nodes and len(workers[0]["gpu_ids"]) == 1
+    for cid, c in got["cells"].items():
+        assert c["evaluated_on"]["node_id"] in gpu_nodes and len(c["evaluated_on"]["gpu_ids"]) == 1, cid
+        for key, value in got["in_process"][cid].items():
+            if not key.startswith(("time/", "generate/answers_per_s")):
+                assert math.isclose(c["metrics"][key], value, rel_tol=1e-6, abs_tol=1e-9), (cid, key)
