@@ -83,3 +83,60 @@ def test_limits_from_the_environment_name_a_bad_value() -> None:
     assert ProxyLimits.from_env({"SAFEDRIFT_PROXY_BODY_TIMEOUT_S": "2.5"}).body_timeout_s == 2.5
     with pytest.raises(ValueError, match="SAFEDRIFT_PROXY_MAX_HEADER_BYTES='0': give a positive whole number"):
         ProxyLimits.from_env({"SAFEDRIFT_PROXY_MAX_HEADER_BYTES": "0"})
+
+
+SERVER = """
+import sys, uvicorn
+from serving.proxy import BodyGuard, ProxyLimits, install_connection_limits
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+limits = ProxyLimits(header_timeout_s=0.5, body_timeout_s=0.5, max_header_bytes=4096, max_body_bytes=1000)
+install_connection_limits(limits)
+uvicorn.run(BodyGuard(app, limits), host="127.0.0.1", port=int(sys.argv[1]), http="h11", log_level="error")
+"""
+
+
+def test_uvicorn_with_the_connection_limits_closes_half_open_connections_and_big_heads() -> None:
+    """The connection-level half of serving/proxy.py on a real uvicorn (as in Serve's proxy), in its own
+    process (the patch is process-wide): 50 half-open connections are closed after the head deadline, a
+    head over the bound gets 431, an ordinary request is answered meanwhile."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from judge_service_cases import REPO, free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        half_open = []
+        for _ in range(50):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"POST / HTTP/1.1\r\nHost: t\r\n")
+            half_open.append(s)
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "ok"
+        trickle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        trickle.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 6000)  # never finished, over 4096
+        assert trickle.recv(100)[:12] in (b"HTTP/1.1 431", b"HTTP/1.1 400")  # ours, or h11's own bound (now ours)
+        time.sleep(2.0)  # past the 0.5 s head deadline and one sweep
+        closed = 0
+        for s in half_open:
+            s.settimeout(2)
+            data = s.recv(100)  # 408 then EOF, or EOF
+            closed += data == b"" or data.startswith(b"HTTP/1.1 408")
+        assert closed == 50
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
