@@ -45,15 +45,18 @@ def setup_mlflow(default_db: Path, artifacts: Path, experiment: str,
     return uri, exp_id
 
 
-def close_stale_runs(uri: str, experiment_id: str, study_hash: str) -> int:
-    """Marks KILLED the runs a killed driver left RUNNING for this study (its parent runs and their
-    cells), so the MLflow UI does not show a dead sweep as still going. Returns how many it closed.
-    Called only when this process is about to run the same study, i.e. after the old driver is gone."""
+def close_stale_runs(uri: str, experiment_id: str, study_hash: str, workdir_id: str) -> int:
+    """Marks KILLED the runs a killed driver left RUNNING for this study in this workdir (its parent runs
+    and their cells), so the MLflow UI does not show a dead sweep as still going. Returns how many it
+    closed. Called only while this process holds the workdir's lock, i.e. after that workdir's old driver
+    is gone; a live driver of the same study in another workdir on the same MLflow server has another
+    `workdir_id` and is left alone (it was marked KILLED under it, issue 30)."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
     parents = client.search_runs([experiment_id], filter_string=(
-        f"tags.`safedrift.study_hash` = '{study_hash}' and attributes.status = 'RUNNING'"))
+        f"tags.`safedrift.study_hash` = '{study_hash}' and tags.`safedrift.workdir` = '{workdir_id}' "
+        "and attributes.status = 'RUNNING'"))
     closed = 0
     for parent in parents:
         children = client.search_runs([experiment_id], filter_string=(

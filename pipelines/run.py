@@ -6,6 +6,7 @@ started."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pipelines.cells import cell_dir, study_cells, study_hashes
 from pipelines.config import StudyConfig
 from pipelines.evaluate.measure import write_sweep_tidy
 from pipelines.evaluate.user_sets import check_user_files
+from pipelines.hashing import stable_hash
 from pipelines.layout import Workdir
 from pipelines.report import write_report
 from pipelines.report.provenance import study_context
@@ -115,10 +117,12 @@ def _run(study: Study, resume: bool, until: Literal["translate", "sweep", "repor
     import mlflow
 
     uri, exp_id = setup_mlflow(wd.mlflow_db(), wd.mlflow_artifacts(), cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
-    if closed := close_stale_runs(uri, exp_id, study_hash):
+    workdir_id = workdir_tag(wd.root)
+    if closed := close_stale_runs(uri, exp_id, study_hash, workdir_id):
         log.warning("marked %d MLflow run(s) of an interrupted sweep of this study as KILLED", closed)
     with mlflow.start_run(run_name=f"{cfg.name}-{study_hash}", experiment_id=exp_id,
-                          tags={"safedrift.study_hash": study_hash, "safedrift.preset": cfg.name}) as parent:
+                          tags={"safedrift.study_hash": study_hash, "safedrift.preset": cfg.name,
+                                "safedrift.workdir": workdir_id}) as parent:
         # Secrets masked and URIs without credentials: MLflow's artifacts are read by everyone on the server.
         mlflow.log_dict(cfg.public(), "config.json")
         mlflow.log_dict(public_view(ds.manifest), "datasets_manifest.json")
@@ -132,6 +136,12 @@ def _run(study: Study, resume: bool, until: Literal["translate", "sweep", "repor
         write_manifest(study.sweep_dir, parent_run_id=parent.info.run_id, tracking_uri=redact_uri(uri),
                        cells=[r["cell_id"] for r in results], datasets=ds_hash, stages=_summary(stages))
     return _result(study, ds, parent.info.run_id, results, stages)
+
+
+def workdir_tag(root: Path) -> str:
+    """Which workdir a parent run belongs to, as an MLflow tag: a hash of its host and path (the path
+    itself may name a user), so only that workdir's driver closes its stale runs."""
+    return stable_hash({"host": socket.gethostname(), "workdir": str(Path(root).resolve())}, 12)
 
 
 def finished(study: Study) -> StudyResult | None:
