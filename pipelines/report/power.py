@@ -13,10 +13,9 @@ and p10 ≤ base rate. Given D discordant pairs, the number k of increases is Bi
 
 A condition across its seeds (`power_seeds`, `mde_seeds`), the test the findings use (stats.seed_level):
 the per-seed changes are N(Δ, τ² + σ²/n) — τ the between-seed SD, σ² = ψ − Δ² with ψ the share of
-prompts that move either way (the measured discordance) — and the test divides the mean by
-√(s²/S + prompt SE²), the prompt SE of the seed-averaged differences carrying what the runs share (the
-base's answers on this sample), on S − 1 df; its power integrates the rejection probability over the
-χ² of the seeds' spread, the prompt part taken as known (`seed_se`, `_t_power`). `seed_plan` says how many prompts and seeds detect a given change."""
+prompts that move either way (the measured discordance) — and the test rejects when both the t over
+seeds (S − 1 df; its power integrated over the χ² of the seeds' spread, `_t_power`) and the test of the
+seed-averaged labels over prompts (normal approximation of the exact test) reject (`seed_parts`). `seed_plan` says how many prompts and seeds detect a given change."""
 
 from __future__ import annotations
 
@@ -192,23 +191,29 @@ def t_power(effect: float, seeds: int, alpha: float) -> float:
     return _t_power(effect * math.sqrt(seeds), 1.0, 0.0, seeds - 1, alpha) if seeds > 1 else float("nan")
 
 
-def seed_se(n: int, seeds: int, delta: float, discordance: float, tau: float,
-            shared: float = 0.0) -> tuple[float, float]:
-    """(a, b) of the condition's test (stats.seed_level) under the module's model: a = (τ² + σ²/n)/S the
-    spread over seeds' part of SE², b = (shared + σ²/S)/n the prompt SE² of the seed-averaged differences
-    — σ² = ψ − Δ² a run's per-prompt variance (ψ at least |Δ|), `shared` the variance across prompts of
-    what the runs share (the base's answers: report/summary.py measures it)."""
+def seed_parts(n: int, seeds: int, delta: float, discordance: float, tau: float,
+               shared: float = 0.0) -> tuple[float, float]:
+    """(variance of one run's change, prompt SE² of the seed-averaged differences) under the module's
+    model: τ² + σ²/n and (shared + σ²/S)/n — σ² = ψ − Δ² a run's per-prompt variance (ψ at least |Δ|),
+    `shared` the variance across prompts of what the runs share (the base's answers: report/summary.py
+    measures it)."""
     sigma2 = max(max(discordance, abs(delta)) - delta * delta, 0.0)
-    return (tau * tau + sigma2 / n) / seeds, (shared + sigma2 / seeds) / n
+    return tau * tau + sigma2 / n, (shared + sigma2 / seeds) / n
 
 
 def power_seeds(n: int, seeds: int, delta: float, discordance: float, tau: float, alpha: float = 0.05,
                 shared: float = 0.0) -> float:
-    """Power of the t over seeds (S − 1 df) for a true change `delta` (see the module doc)."""
-    a, b = seed_se(n, seeds, delta, discordance, tau, shared)
-    # Each run's prompt noise, σ²/(nS), is in both parts of the test's SE² but once in the mean's variance.
-    overlap = max(max(discordance, abs(delta)) - delta * delta, 0.0) / (n * seeds)
-    return _t_power(delta, a, b, max(seeds - 1, 1), alpha, overlap) if a + b > 0 else 1.0
+    """Power of the condition's test (stats.seed_level: the t over seeds and the test over prompts must
+    both reject) for a true change `delta`: the product of the two powers, a lower bound since the two
+    are positively associated. The seed-averaged mean varies by τ²/S + shared/n + σ²/(nS) in truth; the t
+    over seeds sees only the runs' part, the prompt test only the prompts'."""
+    v_run, v_p = seed_parts(n, seeds, delta, discordance, tau, shared)
+    if seeds < 2 or v_run <= 0:
+        return float("nan") if seeds < 2 else 1.0
+    p_t = _t_power(delta, v_run / seeds, 0.0, seeds - 1, alpha, overlap=-shared / n)
+    true, k = math.sqrt(v_p + tau * tau / seeds), NormalDist().inv_cdf(1 - alpha / 2) * math.sqrt(v_p)
+    p_p = float(_phi(np.array([(abs(delta) - k) / true, (-abs(delta) - k) / true])).sum()) if true > 0 else 1.0
+    return p_t * p_p
 
 
 def mde_seeds(n: int, seeds: int, discordance: float, tau: float, alpha: float = 0.05, power: float = 0.80,

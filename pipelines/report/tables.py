@@ -59,13 +59,17 @@ class Cells:
     # eval language -> the judge's κ with people for it, None where it is unvalidated; empty when the
     # table carries no validity rows (then nothing is marked)
     validity: dict[str, float | None] = field(default_factory=dict)
+    # eval languages with labelled answers to validate on (κ may still be undefined: one class only)
+    validated: set[str] = field(default_factory=set)
 
     def lang_label(self, lang: str) -> str:
         """An eval language as figures label it: with the judge's κ, or marked unvalidated."""
         if not self.validity:
             return lang
         k = self.validity.get(lang)
-        return f"{lang}\nunvalidated" if k is None else f"{lang}\nκ {k:.2f}"
+        if k is None:
+            return f"{lang}\nκ n/a" if lang in self.validated else f"{lang}\nunvalidated"
+        return f"{lang}\nκ {k:.2f}"
 
     @property
     def missing(self) -> list[dict[str, Any]]:
@@ -101,6 +105,7 @@ def cells_of(tidy: pl.DataFrame, expected: list[dict[str, Any]] | None = None,
     cells = Cells(seen, expected, langs)
     v = judge_validity(tidy, cells)
     cells.validity = {r["eval_lang"]: r["kappa"] if r["validated"] else None for r in v.iter_rows(named=True)}
+    cells.validated = {r["eval_lang"] for r in v.iter_rows(named=True) if r["validated"]}
     return cells
 
 
@@ -205,10 +210,11 @@ def condition_label(model: str, ft_lang: str, epochs: int | None) -> str:
     return f"{model} · ft {ft_lang}" + ("" if epochs is None else f" · {epochs} ep")
 
 
-def _seed_test(changes: list[float], ses: list[float | None], n: int, alpha: float) -> SeedLevel:
-    """The t over seeds, with the prompt SE of the seed-averaged differences (the same on every seed's row)."""
+def _seed_test(changes: list[float], ses: list[float | None], p_prompts: float | None, alpha: float) -> SeedLevel:
+    """The condition's test (stats.seed_level): across seeds and, with the seed-averaged labels' exact
+    test over prompts and their prompt SE (the same on every seed's row), across prompts."""
     se = next((v for v in ses if v is not None and v == v), 0.0)
-    return seed_level(changes, se, n, alpha)
+    return seed_level(changes, se, p_prompts, alpha)
 
 
 def _condition_row(key: Key, g: pl.DataFrame, pooled: float | None, alpha: float) -> dict[str, Any]:
@@ -216,7 +222,7 @@ def _condition_row(key: Key, g: pl.DataFrame, pooled: float | None, alpha: float
     run, that run's exact test and interval."""
     g = g.filter(pl.col("delta").is_not_null())
     n = int(g["n"].min() or 0)
-    s = _seed_test(g["delta"].to_list(), g["prompt_se"].to_list(), n, alpha)
+    s = _seed_test(g["delta"].to_list(), g["prompt_se"].to_list(), pooled, alpha)
     one = s.seeds == 1
     first = g.row(0, named=True)
     ft_rate, base_rate = g["ft_rate"].mean(), first["base_rate"]
@@ -224,7 +230,7 @@ def _condition_row(key: Key, g: pl.DataFrame, pooled: float | None, alpha: float
             "eval_lang": key[3], "seeds": s.seeds, "base_rate": base_rate, "ft_rate": ft_rate, "delta": s.mean,
             "tau": s.tau, "ci_low": first["ci_low"] if one else s.ci_low,
             "ci_high": first["ci_high"] if one else s.ci_high, "p_value": first["p_value"] if one else s.p,
-            "test": "one run: exact McNemar" if one else f"t over {s.seeds} seeds",
+            "test": "one run: exact McNemar" if one else f"t over {s.seeds} seeds ∩ prompts",
             "p_value_prompts": pooled if not one else first["p_value"],
             "discordance": g["discordance"].mean(), "prompt_se": first["prompt_se"], "n": n,
             "fold": smoothed_fold(ft_rate, n, base_rate, n)}
@@ -240,9 +246,9 @@ COND_SCHEMA = {"condition": pl.String, "model": pl.String, "ft_lang": pl.String,
 def conditions(tidy: pl.DataFrame, seeds: pl.DataFrame, cells: Cells, rate: str = "compliance_rate",
                alpha: float = ALPHA) -> pl.DataFrame:
     """The screening table: per condition (model, fine-tune language, epochs) × eval language, the change
-    against the base across its seeds — mean of the per-seed paired changes, between-seed SD τ, the
-    t-interval and t-test over seeds with the prompt sample's SE added (stats.seed_level; one seed: that
-    run's exact McNemar test and Newcombe interval) — with the p-values adjusted by Benjamini–Hochberg over every condition × eval
+    against the base across its seeds — mean of the per-seed paired changes, between-seed SD τ, the test
+    across seeds and across prompts (stats.seed_level: the t over seeds and the exact test of the
+    seed-averaged labels, p the larger; one seed: that run's exact McNemar test and Newcombe interval) — with the p-values adjusted by Benjamini–Hochberg over every condition × eval
     language (the heatmap's hatching). Seeds are pooled before testing: a seed is never a hypothesis.
     `p_value_prompts` is the exact sign-flip test of the seed-averaged labels over prompts (descriptive)."""
     if seeds.height == 0:
@@ -288,17 +294,17 @@ def vs_english(tidy: pl.DataFrame, cells: Cells, alpha: float = ALPHA) -> pl.Dat
     schema = {k: v for k, v in COND_SCHEMA.items() if k not in ("base_rate", "ft_rate", "fold", "discordance",
                                                                   "p_value_prompts", "prompt_se")}
     est, ps = _per_seed(tidy, "contrast/vs_en"), _per_seed(tidy, "contrast/vs_en/p_value")
-    ses = _per_seed(tidy, "contrast/vs_en/prompt_se")
+    ses, pp = _per_seed(tidy, "contrast/vs_en/prompt_se"), _per_seed(tidy, "contrast/vs_en/p_value_seeds")
     rows = []
     for key, rs in est.items():
-        s = _seed_test([r["value"] for r in rs], [r["value"] for r in ses.get(key, [])],
-                       int(min(r["n"] or 0 for r in rs)), alpha)
+        pooled = pp[key][0]["value"] if key in pp else None
+        s = _seed_test([r["value"] for r in rs], [r["value"] for r in ses.get(key, [])], pooled, alpha)
         one = s.seeds == 1
         rows.append({"condition": condition_label(*key[:3]), "model": key[0], "ft_lang": key[1], "epochs": key[2],
                      "eval_lang": key[3], "seeds": s.seeds, "delta": s.mean, "tau": s.tau,
                      "ci_low": rs[0]["ci_low"] if one else s.ci_low, "ci_high": rs[0]["ci_high"] if one else s.ci_high,
                      "p_value": ps[key][0]["value"] if one and key in ps else s.p,
-                     "test": "one run: exact sign-flip over prompts" if one else f"t over {s.seeds} seeds",
+                     "test": "one run: exact sign-flip over prompts" if one else f"t over {s.seeds} seeds ∩ prompts",
                      "n": int(min(r["n"] or 0 for r in rs))})
     out = pl.DataFrame(rows, schema={k: v for k, v in schema.items() if k not in ("p_adj", "significant")})
     out = out.with_columns(pl.Series("p_adj", adjust(out["p_value"].to_list(), SCREENING), dtype=pl.Float64))
@@ -563,7 +569,7 @@ def judge_validity(tidy: pl.DataFrame, cells: Cells, prefix: str = "judge") -> p
     """Per eval language of the study: the judge's κ and accuracy with people for the way that language
     was judged, and whether there was anything to validate on (unvalidated languages keep a row, null κ)."""
     schema = {"eval_lang": pl.String, "kappa": pl.Float64, "accuracy": pl.Float64, "n_labels": pl.Int64,
-              "validated": pl.Boolean}
+              "validated": pl.Boolean, **dict.fromkeys(VALIDITY_FIGURES, pl.Float64)}
     rows = []
     val = metric_long(tidy, f"{prefix}/validated")
     if val.height == 0:
@@ -574,12 +580,20 @@ def judge_validity(tidy: pl.DataFrame, cells: Cells, prefix: str = "judge") -> p
             rows.append({"eval_lang": lang, "kappa": None, "accuracy": None, "n_labels": 0, "validated": False})
             continue
         ok = bool(v["value"].max() == 1.0)
-        k = metric_long(tidy, f"{prefix}/kappa").filter((pl.col("eval_lang") == lang) & pl.col("value").is_not_null())
-        a = metric_long(tidy, f"{prefix}/accuracy").filter((pl.col("eval_lang") == lang) & pl.col("value").is_not_null())
-        rows.append({"eval_lang": lang, "kappa": k["value"].first() if ok and k.height else None,
-                     "accuracy": a["value"].first() if ok and a.height else None,
-                     "n_labels": int(v["n"].first() or 0), "validated": ok})
+        figures = {name: _first(tidy, f"{prefix}/{name}", lang) if ok else None
+                   for name in ("kappa", "accuracy", *VALIDITY_FIGURES)}
+        rows.append({"eval_lang": lang, "n_labels": int(v["n"].first() or 0), "validated": ok, **figures})
     return pl.DataFrame(rows, schema=schema)
+
+
+# Beside κ and accuracy (evaluate.judge_agreement's tidy rows): κ's interval, the error of the compliance rate
+# the judge reports on hand-labelled answers, non-answer recall, and the XSTest figure beside it.
+VALIDITY_FIGURES = ("kappa_ci_low", "kappa_ci_high", "rate_error", "non_answer_recall", "xstest_kappa")
+
+
+def _first(tidy: pl.DataFrame, metric: str, lang: str) -> float | None:
+    m = metric_long(tidy, metric).filter((pl.col("eval_lang") == lang) & pl.col("value").is_not_null())
+    return m["value"].first() if m.height else None
 
 
 def back_translation(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:

@@ -133,21 +133,22 @@ def test_t_distribution_matches_scipy() -> None:
         assert t_quantile(0.975, df) == pytest.approx(t_dist.ppf(0.975, df), rel=1e-8)
 
 
-def test_seed_level_is_a_t_test_over_seeds_with_tau_and_the_prompt_se() -> None:
+def test_seed_level_holds_across_seeds_and_across_prompts() -> None:
     x = [0.10, 0.02, 0.15]
     r = seed_level(x)
     ref = ttest_1samp(x, 0.0)
     assert r.p == pytest.approx(ref.pvalue, rel=1e-8) and r.tau == pytest.approx(np.std(x, ddof=1))
     ci = ref.confidence_interval()
     assert (r.ci_low, r.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high)) and r.seeds == 3
-    # With the prompt SE of the seed-averaged differences: SE² = s²/S + se², still S − 1 df.
-    w = seed_level(x, prompt_se=0.03, n=50)
-    a, b = np.var(x, ddof=1) / 3, 0.03 ** 2
-    assert w.se == pytest.approx(math.sqrt(a + b)) and w.df == 2
-    assert w.p == pytest.approx(2 * t_dist.sf(np.mean(x) / math.sqrt(a + b), 2)) and w.p > r.p
-    # Seeds that agree exactly are not infinitely sure: the prompt sample still varies.
-    same = seed_level([0.04, 0.04, 0.04], prompt_se=0.03, n=50)
-    assert same.tau == 0 and same.p is not None and same.p > 0.1
+    # Both must reject: the p-value is the larger of the t over seeds' and the prompts' test's, and the
+    # interval the hull of the two intervals.
+    assert seed_level(x, 0.01, p_prompts=0.5).p == 0.5
+    assert seed_level(x, 0.01, p_prompts=1e-9).p == pytest.approx(ref.pvalue, rel=1e-8)
+    wide = seed_level(x, prompt_se=0.2, p_prompts=0.3)
+    assert wide.ci_low == pytest.approx(np.mean(x) - 1.959964 * 0.2, abs=1e-6) and wide.ci_high > ci.high
+    # Seeds that agree exactly are not infinitely sure: the prompts' test decides.
+    same = seed_level([0.04, 0.04, 0.04], prompt_se=0.03, p_prompts=0.2)
+    assert same.tau == 0 and same.p == 0.2
     one = seed_level([0.3])
     assert one.seeds == 1 and one.p is None and one.tau is None  # one run: nothing to test across runs
 
