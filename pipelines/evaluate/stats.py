@@ -286,11 +286,11 @@ def seed_level(changes: Sequence[float], prompt_se: float = 0.0, p_prompts: floa
     se, df = tau / math.sqrt(s), float(s - 1)
     if se > 0:
         p_t, half = t_two_sided_p(mean / se, df), t_quantile(1 - alpha / 2, df) * se
-    else:  # seeds that agree exactly: nothing varies across runs; the prompt test decides
-        p_t, half = (1.0 if mean == 0 else 0.0), 0.0
+    else:  # seeds that agree exactly: nothing varies across runs; the prompt test decides (none: untested)
+        p_t, half = (1.0 if mean == 0 else 0.0 if p_prompts is not None else None), 0.0
     zp = _z(alpha) * (prompt_se if prompt_se == prompt_se else 0.0)
     lo, hi = min(mean - half, mean - zp), max(mean + half, mean + zp)
-    p = p_t if p_prompts is None or p_prompts != p_prompts else max(p_t, p_prompts)
+    p = p_t if p_t is None or p_prompts is None or p_prompts != p_prompts else max(p_t, p_prompts)
     return SeedLevel(mean, tau, se, df, lo, hi, p, s)
 
 

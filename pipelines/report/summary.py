@@ -78,7 +78,8 @@ def _power_line(model: str, lang: str, g: pl.DataFrame, tau: float | None, alpha
     level = f"α = {alpha:.2g}, the first Holm step over {m} confirmatory tests, power 80%"
     if seeds > 1:
         mde = mde_seeds(n, seeds, psi, t, alpha, shared=shared)
-        what = f"the t over seeds detects ({level}) a change of ≥ {mde:.2f}" if mde else "the t over seeds detects no change"
+        what = (f"the condition's test detects ({level}) a change of ≥ {mde:.2f}" if mde else
+                "the condition's test detects no change")
         head = f"{model} in {lang}: n = {n} prompts, {seeds} seeds, measured discordance {psi:.2f}, {how}: {what}"
     else:
         up = mde_paired(n, float(g["base_rate"].mean()), psi / 2, alpha)

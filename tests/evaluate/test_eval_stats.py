@@ -149,6 +149,7 @@ def test_seed_level_holds_across_seeds_and_across_prompts() -> None:
     # Seeds that agree exactly are not infinitely sure: the prompts' test decides.
     same = seed_level([0.04, 0.04, 0.04], prompt_se=0.03, p_prompts=0.2)
     assert same.tau == 0 and same.p == 0.2
+    assert seed_level([0.04, 0.04, 0.04]).p is None  # and without it, nothing tests them
     one = seed_level([0.3])
     assert one.seeds == 1 and one.p is None and one.tau is None  # one run: nothing to test across runs
 

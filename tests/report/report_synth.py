@@ -98,6 +98,8 @@ class Sweep:
                 add(lang, "contrast/vs_en", v, v - 0.15, v + 0.15, n=self.n)
                 add(lang, "contrast/vs_en/p_value", self.p_vs_en.get((ft, lang), 1.0), n=self.n)
                 add(lang, "contrast/vs_en/prompt_se", self.prompt_se, n=self.n)
+                if len(self.seeds) > 1:
+                    add(lang, "contrast/vs_en/p_value_seeds", self.p_vs_en.get((ft, lang), 1.0), n=self.n)
             add("en", "judge/kappa", 0.8, n=420)
             add("en", "judge/accuracy", 0.9, n=420)
             add("en", "ppl_wikitext2", 30.0, n=256)
