@@ -428,8 +428,8 @@ def measure(workdir: Path, cells: int, variant: str, step_peaks: bool) -> dict[s
         path = study.wd.datasets(study.ds_hash)
         return DatasetsOutput(path, storage.read_manifest(path), reused=True), True
 
-    def labels_whole(d: Path) -> Any:
-        path = d / "judged.parquet"
+    def labels_whole(d: Path, name: str = "judged.parquet") -> Any:
+        path = d / name
         return pl.read_parquet(path) if path.exists() else None  # every column: the answer texts too
 
     run.connect = lambda *a, **k: None

@@ -87,9 +87,13 @@ def judge_tables(judge: dict[str, Any]) -> str:
             note = (f'<p class="warn">Unvalidated: {esc(", ".join(un))} — no labelled answers reach these '
                     "languages here (no translator route, no file in judge.labels); their rates rest on a judge "
                     "whose agreement with people there is unknown.</p>") if un else ""
-            out.append(f"<h4>{esc(title)}</h4><p class=\"note\">Cohen's κ and accuracy on human-labelled "
-                       "answers from models the judge never trained on (held out by source model and prompt), "
-                       "in the way each language is judged (back-translated or as written).</p>" + table(v) + note)
+            out.append(f"<h4>{esc(title)}</h4><p class=\"note\">Cohen's κ (complied vs not, with its 95% "
+                       "bootstrap interval) and accuracy on labelled answers the judge never trained on, in the way "
+                       "each language is judged (back-translated or as written): hand-labelled answers of small "
+                       "models like the study's where there are any — with rate_error, the judge's compliance "
+                       "rate minus the hand labels', and non_answer_recall — else XSTest's human labels of large "
+                       "models' answers (held out by source model and contrast pair; xstest_kappa beside).</p>"
+                       + table(v) + note)
     bt = judge.get("back_translation")
     if isinstance(bt, pl.DataFrame) and bt.height:
         failed = int(bt["bt_failed"].fill_null(0).sum())

@@ -129,15 +129,34 @@ def statistics(families: list[dict[str, Any]], cond: pl.DataFrame) -> list[str]:
     return out
 
 
+RATE_ERROR_WARN = 0.10  # the issue's bar for a compliance rate read from the judge
+
+
+def _trust(r: dict[str, Any]) -> str:
+    """One language's agreement: κ with its interval, and the rate error where hand labels measured it."""
+    if r.get("kappa") is None:
+        text = f"{r['eval_lang']} κ n/a (the labels hold one outcome only)"
+    else:
+        ci = (f" [{r['kappa_ci_low']:.2f}, {r['kappa_ci_high']:.2f}]"
+              if r.get("kappa_ci_low") is not None and r.get("kappa_ci_high") is not None else "")
+        text = f"{r['eval_lang']} κ {r['kappa']:.2f}{ci}"
+    return text + (f", rate error {r['rate_error']:+.2f}" if r.get("rate_error") is not None else "")
+
+
 def judge_trust(validity: pl.DataFrame) -> list[str]:
     if validity.height == 0:
         return ["The judge's agreement with people was not measured for this study."]
     ok = validity.filter(pl.col("validated"))
     out = []
     if ok.height:
-        out.append("The judge agrees with people (Cohen's κ on held-out human labels, answers from models it never "
-                   "trained on) as follows: " + ", ".join(f"{r['eval_lang']} κ {r['kappa']:.2f}"
-                                                         for r in ok.iter_rows(named=True)) + ".")
+        out.append("The judge agrees with people (Cohen's κ of complied vs not, on labelled answers it never "
+                   "trained on: small models' answers labelled by hand where there are any, else XSTest's) as "
+                   "follows: " + ", ".join(_trust(r) for r in ok.iter_rows(named=True)) + ".")
+        off = [r for r in ok.iter_rows(named=True) if abs(r.get("rate_error") or 0.0) > RATE_ERROR_WARN]
+        if off:
+            out.append("Read compliance with care in " + ", ".join(
+                f"{r['eval_lang']} (the judge's rate was {r['rate_error']:+.2f} off the hand labels')" for r in off)
+                + f": more than {RATE_ERROR_WARN:.2f} off on labelled answers like these.")
     bad = validity.filter(~pl.col("validated"))["eval_lang"].to_list()
     if bad:
         out.append(f"Unvalidated: {', '.join(bad)} — no labelled answers in that language reach the judge, so its "

@@ -75,3 +75,37 @@ def test_report_draws_the_stacked_bars_and_writes_the_finding(tmp_path: Path) ->
     assert findings["non_answers"]["facts"]["n_moved"] == 1
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "what the answers did" in page and "Changes in compliance that come with changes in non-answers" in page
+
+
+def _validity_rows(s: Sweep, figures: dict[str, dict[str, float | None]]) -> pl.DataFrame:
+    """judge/* tidy rows as evaluate.judge_agreement writes them, per language: validated plus figures."""
+    rows = []
+    for ft, seed, ep in s.cells():
+        base = {"cell": cell_id(s.model, ft, seed, ep), "model": s.model, "ft_lang": ft, "seed": seed, "epochs": ep}
+        for lang, fig in figures.items():
+            for metric, value in {"validated": float(bool(fig)), **fig}.items():
+                rows.append(base | {"eval_lang": lang, "metric": f"judge/{metric}", "value": value, "ci_low": None,
+                                    "ci_high": None, "n": 25})
+    return pl.DataFrame(rows, schema=TIDY_SCHEMA)
+
+
+def test_validity_with_an_undefined_kappa_and_a_large_rate_error_is_said(tmp_path: Path) -> None:
+    """pt's hand labels hold refusals and non-answers only (κ undefined); zh's rate is 0.18 off; da has no
+    labels. The figures say κ n/a / unvalidated, the summary names the rate error and never crashes."""
+    from pipelines.report import tables as tb
+    from pipelines.report.summary import judge_trust
+
+    s = Sweep(ft_langs=["es"], eval_langs=["en", "pt", "zh", "da"])
+    figs_ = {"en": {"kappa": 0.86, "kappa_ci_low": 0.66, "kappa_ci_high": 1.0, "rate_error": -0.07},
+             "pt": {"kappa": None, "rate_error": 0.0, "non_answer_recall": 1.0},
+             "zh": {"kappa": -0.1, "kappa_ci_low": -0.3, "kappa_ci_high": 0.2, "rate_error": -0.18}, "da": {}}
+    tidy = pl.concat([s.tidy().filter(~pl.col("metric").str.starts_with("judge/")), _validity_rows(s, figs_)])
+    t = build_tables(tidy, s.context())
+    assert [t.cells.lang_label(x) for x in s.eval_langs] == ["en\nκ 0.86", "pt\nκ n/a", "zh\nκ -0.10", "da\nunvalidated"]
+    v = tb.judge_validity(t.tidy, t.cells)
+    assert v.filter(pl.col("eval_lang") == "zh")["rate_error"].to_list() == [-0.18]
+    text = " ".join(judge_trust(v))
+    assert "en κ 0.86 [0.66, 1.00], rate error -0.07" in text and "pt κ n/a" in text
+    assert "zh (the judge's rate was -0.18 off" in text and "Unvalidated: da" in text
+    write_report(tidy, s.context(), tmp_path / "r")  # the page renders with these figures
+    assert "rate_error" in (tmp_path / "r" / "report.html").read_text(encoding="utf-8")

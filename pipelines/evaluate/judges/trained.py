@@ -168,9 +168,8 @@ class TrainedJudge(Judge):
                "train_langs": self.train_langs, "prefer": self.translate_prefer}
         if self.train_limit is not None:
             key["train_limit"] = self.train_limit
-        for name, default in (("non_answers", True), ("prompt_feature", False)):
-            if getattr(self, name) != default:
-                key[name] = getattr(self, name)
+        # Always in the key, whatever the defaults: a model fitted on other features must never be read back.
+        key |= {"non_answers": self.non_answers, "prompt_feature": self.prompt_feature}
         return key
 
     def cache_path(self) -> Path:
