@@ -271,3 +271,14 @@ def test_the_stand_in_checks_the_values_vllm_checks() -> None:
         req.LoRARequest("a", 1, "")
     with pytest.raises(AttributeError):
         getattr(request_output("x").outputs[0], "logprob")  # noqa: B009 - not a field (logprobs is)
+
+
+def test_the_engine_lora_rank_is_one_vllm_accepts_for_every_adapter_rank() -> None:
+    """max_lora_rank is the smallest value the pinned vLLM accepts that holds the adapters (never 96 for r=96,
+    which vLLM refuses), and the accepted list is the one recorded from the wheel."""
+    from pipelines.evaluate.backends.vllm import VLLM_LORA_RANKS, lora_rank_slot
+
+    assert list(VLLM_LORA_RANKS) == RECORD["values"]["max_lora_rank"]
+    assert [lora_rank_slot(r) for r in (4, 8, 64, 65, 96, 300, 512)] == [64, 64, 64, 128, 128, 320, 512]
+    with pytest.raises(ValueError, match="lower finetune.lora.r"):
+        lora_rank_slot(1024)

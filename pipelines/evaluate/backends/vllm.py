@@ -99,6 +99,20 @@ def adapter_rank(adapter_dirs: list[Path | None]) -> int:
 
 
 _ENGINES: dict[str, Any] = {}
+# The ranks vLLM 0.33 accepts for max_lora_rank (vllm/config/lora.py MaxLoRARanks, recorded from the pinned
+# wheel in tests/evaluate/vllm_api.json): any other value is refused when the engine starts.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank_slot(rank: int) -> int:
+    """The engine's max_lora_rank for adapters of `rank`: at least 64 (one engine serves every cell of a
+    model, whatever rank a later one has), the smallest value vLLM accepts that holds it."""
+    need = max(64, rank)
+    fits = [r for r in VLLM_LORA_RANKS if r >= need]
+    if not fits:
+        raise ValueError(f"LoRA rank {rank} is above the largest vLLM serves ({VLLM_LORA_RANKS[-1]}): lower "
+                         "finetune.lora.r")
+    return fits[0]
 
 
 def vllm_engine(model_dir: Path, max_lora_rank: int = 64, max_loras: int = 4, **engine_kwargs: Any) -> Any:
@@ -119,7 +133,7 @@ def generate_vllm_many(model_dir: Path, jobs: list[tuple[Path | None, list[str]]
     from vllm.lora.request import LoRARequest
 
     adapters = [a for a, ps in jobs for _ in ps]
-    llm = vllm_engine(model_dir, max_lora_rank=max(64, adapter_rank(adapters)), **engine_kwargs)
+    llm = vllm_engine(model_dir, max_lora_rank=lora_rank_slot(adapter_rank(adapters)), **engine_kwargs)
     prompts = token_prompts(llm.get_tokenizer(), [p for _, ps in jobs for p in ps])
     loras = [LoRARequest(*a) if a else None for a in lora_request_args(adapters)]
     outs = llm.generate(prompts, vllm.SamplingParams(**sampling_kwargs(gcfg)),
