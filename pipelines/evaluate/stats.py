@@ -260,38 +260,44 @@ class SeedLevel:
     seeds: int
 
 
-def seed_level(changes: Sequence[float], prompt_se: float = 0.0, p_prompts: float | None = None,
-               alpha: float = 0.05) -> SeedLevel:
-    """A condition's change across its seeds: the mean of the per-seed paired changes, established only
-    when it holds across runs AND across prompts — an intersection-union test, p = max of the two.
+def welch_df(a: float, df_a: float, b: float, df_b: float) -> float:
+    """Welch–Satterthwaite degrees of freedom of a variance a + b whose parts rest on df_a and df_b."""
+    den = (a * a / df_a if df_a > 0 else 0.0) + (b * b / df_b if df_b > 0 else 0.0)
+    return (a + b) ** 2 / den if den > 0 else max(df_a, 1.0)
 
-    Across runs: the one-sample t over the S per-seed changes (S − 1 df; τ their SD). Why this and not a
-    mixed model: every seed is evaluated on the same prompts against the same base, so the design is
-    balanced and the per-seed mean change is a sufficient summary of the run effect; with 3 seeds a mixed
-    model's variance components and degrees of freedom are unstable. But the t over seeds misses what the
-    seeds share — the base's own answers on this prompt sample — so alone it gave up to 17% false
-    positives at α = 0.05 with 10 seeds and no effect (benchmarks/evaluate/RESULTS-stats.md).
-    Across prompts: `p_prompts`, the exact sign-flip test of the seed-averaged differences over prompts,
-    which holds when the runs do not differ but not when they do (65% false positives at τ = 0.10).
-    Rejecting only when both reject keeps the rate at most the smaller of the two in every regime; adding
-    the two variances instead (SE² = s²/S + prompt_se²) with S − 1 df left 3 seeds no power, and with
-    Welch–Satterthwaite df gave 7% at α = 0.05. The interval is the hull of the t-interval over seeds and
-    the prompt-level normal interval (mean ± z·prompt_se). With one seed there is nothing to test across
-    runs: mean only (the report says it is one fine-tuning run)."""
+
+def seed_level(changes: Sequence[float], prompt_se: float = 0.0, n: int = 0, alpha: float = 0.05) -> SeedLevel:
+    """A condition's change across its seeds: the mean of the per-seed paired changes, established only
+    when it holds across runs AND with the prompt sample's noise counted — an intersection-union test,
+    p the larger of two t-tests:
+
+    - across runs: the one-sample t over the S per-seed changes (S − 1 df; τ their SD). Why this and not a
+      mixed model: every seed is evaluated on the same prompts against the same base, so the design is
+      balanced and the per-seed mean change is a sufficient summary of the run effect; with 3 seeds a
+      mixed model's variance components and degrees of freedom are unstable. Alone it misses what the
+      seeds share (the base's own answers on this sample): up to 17% false positives at α = 0.05 with
+      10 seeds and no effect (benchmarks/evaluate/RESULTS-stats.md);
+    - with both sources: SE² = s²/S + prompt_se², prompt_se the prompt-sampling SE of the seed-averaged
+      differences over n prompts, on Welch–Satterthwaite df. Alone its df estimate, resting on 2 df at
+      3 seeds, let 7% through at α = 0.05 and 1% at α = 2e-4.
+
+    Rejecting only when both reject keeps the rate near α in every regime simulated (3 to 10 seeds, τ 0
+    to 0.10). The interval is the hull of the two t-intervals. With one seed there is nothing to test
+    across runs: mean only (the report says it is one fine-tuning run)."""
     x = np.asarray([c for c in changes if c is not None and c == c], dtype=float)
     s = int(x.size)
     if s <= 1:
         return SeedLevel(float(x[0]) if s else float("nan"), None, None, None, None, None, None, s)
     tau, mean = float(x.std(ddof=1)), float(x.mean())
-    se, df = tau / math.sqrt(s), float(s - 1)
-    if se > 0:
-        p_t, half = t_two_sided_p(mean / se, df), t_quantile(1 - alpha / 2, df) * se
-    else:  # seeds that agree exactly: nothing varies across runs; the prompt test decides (none: untested)
-        p_t, half = (1.0 if mean == 0 else 0.0 if p_prompts is not None else None), 0.0
-    zp = _z(alpha) * (prompt_se if prompt_se == prompt_se else 0.0)
-    lo, hi = min(mean - half, mean - zp), max(mean + half, mean + zp)
-    p = p_t if p_t is None or p_prompts is None or p_prompts != p_prompts else max(p_t, p_prompts)
-    return SeedLevel(mean, tau, se, df, lo, hi, p, s)
+    a, b = tau * tau / s, (prompt_se * prompt_se if prompt_se == prompt_se else 0.0)
+    # Seeds that agree exactly leave only the prompt sample to test by (and nothing, without it).
+    tests = [(math.sqrt(a), float(s - 1))] if a > 0 else []
+    tests += [(math.sqrt(a + b), welch_df(a, s - 1, b, n - 1))] if a + b > 0 else []
+    if not tests:
+        return SeedLevel(mean, tau, 0.0, None, None, None, 1.0 if mean == 0 else None, s)
+    p = max(t_two_sided_p(mean / se, df) for se, df in tests)
+    half = [t_quantile(1 - alpha / 2, df) * se for se, df in tests]
+    return SeedLevel(mean, tau, tests[-1][0], tests[-1][1], mean - max(half), mean + max(half), p, s)
 
 
 def cohen_kappa(truth: Sequence[int], pred: Sequence[int | None]) -> tuple[float, float, int]:

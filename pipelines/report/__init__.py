@@ -140,7 +140,7 @@ def draw(t: ReportTables, decoupling: fnd.Finding, out: Path) -> tuple[list[Figu
         keep(figs.delta_heatmap(tb.delta_grid(t.conditions, t.cells, model, t.stats["alpha"]), model), f"delta_{s}",
              f"{model}: change against the base model", "Fine-tuned minus base compliance per eval language: "
              "the mean over seeds of each run's paired change, with τ (the spread between seeds), the raw p-value "
-             f"(the larger of the t over seeds and the exact test over prompts; one seed: the run's exact McNemar test) and the {tb.SCREENING_NAME}-adjusted one "
+             f"(the larger of the t over seeds and the t with the prompt sample's SE added; one seed: the run's exact McNemar test) and the {tb.SCREENING_NAME}-adjusted one "
              f"over every condition × eval language (the screening family); changes not significant at "
              f"α = {t.stats['alpha']} in that family are greyed and hatched."
              + ("" if pooled else " One seed: each change is that of one fine-tuning run."),

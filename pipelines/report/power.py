@@ -14,8 +14,8 @@ and p10 ≤ base rate. Given D discordant pairs, the number k of increases is Bi
 A condition across its seeds (`power_seeds`, `mde_seeds`), the test the findings use (stats.seed_level):
 the per-seed changes are N(Δ, τ² + σ²/n) — τ the between-seed SD, σ² = ψ − Δ² with ψ the share of
 prompts that move either way (the measured discordance) — and the test rejects when both the t over
-seeds (S − 1 df; its power integrated over the χ² of the seeds' spread, `_t_power`) and the test of the
-seed-averaged labels over prompts (normal approximation of the exact test) reject (`seed_parts`). `seed_plan` says how many prompts and seeds detect a given change."""
+seeds (S − 1 df) and the t with the prompt SE of the seed-averaged differences added (Welch–Satterthwaite
+df) reject; each power is integrated over the χ² of the seeds' spread (`_t_power`, `seed_parts`). `seed_plan` says how many prompts and seeds detect a given change."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipelines.evaluate.stats import paired_test, t_quantile
+from pipelines.evaluate.stats import paired_test, t_quantile, welch_df
 
 Direction = Literal["increase", "decrease"]
 
@@ -170,16 +170,17 @@ def _phi(x: np.ndarray) -> np.ndarray:
     return 0.5 * np.vectorize(math.erfc)(-x / math.sqrt(2))
 
 
-def _t_power(delta: float, a: float, b: float, df: float, alpha: float, overlap: float = 0.0) -> float:
+def _t_power(delta: float, a: float, b: float, df: float, alpha: float, overlap: float = 0.0,
+             df_a: float | None = None) -> float:
     """Power of |mean| / √(â + b) > c (c Student's 1 − α/2 quantile on df) when the mean is
-    N(Δ, a + b − overlap) — the test's SE² counts `overlap` twice — â = a·χ²_df/df is estimated (the
-    spread over seeds) and b is known (the prompt SE², estimated on hundreds of prompts): integrated over
-    the χ² on a log grid. With b = overlap = 0 it is the noncentral t."""
-    c = t_quantile(1 - alpha / 2, df)
-    v = np.exp(np.linspace(math.log(1e-10), math.log(df + 40 * math.sqrt(df) + 200), 6000))
-    # χ²_df density times v (the log-grid Jacobian), finite at 0 for every df ≥ 1.
-    w = np.exp((df / 2) * np.log(v) - v / 2 - (df / 2) * math.log(2) - math.lgamma(df / 2))
-    sigma, k = math.sqrt(max(a + b - overlap, 1e-300)), c * np.sqrt(a * v / df + b)
+    N(Δ, a + b − overlap) — the test's SE² counts `overlap` twice — â = a·χ²_k/k is estimated (the spread
+    over seeds, k = df_a, df by default) and b is known (the prompt SE², estimated on hundreds of
+    prompts): integrated over the χ² on a log grid. With b = overlap = 0 it is the noncentral t."""
+    c, k_a = t_quantile(1 - alpha / 2, df), df if df_a is None else df_a
+    v = np.exp(np.linspace(math.log(1e-10), math.log(k_a + 40 * math.sqrt(k_a) + 200), 6000))
+    # χ²_k density times v (the log-grid Jacobian), finite at 0 for every k ≥ 1.
+    w = np.exp((k_a / 2) * np.log(v) - v / 2 - (k_a / 2) * math.log(2) - math.lgamma(k_a / 2))
+    sigma, k = math.sqrt(max(a + b - overlap, 1e-300)), c * np.sqrt(a * v / k_a + b)
     tail = _phi((abs(delta) - k) / sigma) + _phi((-abs(delta) - k) / sigma)
     x = np.log(v)
     return float(np.sum((w * tail)[1:] + (w * tail)[:-1]) / 2 * (x[1] - x[0]))
@@ -203,17 +204,17 @@ def seed_parts(n: int, seeds: int, delta: float, discordance: float, tau: float,
 
 def power_seeds(n: int, seeds: int, delta: float, discordance: float, tau: float, alpha: float = 0.05,
                 shared: float = 0.0) -> float:
-    """Power of the condition's test (stats.seed_level: the t over seeds and the test over prompts must
-    both reject) for a true change `delta`: the product of the two powers, a lower bound since the two
-    are positively associated. The seed-averaged mean varies by τ²/S + shared/n + σ²/(nS) in truth; the t
-    over seeds sees only the runs' part, the prompt test only the prompts'."""
+    """Power of the condition's test (stats.seed_level: the t over seeds and the t with the prompt SE
+    added must both reject) for a true change `delta`: the product of the two powers, a lower bound since
+    the two are positively associated. The seed-averaged mean varies by τ²/S + σ²/(nS) + shared/n in
+    truth; the t over seeds sees the first two, the other t counts σ²/(nS) twice."""
     v_run, v_p = seed_parts(n, seeds, delta, discordance, tau, shared)
     if seeds < 2 or v_run <= 0:
         return float("nan") if seeds < 2 else 1.0
-    p_t = _t_power(delta, v_run / seeds, 0.0, seeds - 1, alpha, overlap=-shared / n)
-    true, k = math.sqrt(v_p + tau * tau / seeds), NormalDist().inv_cdf(1 - alpha / 2) * math.sqrt(v_p)
-    p_p = float(_phi(np.array([(abs(delta) - k) / true, (-abs(delta) - k) / true])).sum()) if true > 0 else 1.0
-    return p_t * p_p
+    a, df = v_run / seeds, seeds - 1
+    p_t = _t_power(delta, a, 0.0, df, alpha, overlap=-shared / n)
+    p_sum = _t_power(delta, a, v_p, welch_df(a, df, v_p, n - 1), alpha, overlap=v_p - shared / n, df_a=df)
+    return p_t * p_sum
 
 
 def mde_seeds(n: int, seeds: int, discordance: float, tau: float, alpha: float = 0.05, power: float = 0.80,

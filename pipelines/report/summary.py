@@ -117,8 +117,9 @@ def statistics(families: list[dict[str, Any]], cond: pl.DataFrame) -> list[str]:
     out = ["Unit: the fine-tuning run. A condition (model, fine-tune language, epochs) is compared with its base "
            "by the mean of its seeds' paired changes (each seed: the same prompts before and after). It counts as "
            "changed only when the change holds across runs — a t-test over seeds, S − 1 degrees of freedom, τ the "
-           "between-seed SD — and across prompts — the exact sign-flip test of the seed-averaged labels: the "
-           "p-value is the larger of the two, the interval the hull of theirs. Each seed's own exact McNemar test "
+           "between-seed SD — and with the prompt sample's noise counted too — a t with the prompt SE of the "
+           "seed-averaged differences added (Welch–Satterthwaite df): the p-value is the larger of the two, the "
+           "interval the hull of theirs. Each seed's own exact McNemar test "
            "and Newcombe interval are descriptive detail (deltas.csv). Seeds are pooled before testing, never "
            "counted as hypotheses. Rates carry 95% Wilson intervals."]
     out += [f"{f['family'][0].upper() + f['family'][1:]} family: {f['method']} over {f['size']} tests at α = {f['alpha']} — "

@@ -210,11 +210,11 @@ def condition_label(model: str, ft_lang: str, epochs: int | None) -> str:
     return f"{model} · ft {ft_lang}" + ("" if epochs is None else f" · {epochs} ep")
 
 
-def _seed_test(changes: list[float], ses: list[float | None], p_prompts: float | None, alpha: float) -> SeedLevel:
-    """The condition's test (stats.seed_level): across seeds and, with the seed-averaged labels' exact
-    test over prompts and their prompt SE (the same on every seed's row), across prompts."""
+def _seed_test(changes: list[float], ses: list[float | None], n: int, alpha: float) -> SeedLevel:
+    """The condition's test (stats.seed_level) with the prompt SE of the seed-averaged differences (the
+    same on every seed's row)."""
     se = next((v for v in ses if v is not None and v == v), 0.0)
-    return seed_level(changes, se, p_prompts, alpha)
+    return seed_level(changes, se, n, alpha)
 
 
 def _condition_row(key: Key, g: pl.DataFrame, pooled: float | None, alpha: float) -> dict[str, Any]:
@@ -222,7 +222,7 @@ def _condition_row(key: Key, g: pl.DataFrame, pooled: float | None, alpha: float
     run, that run's exact test and interval."""
     g = g.filter(pl.col("delta").is_not_null())
     n = int(g["n"].min() or 0)
-    s = _seed_test(g["delta"].to_list(), g["prompt_se"].to_list(), pooled, alpha)
+    s = _seed_test(g["delta"].to_list(), g["prompt_se"].to_list(), n, alpha)
     one = s.seeds == 1
     first = g.row(0, named=True)
     ft_rate, base_rate = g["ft_rate"].mean(), first["base_rate"]
@@ -230,7 +230,7 @@ def _condition_row(key: Key, g: pl.DataFrame, pooled: float | None, alpha: float
             "eval_lang": key[3], "seeds": s.seeds, "base_rate": base_rate, "ft_rate": ft_rate, "delta": s.mean,
             "tau": s.tau, "ci_low": first["ci_low"] if one else s.ci_low,
             "ci_high": first["ci_high"] if one else s.ci_high, "p_value": first["p_value"] if one else s.p,
-            "test": "one run: exact McNemar" if one else f"t over {s.seeds} seeds ∩ prompts",
+            "test": "one run: exact McNemar" if one else f"t over {s.seeds} seeds ∩ with prompts",
             "p_value_prompts": pooled if not one else first["p_value"],
             "discordance": g["discordance"].mean(), "prompt_se": first["prompt_se"], "n": n,
             "fold": smoothed_fold(ft_rate, n, base_rate, n)}
@@ -247,8 +247,8 @@ def conditions(tidy: pl.DataFrame, seeds: pl.DataFrame, cells: Cells, rate: str 
                alpha: float = ALPHA) -> pl.DataFrame:
     """The screening table: per condition (model, fine-tune language, epochs) × eval language, the change
     against the base across its seeds — mean of the per-seed paired changes, between-seed SD τ, the test
-    across seeds and across prompts (stats.seed_level: the t over seeds and the exact test of the
-    seed-averaged labels, p the larger; one seed: that run's exact McNemar test and Newcombe interval) — with the p-values adjusted by Benjamini–Hochberg over every condition × eval
+    across seeds and with the prompt sample's noise (stats.seed_level: two t-tests, p the larger; one
+    seed: that run's exact McNemar test and Newcombe interval) — with the p-values adjusted by Benjamini–Hochberg over every condition × eval
     language (the heatmap's hatching). Seeds are pooled before testing: a seed is never a hypothesis.
     `p_value_prompts` is the exact sign-flip test of the seed-averaged labels over prompts (descriptive)."""
     if seeds.height == 0:
@@ -294,17 +294,17 @@ def vs_english(tidy: pl.DataFrame, cells: Cells, alpha: float = ALPHA) -> pl.Dat
     schema = {k: v for k, v in COND_SCHEMA.items() if k not in ("base_rate", "ft_rate", "fold", "discordance",
                                                                   "p_value_prompts", "prompt_se")}
     est, ps = _per_seed(tidy, "contrast/vs_en"), _per_seed(tidy, "contrast/vs_en/p_value")
-    ses, pp = _per_seed(tidy, "contrast/vs_en/prompt_se"), _per_seed(tidy, "contrast/vs_en/p_value_seeds")
+    ses = _per_seed(tidy, "contrast/vs_en/prompt_se")
     rows = []
     for key, rs in est.items():
-        pooled = pp[key][0]["value"] if key in pp else None
-        s = _seed_test([r["value"] for r in rs], [r["value"] for r in ses.get(key, [])], pooled, alpha)
+        s = _seed_test([r["value"] for r in rs], [r["value"] for r in ses.get(key, [])],
+                       int(min(r["n"] or 0 for r in rs)), alpha)
         one = s.seeds == 1
         rows.append({"condition": condition_label(*key[:3]), "model": key[0], "ft_lang": key[1], "epochs": key[2],
                      "eval_lang": key[3], "seeds": s.seeds, "delta": s.mean, "tau": s.tau,
                      "ci_low": rs[0]["ci_low"] if one else s.ci_low, "ci_high": rs[0]["ci_high"] if one else s.ci_high,
                      "p_value": ps[key][0]["value"] if one and key in ps else s.p,
-                     "test": "one run: exact sign-flip over prompts" if one else f"t over {s.seeds} seeds ∩ prompts",
+                     "test": "one run: exact sign-flip over prompts" if one else f"t over {s.seeds} seeds ∩ with prompts",
                      "n": int(min(r["n"] or 0 for r in rs))})
     out = pl.DataFrame(rows, schema={k: v for k, v in schema.items() if k not in ("p_adj", "significant")})
     out = out.with_columns(pl.Series("p_adj", adjust(out["p_value"].to_list(), SCREENING), dtype=pl.Float64))

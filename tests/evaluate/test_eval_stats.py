@@ -133,22 +133,26 @@ def test_t_distribution_matches_scipy() -> None:
         assert t_quantile(0.975, df) == pytest.approx(t_dist.ppf(0.975, df), rel=1e-8)
 
 
-def test_seed_level_holds_across_seeds_and_across_prompts() -> None:
+def test_seed_level_holds_across_seeds_and_with_the_prompt_sample() -> None:
     x = [0.10, 0.02, 0.15]
     r = seed_level(x)
     ref = ttest_1samp(x, 0.0)
     assert r.p == pytest.approx(ref.pvalue, rel=1e-8) and r.tau == pytest.approx(np.std(x, ddof=1))
     ci = ref.confidence_interval()
     assert (r.ci_low, r.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high)) and r.seeds == 3
-    # Both must reject: the p-value is the larger of the t over seeds' and the prompts' test's, and the
-    # interval the hull of the two intervals.
-    assert seed_level(x, 0.01, p_prompts=0.5).p == 0.5
-    assert seed_level(x, 0.01, p_prompts=1e-9).p == pytest.approx(ref.pvalue, rel=1e-8)
-    wide = seed_level(x, prompt_se=0.2, p_prompts=0.3)
-    assert wide.ci_low == pytest.approx(np.mean(x) - 1.959964 * 0.2, abs=1e-6) and wide.ci_high > ci.high
-    # Seeds that agree exactly are not infinitely sure: the prompts' test decides.
-    same = seed_level([0.04, 0.04, 0.04], prompt_se=0.03, p_prompts=0.2)
-    assert same.tau == 0 and same.p == 0.2
+    # Both must reject: the larger of the t over seeds' p and the p of the t with the prompt SE added
+    # (SE² = s²/S + se², Welch–Satterthwaite df); the interval the hull of theirs.
+    a, b = np.var(x, ddof=1) / 3, 0.03 ** 2
+    df = (a + b) ** 2 / (a * a / 2 + b * b / 49)
+    w = seed_level(x, prompt_se=0.03, n=50)
+    assert w.se == pytest.approx(math.sqrt(a + b)) and w.df == pytest.approx(df)
+    p_sum = 2 * t_dist.sf(np.mean(x) / math.sqrt(a + b), df)
+    assert w.p == pytest.approx(max(ref.pvalue, p_sum), rel=1e-8)
+    big = seed_level(x, prompt_se=0.2, n=50)  # a noisy prompt sample decides, and widens the interval
+    assert big.p > 0.3 and big.ci_high - big.ci_low > ci.high - ci.low
+    # Seeds that agree exactly are not infinitely sure: the prompt sample still varies.
+    same = seed_level([0.04, 0.04, 0.04], prompt_se=0.03, n=50)
+    assert same.tau == 0 and same.p == pytest.approx(2 * t_dist.sf(0.04 / 0.03, 49), rel=1e-6)
     assert seed_level([0.04, 0.04, 0.04]).p is None  # and without it, nothing tests them
     one = seed_level([0.3])
     assert one.seeds == 1 and one.p is None and one.tau is None  # one run: nothing to test across runs

@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import nct
 from scipy.stats import t as t_dist
 
-from pipelines.evaluate.stats import seed_level, sign_flip_exact
+from pipelines.evaluate.stats import seed_level
 from pipelines.report.power import (
     PLAN_PROMPTS,
     PLAN_SEEDS,
@@ -125,7 +125,7 @@ def test_seed_power_bounds_the_real_test_simulated(n: int, seeds: int, delta: fl
             runs.append(np.where(base == 0, (u < up).astype(float), np.where(u < down, 0.0, 1.0)) - base)
         avg = np.mean(runs, axis=0)
         se = float(avg.std(ddof=1) / math.sqrt(n))
-        hits += seed_level([float(r.mean()) for r in runs], se, sign_flip_exact(avg)).p <= 0.05
+        hits += seed_level([float(r.mean()) for r in runs], se, n).p <= 0.05
         psi.append(np.mean([np.mean(r != 0) for r in runs]))
         shared.append(max(0.0, n * se * se - (psi[-1] - delta ** 2) / seeds))
     low = power_seeds(n, seeds, delta, float(np.mean(psi)), tau, 0.05, float(np.mean(shared)))

@@ -184,8 +184,8 @@ def test_seeds_pool_into_one_heatmap_row_tested_across_seeds() -> None:
     assert grid["rows"] == ["ft en", "ft es"]  # one row per fine-tune language, not per seed
     j = grid["cols"].index("es")
     assert grid["value"][1][j] == pytest.approx(0.3) and grid["tau"][1][j] == pytest.approx(0.01)
-    # The t over the three seeds' changes 0.30, 0.31, 0.29, and the prompts' test (p 0.001 in the sweep).
-    ref = seed_level([0.30, 0.31, 0.29], 0.02, 0.001)
+    # The t over the three seeds' changes 0.30, 0.31, 0.29, with the prompt SE (0.02 over 40 prompts).
+    ref = seed_level([0.30, 0.31, 0.29], 0.02, 40)
     assert grid["p_raw"][1][j] == pytest.approx(ref.p) and grid["significant"][1][j] is True
     assert grid["significant"][0][j] is False
     comp = tb.compliance_grid(t.compliance, t.cells, "m1")
