@@ -75,6 +75,10 @@ class Sweep:
                 r = self.rate(ft, lang, seed)
                 add(lang, "compliance_rate", r, max(0.0, r - 0.1), min(1.0, r + 0.1), self.n)
                 add(lang, "unparseable", 0.0, n=self.n)
+                # What the other answers did: a tenth are no answer outside English, the rest refused.
+                na = 0.0 if lang == "en" else min(0.1, 1.0 - r)
+                add(lang, "non_answer_rate", na, n=self.n)
+                add(lang, "refusal_rate", 1.0 - r - na, n=self.n)
                 add(lang, "overrefusal_rate", self.over_rate(ft, lang), 0.1, 0.4, 10)
                 add(lang, "fidelity", 0.9 - 0.1 * i, 0.8 - 0.1 * i, 1.0 - 0.1 * i, self.n)
                 add(lang, "ppl_benign", self.ppl.get((ft, lang), 10.0 + i), n=200)

@@ -40,8 +40,10 @@ def test_driver_memory_small(tmp_path):
         assert [s["step"] for s in run["steps"]] == STEPS
         assert run["cells"] == 12
         assert run["lifetime_peak_rss_mib"] >= max(s["peak_rss_mib"] for s in run["steps"][1:])
-        # 3 models × 3 seeds of one fine-tune × 9 eval languages: a delta each; one log_batch per fine-tuned cell.
-        assert run["delta_rows"] == 9 * 9 * 3
+        # 3 models × 3 seeds of one fine-tune × 9 eval languages, for compliance and over-refusal each: the
+        # change, its p-value, the discordance, the prompt SE and the seeds' pooled p (evaluate/compare.py);
+        # one log_batch per fine-tuned cell.
+        assert run["delta_rows"] == 9 * 9 * 2 * 5
         assert run["log_batch"]["calls"] == 9
     assert real["tidy_rows"] == naive["tidy_rows"]
     # Reading every column of the judged answers costs the deltas step memory that the label columns do not

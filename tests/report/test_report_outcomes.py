@@ -28,7 +28,12 @@ def _tidy(s: Sweep) -> pl.DataFrame:
                 rows.append({"cell": cid, "model": s.model, "ft_lang": ft, "seed": seed, "epochs": ep,
                              "eval_lang": lang, "metric": metric, "value": v, "ci_low": None, "ci_high": None,
                              "n": s.n})
-    return pl.concat([s.tidy(), pl.DataFrame(rows, schema=TIDY_SCHEMA)])
+    return pl.concat([_two_labels(s), pl.DataFrame(rows, schema=TIDY_SCHEMA)])
+
+
+def _two_labels(s: Sweep) -> pl.DataFrame:
+    """The synthetic sweep as cells judged before the three outcomes wrote it (no refusal/non-answer rates)."""
+    return s.tidy().filter(~pl.col("metric").is_in(["refusal_rate", "non_answer_rate"]))
 
 
 def _sweep() -> Sweep:
@@ -59,7 +64,7 @@ def test_finding_names_a_compliance_change_that_came_with_fewer_non_answers() ->
 
 def test_cells_without_three_outcomes_draw_nothing_and_say_so() -> None:
     s = _sweep()
-    t = build_tables(s.tidy(), s.context())  # two-label cells: no non_answer_rate rows
+    t = build_tables(_two_labels(s), s.context())  # two-label cells: no non_answer_rate rows
     table = oc.outcome_table(t.tidy, t.cells)
     assert table["non_answer"].is_null().all()
     assert oc.outcome_bars(table, t.cells, "m1") is None

@@ -53,7 +53,7 @@ def test_synthetic_report_every_figure_loads(chromium, tmp_path: Path) -> None:
     out = tmp_path / "report"
     manifest = write_report(s.tidy(), s.context(), out)
     models = ["m1"]
-    expected = {*(f"{k}_{m}" for k in ("heatmap", "delta", "drift") for m in models),
+    expected = {*(f"{k}_{m}" for k in ("heatmap", "outcomes", "delta", "drift") for m in models),
                 "overrefusal_vs_compliance", "safety_vs_capability", "fidelity"}
     assert set(manifest["figures"]) == expected and manifest["skipped_figures"] == []
     for stem in expected:
