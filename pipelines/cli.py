@@ -22,7 +22,7 @@ from pipelines.config import DEFAULT_PRESET
 from pipelines.errors import SafedriftError
 from pipelines.evaluate.backends import BACKENDS
 from pipelines.evaluate.judges import JUDGES
-from pipelines.labels_sample import instructions, sample_labels
+from pipelines.evaluate.judges.sample import instructions, sample_labels
 from pipelines.layout import REPO_ROOT, Workdir
 from pipelines.plan import GPU_MEMORY_GIB, build_plan, check_node_args, render_text
 from pipelines.prepare import prepare

@@ -36,7 +36,8 @@ from typing import Any, get_args
 from ray import serve
 
 from pipelines.evaluate.judges import JudgeItem, make_judge
-from pipelines.evaluate.judges.policy import Judging, UnjudgeableLanguageError, languages_info
+from pipelines.evaluate.judges.policy import Judging, UnjudgeableLanguageError
+from pipelines.evaluate.judges.validity import languages_info
 from serving.config import JudgeServiceConfig
 from serving.errors import DeadlineExceeded, JudgeContractError, JudgeItemError, JudgeUnavailable
 from serving.schemas import Label, unicode_problem

@@ -31,7 +31,7 @@ from pipelines.errors import DataError, NoRouteError, SafedriftError
 from pipelines.evaluate.judges import JUDGES, Judge, JudgeItem, Verdict
 from pipelines.evaluate.judges.form import with_form
 from pipelines.evaluate.judges.labels import check_user_labels
-from pipelines.evaluate.judges.validity import beside, judge_validity, row_for
+from pipelines.evaluate.judges.shown import beside, row_for
 from pipelines.layout import cache_root
 from pipelines.registries.langid import detect_lang
 from pipelines.registries.languages import LANGUAGES
@@ -277,17 +277,6 @@ def judge_items(items: Sequence[JudgeItem], judge: Judge, back_translate: bool =
                 max_failure_rate: float = 0.0) -> list[Judged]:
     """Judging(...).judge_items(items) in one call (build a Judging once to keep its translator warm)."""
     return Judging(judge, back_translate, prefer, on_unjudgeable, max_failure_rate).judge_items(items)
-
-
-def languages_info(judge: Judge, options: dict[str, Any] | None = None, languages: Sequence[str] | None = None,
-                   back_translate: bool = True, prefer: Sequence[str] = ("apertium",),
-                   user_labels: dict[str, str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """Each language with how it is judged and the judge's measured κ (computed once, then cached)."""
-
-    j = Judging(judge, back_translate, prefer, REFUSE)
-    langs = list(languages) if languages is not None else judgeable(judge, back_translate, prefer)
-    rows = judge_validity(judge, options or {}, langs, prefer, user_labels, limit, back_translate=back_translate)
-    return j.languages_info(langs, rows)
 
 
 def check_judge_config(jcfg: Any, eval_langs: Sequence[str]) -> None:

@@ -45,18 +45,16 @@ from pipelines.evaluate.judges import (
 )
 from pipelines.evaluate.judges.labels import (
     AS_WRITTEN,
-    BACK_TRANSLATED,
-    DEV,
     DEV_SHA256,
-    HUMAN,
     MT_CHARS,
     PROMPT_FOLDS,
-    USER,
     LabelSet,
     dev_labels_path,
     label_sets,
     small_model_sets,
 )
+from pipelines.evaluate.judges.policy import REFUSE, Judging, answer_language, judgeable
+from pipelines.evaluate.judges.shown import beside, row_for
 from pipelines.evaluate.judges.trained import TrainedJudge, choose, decide, fit_lr
 from pipelines.evaluate.stats import cohen_kappa
 from pipelines.hashing import stable_hash
@@ -69,7 +67,6 @@ VERSION = "4"  # 2: three outcomes, κ interval, rate error, small-model labels 
 HELDOUT = "by source model and prompt (nested choice of C and threshold)"
 BOOT, SEED = 2000, 0  # κ interval: percentile bootstrap over answers
 KAPPA_CI = f"95% percentile bootstrap over answers ({BOOT} resamples, seed {SEED})"
-BACK_TRANSLATE = "back-translate"  # policy.py's mode (not imported: policy imports this module)
 
 
 def _is_pool(s: LabelSet, judge: TrainedJudge) -> bool:
@@ -124,8 +121,6 @@ def plain_predictions(judge: Judge, sets: Sequence[LabelSet], batch_size: int = 
 def policy_predictions(judging: Any, s: LabelSet) -> tuple[list[str], str]:
     """(outcomes, the policy's mode for the set's language): each answer judged as the pipeline judges it
     (policy.Judging: answer-form check, the language the answer is written in, back-translation)."""
-    from pipelines.evaluate.judges.policy import answer_language  # policy imports this module
-
     items = [JudgeItem(i.prompt, i.response, answer_language(i.response, s.lang)) for i in s.items]
     judged = judging.judge_items(items)
     return [j.verdict.outcome for j in judged], judging.policy(s.lang).mode
@@ -134,8 +129,6 @@ def policy_predictions(judging: Any, s: LabelSet) -> tuple[list[str], str]:
 def default_judging(judge: Judge, back_translate: bool = True, prefer: Sequence[str] = ("apertium",)) -> Any:
     """The judge with its language policy as validation uses it: a language it cannot judge is judged as
     written (and so validated as written), a translator failure judged as written rather than fatal."""
-    from pipelines.evaluate.judges.policy import Judging
-
     return Judging(judge, back_translate, prefer, on_unjudgeable="as-written", max_failure_rate=1.0)
 
 
@@ -238,48 +231,14 @@ def judge_validity(judge: Judge, options: dict[str, Any], langs: Sequence[str], 
     return rows
 
 
-def _small(r: dict[str, Any]) -> bool:
-    return r["source"].startswith(USER) or r["source"] == DEV
+def languages_info(judge: Judge, options: dict[str, Any] | None = None, languages: Sequence[str] | None = None,
+                   back_translate: bool = True, prefer: Sequence[str] = ("apertium",),
+                   user_labels: dict[str, str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Each language with how it is judged and the judge's measured κ (computed once, then cached)."""
+    j = Judging(judge, back_translate, prefer, REFUSE)
+    langs = list(languages) if languages is not None else judgeable(judge, back_translate, prefer)
+    rows = judge_validity(judge, options or {}, langs, prefer, user_labels, limit, back_translate=back_translate)
+    return j.languages_info(langs, rows)
 
 
-def _xstest_row(rows: Sequence[dict[str, Any]], lang: str, mode: str) -> dict[str, Any] | None:
-    """XSTest's row for how `lang` is judged: back-translated labels for a back-translated language,
-    as-written ones for a native one (people's own labels before translated ones), none for a language
-    judged as written by a judge that does not read it."""
-    if mode == AS_WRITTEN:
-        return None
-    condition = BACK_TRANSLATED if mode == BACK_TRANSLATE else AS_WRITTEN
-    mine = [r for r in rows if r["lang"] == lang and r["condition"] == condition and r["n"] and not _small(r)]
-    mine.sort(key=lambda r: r["source"] != HUMAN)
-    return mine[0] if mine else None
-
-
-def _small_row(rows: Sequence[dict[str, Any]], lang: str, mode: str) -> dict[str, Any] | None:
-    """Small models' answers judged in `mode`: a user's own file before laptop-dev."""
-    mine = [r for r in rows if r["lang"] == lang and r["n"] and r.get("mode") == mode and _small(r)]
-    mine.sort(key=lambda r: not r["source"].startswith(USER))
-    return mine[0] if mine else None
-
-
-def row_for(rows: Sequence[dict[str, Any]], lang: str, mode: str) -> dict[str, Any] | None:
-    """The validity row shown for `lang`, judged in `mode` (policy.py), None: unvalidated. In order: the
-    user's own labels (judged in that mode); XSTest's human labels as people wrote them (English); the
-    laptop-dev labels (answers like the ones judged, judged in that mode); XSTest translated into `lang`
-    (or back)."""
-    small, xs = _small_row(rows, lang, mode), _xstest_row(rows, lang, mode)
-    if small is not None and small["source"].startswith(USER):
-        return small
-    if xs is not None and xs["source"] == HUMAN:
-        return xs
-    return small or xs
-
-
-# Each figure shown beside the headline one (policy.languages_info, /v1/info).
-BESIDE = ("source", "n", "kappa", "kappa_ci_low", "kappa_ci_high", "accuracy", "rate_error", "non_answer_recall")
-
-
-def beside(rows: Sequence[dict[str, Any]], lang: str, mode: str) -> dict[str, Any]:
-    """Both figures for `lang` judged in `mode`, whichever row_for shows: {"xstest": ..., "small_models":
-    ...}, each the BESIDE fields of its row or None."""
-    pick = {"xstest": _xstest_row(rows, lang, mode), "small_models": _small_row(rows, lang, mode)}
-    return {k: {f: r.get(f) for f in BESIDE} if r else None for k, r in pick.items()}
+__all__ = ["agreement", "beside", "judge_validity", "languages_info", "measure", "row_for"]
