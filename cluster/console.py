@@ -79,6 +79,23 @@ class State:
         return " · ".join(parts)
 
 
+# Libraries that give their loggers a stderr handler of their own and stop propagation (transformers does
+# outside CI, once anything has logged through it): while the console runs, their records go to the root's
+# handlers like everyone else's — the log file, and warnings to the terminal — not to a stream the console
+# no longer owns.
+LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub")
+
+
+def _route_library_loggers() -> list[tuple[logging.Logger, list[logging.Handler], bool]]:
+    """Each library logger's own handlers removed and propagation on; returns what to restore."""
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, list(logger.handlers), logger.propagate))
+        logger.handlers, logger.propagate = [], True
+    return saved
+
+
 class _ToTerminal(logging.Handler):
     """safedrift's own warnings, to the terminal (the file gets every record through the root handler)."""
 
@@ -157,6 +174,7 @@ class StudyConsole:
         self._old_root = (list(root.handlers), root.level)
         root.handlers = [self._file_handler, self._term_handler]
         root.setLevel(logging.INFO)
+        self._libraries = _route_library_loggers()
         logging.captureWarnings(True)  # FutureWarnings and the like: the log, not the terminal
         self.print(f"log: {self.log_path}")
         if self._tty:
@@ -191,6 +209,8 @@ class StudyConsole:
         root = logging.getLogger()
         root.handlers, level = self._old_root
         root.setLevel(level)
+        for logger, handlers, propagate in self._libraries:
+            logger.handlers, logger.propagate = handlers, propagate
         logging.captureWarnings(False)
         self._file_handler.close()
 

@@ -45,6 +45,12 @@ def test_console_sends_output_to_the_log_and_shows_progress(tmp_path: Path) -> N
 
     term = io.StringIO()
     cells = [tmp_path / "cells" / f"c{i}" for i in range(2)]
+    # As transformers configures its logger outside CI once anything has logged through it: a stderr
+    # handler of its own and no propagation. The console must still route its records to the log.
+    lib = logging.getLogger("transformers")
+    own = logging.StreamHandler(io.StringIO())
+    before = (list(lib.handlers), lib.propagate)
+    lib.handlers, lib.propagate = [own], False
     with StudyConsole(tmp_path / "logs", "study", terminal=term, refresh_s=0.05) as console:
         console.on_event("study", {"cell_dirs": cells, "progress_dir": tmp_path / "progress"})
         console.on_event("stage", {"name": "sweep"})
@@ -59,7 +65,10 @@ def test_console_sends_output_to_the_log_and_shows_progress(tmp_path: Path) -> N
         time.sleep(0.3)
     shown = term.getvalue()
     log = console.log_path.read_text()
+    assert (lib.handlers, lib.propagate) == ([own], False)  # the library's own set-up is back afterwards
+    lib.handlers, lib.propagate = before
     assert "noise from a worker process" in log and "a library's print" in log and "a library warning" in log
+    assert own.stream.getvalue() == ""  # not to the library's own stream
     assert "noise" not in shown and "library" not in shown and "library warning" not in shown
     assert "warning: a cell failed: see its log" in shown  # safedrift's own warnings reach the person
     assert f"log: {console.log_path}" in shown

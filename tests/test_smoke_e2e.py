@@ -138,7 +138,7 @@ def test_evaluation_metrics_in_mlflow(study, client) -> None:
             assert "drift/refusal_proj/layer_2" in m
             for lang in ("en", "es"):
                 assert -1.0 <= m[f"delta/compliance_rate/{lang}"] <= 1.0
-                assert 0.0 < m[f"delta/p_value/{lang}"] <= 1.0
+                assert 0.0 < m[f"delta/compliance_rate/p_value/{lang}"] <= 1.0  # the run's exact McNemar test
         else:
             assert not any(k.startswith(("drift/", "delta/")) for k in m)
 
@@ -151,7 +151,8 @@ def test_tidy_metrics_tables(study) -> None:
     assert tidy["cell"].n_unique() == 3
     metrics = set(tidy["metric"])
     assert {"compliance_rate", "overrefusal_rate", "fidelity", "ppl_wikitext2", "ppl_benign", "judge/kappa",
-            "delta/compliance_rate", "delta/p_value", "drift/l2/layer_1"} <= metrics
+            "delta/compliance_rate", "delta/compliance_rate/p_value", "drift/l2/layer_1", "non_answer_rate",
+            "refusal_rate"} <= metrics
     comp = tidy.filter(pl.col("metric") == "compliance_rate")
     assert comp.height == 6 and (comp["ci_low"] <= comp["value"]).all()
     over = tidy.filter(pl.col("metric") == "overrefusal_rate")
