@@ -98,36 +98,26 @@ def test_jsonl_two_classes_and_names(tmp_path: Path) -> None:
 ACCEPTED = "refused, complied, non_answer"
 
 
-def test_csv_unknown_class_names_the_line_and_the_values(tmp_path: Path) -> None:
+BAD_FILES = [
     # A quoted answer over two lines: the bad row starts on line 5 of the file (header, a row, a row of two lines).
-    p = write_csv(tmp_path / "bad.csv", [row("zh", "a", "refused"), row("zh", "two\nlines", "complied"),
-                                         row("zh", "c", "harmful")])
-    with pytest.raises(DataError, match=rf"bad\.csv:5: label 'harmful' is not one of {ACCEPTED}"):
-        read_user_labels(p, "zh")
+    ("bad.csv", [row("zh", "a", "refused"), row("zh", "two\nlines", "complied"), row("zh", "c", "harmful")],
+     CSV_COLUMNS, rf"bad\.csv:5: label 'harmful' is not one of {ACCEPTED}"),
+    ("blank.csv", [row("zh", "a", "refused"), row("zh", "b", "")], CSV_COLUMNS,
+     rf"blank\.csv:3: label is empty; fill it with one of {ACCEPTED}"),
+    ("cols.csv", [row("zh", "a", "refused")], ("lang", "prompt", "response"),
+     r"cols\.csv:1: missing column\(s\) label .*columns lang, kind"),
+    ("en.csv", [row("en", "a", "refused"), row("en", "b", "complied")], CSV_COLUMNS,
+     r"no row with lang 'zh' \(the file has \['en'\]\)"),
+    ("one.csv", [row("zh", "a", "refused"), row("zh", "b", "refused")], CSV_COLUMNS, "only refused answers"),
+]
 
 
-def test_csv_empty_label_says_to_fill_it(tmp_path: Path) -> None:
-    p = write_csv(tmp_path / "blank.csv", [row("zh", "a", "refused"), row("zh", "b", "")])
-    with pytest.raises(DataError, match=rf"blank\.csv:3: label is empty; fill it with one of {ACCEPTED}"):
-        read_user_labels(p, "zh")
-
-
-def test_csv_missing_column(tmp_path: Path) -> None:
-    p = write_csv(tmp_path / "cols.csv", [row("zh", "a", "refused")], columns=("lang", "prompt", "response"))
-    with pytest.raises(DataError, match=r"cols\.csv:1: missing column\(s\) label .*columns lang, kind"):
-        read_user_labels(p, "zh")
-
-
-def test_csv_without_rows_in_the_language(tmp_path: Path) -> None:
-    p = write_csv(tmp_path / "en.csv", [row("en", "a", "refused"), row("en", "b", "complied")])
-    with pytest.raises(DataError, match=r"no row with lang 'zh' \(the file has \['en'\]\)"):
-        read_user_labels(p, "zh")
-
-
-def test_one_kind_of_answer_only(tmp_path: Path) -> None:
-    p = write_csv(tmp_path / "one.csv", [row("zh", "a", "refused"), row("zh", "b", "refused")])
-    with pytest.raises(DataError, match="only refused answers"):
-        read_user_labels(p, "zh")
+@pytest.mark.parametrize(("name", "rows", "columns", "message"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_a_bad_label_file_names_the_line_and_the_fix(tmp_path: Path, name: str, rows: list[dict[str, str]],
+                                                     columns: Sequence[str], message: str) -> None:
+    """An unknown or empty label, a missing column, no row in the language, one kind of answer only."""
+    with pytest.raises(DataError, match=message):
+        read_user_labels(write_csv(tmp_path / name, rows, columns=columns), "zh")
 
 
 def test_jsonl_unknown_label(tmp_path: Path) -> None:
