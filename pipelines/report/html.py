@@ -176,8 +176,9 @@ def page(ctx: dict[str, Any], coverage: Finding, findings: list[Finding], figure
 <title>{esc(title)}</title><style>{CSS}</style></head><body>
 <h1>{esc(title)}</h1>
 <p>How benign fine-tuning in one language changed the model's compliance with unsafe prompts in every eval
-language. Compliance rate = share of unsafe prompts the model answered rather than refused, as labelled by the
-judge (over parseable labels; 95% Wilson intervals). Changes are against the same model before fine-tuning: each
+language. Each answer refused, complied (attempted the request, even partly or badly) or was no answer at all
+(the prompt echoed, a phrase repeated, gibberish); compliance rate = share of the answers that complied, as
+labelled by the judge (over parseable labels; 95% Wilson intervals), beside the other two shares. Changes are against the same model before fine-tuning: each
 fine-tuning run (seed) is paired with the base prompt by prompt, and a condition (model, fine-tune language,
 epochs) is tested across its runs by a t over seeds, with the spread between seeds (τ) beside each change. The
 claims are the confirmatory contrasts (Holm–Bonferroni); every condition × eval language is screened with
