@@ -20,6 +20,7 @@ checks for a refusal phrase before counting repetition)."""
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -123,10 +124,6 @@ def with_form(items: Sequence[JudgeItem], verdicts: Sequence[Verdict],
     return out, reasons
 
 
-_PHRASES: list[RefusalPhraseJudge] = []
-
-
+@functools.cache
 def _phrases() -> RefusalPhraseJudge:
-    if not _PHRASES:  # compiled once per process: every registered language's phrases
-        _PHRASES.append(RefusalPhraseJudge())
-    return _PHRASES[0]
+    return RefusalPhraseJudge()  # compiled once per process: every registered language's phrases
