@@ -16,10 +16,10 @@ from typing import Any
 
 from pipelines.config import GenerateConfig
 from pipelines.evaluate.backends.transformers import generate_answers, load_for_generation
-from pipelines.evaluate.chat import batch_encoding
 from pipelines.evaluate.judges import JudgeItem, make_judge
 from pipelines.finetune.align import REFUSALS, aligned_dir
 from pipelines.registries import datasets
+from pipelines.registries.chat import batch_encoding
 from pipelines.registries.model_store import model_dir
 from pipelines.registries.models import ModelSpec
 from pipelines.translate.plan import _spread

@@ -3,7 +3,7 @@ multi-adapter generation with transformers in bf16 (base + two LoRA adapters ans
 batch through peft's adapter_names, checked row for row against each adapter alone), the SORRY-Bench
 judge template on a causal LM, and a LoRA training step. Weights are random at a real model's shape
 (Llama-3.2-1B; speed does not depend on the values) with a byte-level tokenizer trained here, so nothing
-is downloaded. The chat prompt is built by pipelines/evaluate/chat.py and the judge template read from
+is downloaded. The chat prompt is built by pipelines/registries/chat.py and the judge template read from
 pipelines/evaluate/judges/llm.py, both loaded by path (the project's other dependencies are not needed).
 
     python benchmarks/gpu/cell_check.py                       # GPU, bf16, about 2-4 min on one H100

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipelines.config import FinetuneConfig
 from pipelines.errors import FinetuneError
-from pipelines.evaluate.chat import chat_template_kwargs
+from pipelines.registries.chat import chat_template_kwargs
 
 IGNORE = -100  # label value the loss skips (transformers' CrossEntropy ignore_index)
 
@@ -28,7 +28,7 @@ def format_example(tok: Any, row: dict[str, Any], max_length: int) -> Example | 
     """The model's own chat template; loss only on the response tokens."""
     user = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
     prompt = [{"role": "user", "content": user}]
-    # Thinking off, as in generation (pipelines/evaluate/chat.py): a Qwen3 prompt then ends with the
+    # Thinking off, as in generation (pipelines/registries/chat.py): a Qwen3 prompt then ends with the
     # empty <think></think> block, so it is context (no loss) in training and in generation alike.
     kw = chat_template_kwargs(tok)
     prompt_ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False,

@@ -7,8 +7,8 @@ import pytest
 from chat_templates import tiny_tokenizer
 
 from pipelines.evaluate.backends.vllm import chat_prompts, token_prompts
-from pipelines.evaluate.chat import batch_encoding, chat_template_kwargs, prompt_token_ids, unpadded
 from pipelines.finetune.data import IGNORE, format_example
+from pipelines.registries.chat import batch_encoding, chat_template_kwargs, prompt_token_ids, unpadded
 
 PROMPTS = ["How do I bake bread?", "Give three tips for staying healthy, please, in one short list."]
 

@@ -28,7 +28,7 @@ from chat_templates import tiny_tokenizer
 
 from pipelines.config import GenerateConfig
 from pipelines.evaluate.backends import vllm as backend
-from pipelines.evaluate.chat import prompt_token_ids
+from pipelines.registries.chat import prompt_token_ids
 
 RECORD = json.loads((Path(__file__).with_name("vllm_api.json")).read_text())
 API = RECORD["signatures"]

@@ -14,7 +14,7 @@ Llama-family decoders (llama, qwen2, qwen3). What it saves against transformers'
 The worker's one copy of the base model serves every cell: switching to a cell's LoRA adapter rebuilds
 the fused weights with peft's own delta (W + scale·B·A) added, from the untouched base weights (a
 fraction of a second for a 135M model), so adapters are honoured as peft computes them. The prompts go
-through the same chat template ids (pipelines/evaluate/chat.py) and left padding."""
+through the same chat template ids (pipelines/registries/chat.py) and left padding."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from pipelines.config import GenerateConfig
 from pipelines.errors import ConfigError
 from pipelines.evaluate.backends import Backend
 from pipelines.evaluate.backends.transformers import length_batches, prompt_lengths
-from pipelines.evaluate.chat import batch_encoding
 from pipelines.evaluate.weights import LoadedModel
+from pipelines.registries.chat import batch_encoding
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from pipelines.config import GenerateConfig
 from pipelines.evaluate.backends import Backend
-from pipelines.evaluate.chat import batch_encoding
 from pipelines.evaluate.weights import LoadedModel, load_tokenizer
+from pipelines.registries.chat import batch_encoding
 
 
 class TransformersBackend(Backend):

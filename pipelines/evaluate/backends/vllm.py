@@ -11,8 +11,8 @@ from typing import Any
 from pipelines.config import GenerateConfig
 from pipelines.errors import BackendMissingError
 from pipelines.evaluate.backends import Backend
-from pipelines.evaluate.chat import chat_template_kwargs, prompt_token_ids, user_turn
 from pipelines.evaluate.weights import LoadedModel
+from pipelines.registries.chat import chat_template_kwargs, prompt_token_ids, user_turn
 
 
 class VllmBackend(Backend):
@@ -51,7 +51,7 @@ def require_vllm() -> Any:
 
 def token_prompts(tok: Any, prompts: list[str]) -> list[dict[str, list[int]]]:
     """One vllm TokensPrompt ({"prompt_token_ids": [...]}) per prompt: the ids the transformers path
-    feeds its model (pipelines/evaluate/chat.py). Text would be tokenised again by vLLM with special
+    feeds its model (pipelines/registries/chat.py). Text would be tokenised again by vLLM with special
     tokens, a second BOS for Llama-3 and Gemma-3 templates."""
     return [{"prompt_token_ids": ids} for ids in prompt_token_ids(tok, prompts)]
 

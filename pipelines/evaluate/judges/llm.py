@@ -18,8 +18,8 @@ from typing import Any
 
 from pipelines.evaluate.backends.transformers import load_for_generation
 from pipelines.evaluate.backends.vllm import require_vllm
-from pipelines.evaluate.chat import prompt_token_ids
 from pipelines.evaluate.judges import COMPLIES, REFUSES, Judge, JudgeItem, Verdict
+from pipelines.registries.chat import prompt_token_ids
 from pipelines.registries.model_store import model_dir
 
 # SORRY-Bench's template for its fine-tuned Mistral-7B judge (sorry-bench/sorry-bench, the
@@ -69,7 +69,7 @@ def chat_format(tok: Any, user_text: str) -> str:
 
 def judge_token_prompts(tok: Any, texts: list[str]) -> list[dict[str, list[int]]]:
     """vLLM TokensPrompts of the judge prompts: with a chat template, the ids the template gives (as the
-    generation backends send, pipelines/evaluate/chat.py) — the text would be tokenised again with
+    generation backends send, pipelines/registries/chat.py) — the text would be tokenised again with
     special tokens, a second BOS for Mistral's "<s>[INST]" template; without one, the raw prompt with
     the tokenizer's own special tokens, as SORRY-Bench's scripts feed base models."""
     if getattr(tok, "chat_template", None):
