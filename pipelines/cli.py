@@ -29,7 +29,7 @@ from pipelines.prepare import prepare
 from pipelines.presets import load_config, unchecked_reason
 from pipelines.registries.datasets import DATASETS
 from pipelines.registries.languages import LANGUAGES
-from pipelines.registries.models import MODELS
+from pipelines.registries.models import MODELS, weights_origin
 from pipelines.report import report_for_config, report_from_dir
 from pipelines.run import run_study
 from pipelines.secrets import redact_uri
@@ -77,10 +77,7 @@ def describe(kind: str, name: str) -> str:
         return f"{item.name} ({item.script})" + (", study language" if item.study else "") + \
             (", MultiJail reference" if item.multijail else "")
     if kind == "models":
-        where = {"hub": item.hub_id, "gguf-package": f"{item.package}:{item.gguf_file}",
-                 "aligned": f"aligned locally from {item.base} (safedrift prepare)"}.get(
-            item.source, "random weights, local tokenizer (tests)")
-        return f"{item.family}, {item.source}: {where}"
+        return f"{item.family}, {item.source}: {weights_origin(item)}"
     if kind == "datasets":
         return f"{item.kind}, {item.license}: {item.description or item.path}"
     return REGISTRIES[kind].describe(name)

