@@ -1,6 +1,6 @@
 """One-time preparation of what a preset needs before its first run, cached under SAFEDRIFT_CACHE:
 each model converted to a transformers directory (SmolLM2 ships as GGUF) or, for an aligned base
-(source="aligned", pipelines/finetune/align.py), trained, merged and saved once, and the configured judge
+(source="aligned", pipelines/align/), trained, merged and saved once, and the configured judge
 fitted and its agreement with people measured in every eval language. scripts/setup.sh runs it for the default preset, so
 the first `safedrift run` spends its time on the study itself."""
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import time
 
+from pipelines.align import check_disjoint
 from pipelines.config import StudyConfig
 from pipelines.evaluate.judges import make_judge
 from pipelines.evaluate.judges.validity import judge_validity
-from pipelines.finetune.align import check_disjoint
 from pipelines.registries.model_store import model_dir
 
 log = logging.getLogger(__name__)

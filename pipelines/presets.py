@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import yaml
 
+from pipelines.align.data import check_disjoint
 from pipelines.config import DEFAULT_PRESET, StudyConfig, parse_config, preset_path
 from pipelines.errors import ConfigError
 from pipelines.evaluate.backends import BACKENDS
 from pipelines.evaluate.judges import JUDGES
 from pipelines.evaluate.judges.policy import check_judge_config
-from pipelines.finetune.align import check_disjoint
 from pipelines.registries.datasets import DATASETS, USER_PREFIXES
 from pipelines.registries.languages import LANGUAGES
 from pipelines.registries.models import MODELS

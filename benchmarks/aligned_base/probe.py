@@ -18,14 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from recipe_search import auc, dev_sets  # noqa: E402
 
-from pipelines.finetune.align import (  # noqa: E402
-    REFUSALS,
-    AlignRecipe,
-    base_answered,
-    select_data,
-    training_rows,
-    user_text,
-)
+from pipelines.align.data import lookalike_prompts, select_data, training_rows, user_text  # noqa: E402
+from pipelines.align.recipe import REFUSALS, AlignRecipe  # noqa: E402
 from pipelines.registries.model_store import model_dir  # noqa: E402
 from pipelines.registries.models import ModelSpec  # noqa: E402
 
@@ -61,10 +55,10 @@ class States:
 
 def recipe_prompts(**fields: Any) -> tuple[list[str], list[str]]:
     """A recipe's refusal prompts and benign prompts (helpful rows + the prompts the base model answers), as
-    training_rows asks them (as_question included)."""
+    training_rows asks them."""
     r = AlignRecipe.of(ModelSpec("probe", "aligned", "llama", base="smollm2-135m-instruct", align=fields))
     d = select_data(r)
-    rows = training_rows(r, d, [""] * len(base_answered(r, d)))  # answers do not matter here, only prompts
+    rows = training_rows(r, d, [""] * len(lookalike_prompts(r)))  # answers do not matter here, only prompts
     harm = [user_text(x) for x in rows if x["output"] in REFUSALS]
     return harm, [user_text(x) for x in rows if x["output"] not in REFUSALS]
 

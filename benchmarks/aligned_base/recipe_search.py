@@ -14,10 +14,11 @@ import sys
 import time
 from typing import Any
 
+from pipelines.align.build import aligned_dir
+from pipelines.align.recipe import REFUSALS
 from pipelines.config import GenerateConfig
 from pipelines.evaluate.backends.transformers import generate_answers, load_for_generation
 from pipelines.evaluate.judges import JudgeItem, make_judge
-from pipelines.finetune.align import REFUSALS, aligned_dir
 from pipelines.registries import datasets
 from pipelines.registries.chat import batch_encoding
 from pipelines.registries.model_store import model_dir

@@ -21,7 +21,7 @@ from pipelines.errors import SweepError
 from pipelines.evaluate import EvalSession
 from pipelines.evaluate.judges import make_judge
 from pipelines.layout import Workdir
-from pipelines.presets import check_components
+from pipelines.registry import import_modules
 from pipelines.sweep.resources import check_cluster, evaluation_needs
 from pipelines.sweep.trial import Tracking, finish_cell
 
@@ -69,7 +69,7 @@ def evaluate_model(cfg_json: dict[str, Any], workdir: str, ds_path: str, ds_hash
     """In the evaluation worker: every given cell of one base model, with one session (one model copy,
     the judges made once). Returns the ids of the cells it finished."""
     cfg = StudyConfig.model_validate(cfg_json)
-    check_components(cfg)  # the user's modules register their components in this worker too
+    import_modules(cfg.import_modules)  # the user's modules register their components in this worker too
     wd, track = Workdir(Path(workdir)), Tracking(**tracking)
     session = EvalSession(cfg.generate.threads)
     done = []

@@ -23,8 +23,8 @@ from pipelines.finetune import finetune_cell
 from pipelines.finetune.checkpoints import trained_weights
 from pipelines.hashing import stable_hash
 from pipelines.layout import Workdir
-from pipelines.presets import check_components
 from pipelines.registries.model_store import model_dir
+from pipelines.registry import import_modules
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def trial(params: dict[str, Any], cfg_json: dict[str, Any], workdir: str, ds_pat
     from ray import tune
 
     cfg = StudyConfig.model_validate(cfg_json)
-    check_components(cfg)  # the user's modules register their components in this worker too
+    import_modules(cfg.import_modules)  # the user's modules register their components in this worker too
     cell = Cell(**params["cell"])
     info = train_cell(cfg, cell, Workdir(Path(workdir)), Path(ds_path), ds_hash, Tracking(**tracking),
                       tune_session=True)
