@@ -333,3 +333,20 @@ def _describe(exc: ValidationError) -> str:
         shown = "" if any(secret_kind(p) for p in err["loc"]) else f" (got {public_view(err.get('input'))!r:.200})"
         lines.append(f"  {loc}: {err['msg']}{shown}")
     return "\n".join(lines)
+
+
+def deviations(cfg: StudyConfig) -> list[str]:
+    """Where this config differs from the study, for the report's provenance to print as well."""
+    out = []
+    if not cfg.data.eval.harmful.startswith("sorrybench:"):
+        out.append(f"unsafe prompts: {cfg.data.eval.harmful}, not SORRY-Bench (give "
+                   "data.eval.harmful=sorrybench:/path/question.jsonl for your own copy)")
+    if cfg.data.benign.n != 1000:
+        out.append(f"fine-tuning rows: {cfg.data.benign.n} per language (the study: 1,000)")
+    for lang, src in cfg.data.benign.native.items():
+        out.append(f"fine-tuning data for {lang}: {src}, native content (not a translation of {cfg.data.benign.source})")
+    if cfg.judge.name != "sorry-bench":
+        out.append(f"judge: {cfg.judge.name}, not the study's SORRY-Bench LLM judge")
+    if cfg.data.eval.safe and cfg.data.eval.n_safe:
+        out.append(f"over-refusal prompts added: {cfg.data.eval.safe} x {cfg.data.eval.n_safe} (not in the study)")
+    return out

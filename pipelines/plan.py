@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from pipelines.cells import study_cells
-from pipelines.config import StudyConfig
+from pipelines.config import StudyConfig, deviations
 from pipelines.errors import ClusterTooSmallError, SafedriftError
 from pipelines.evaluate.judges import JUDGES
 from pipelines.layout import repo_path
@@ -366,23 +366,6 @@ def _resources(cfg: StudyConfig, gpu: str, node: dict[str, float], problems: lis
                         f"{cfg.sweep.max_concurrent}), plus CPU nodes for translation; shared RWX volume at the workdir")}
 
 
-def deviations(cfg: StudyConfig) -> list[str]:
-    """Where this config differs from the study, for the report's provenance to print as well."""
-    out = []
-    if not cfg.data.eval.harmful.startswith("sorrybench:"):
-        out.append(f"unsafe prompts: {cfg.data.eval.harmful}, not SORRY-Bench (give "
-                   "data.eval.harmful=sorrybench:/path/question.jsonl for your own copy)")
-    if cfg.data.benign.n != 1000:
-        out.append(f"fine-tuning rows: {cfg.data.benign.n} per language (the study: 1,000)")
-    for lang, src in cfg.data.benign.native.items():
-        out.append(f"fine-tuning data for {lang}: {src}, native content (not a translation of {cfg.data.benign.source})")
-    if cfg.judge.name != "sorry-bench":
-        out.append(f"judge: {cfg.judge.name}, not the study's SORRY-Bench LLM judge")
-    if cfg.data.eval.safe and cfg.data.eval.n_safe:
-        out.append(f"over-refusal prompts added: {cfg.data.eval.safe} x {cfg.data.eval.n_safe} (not in the study)")
-    return out
-
-
 def served_judge(cfg: StudyConfig) -> tuple[StudyConfig, str | None]:
     """The config with the judge that actually labels: a ``remote`` judge that the study deploys
     (judge.options.deploy, a Serve config) labels with that file's judge and language policy, so the plan
@@ -479,5 +462,5 @@ def check_node_args(cpus: float, gpus: float, memory_gib: float) -> dict[str, fl
     return {"CPU": cpus, "GPU": gpus, "memory_gib": memory_gib}
 
 
-__all__ = ["ASSUMED", "GPU_MEMORY_GIB", "RECORDED", "build_plan", "check_node_args", "deviations",
+__all__ = ["ASSUMED", "GPU_MEMORY_GIB", "RECORDED", "build_plan", "check_node_args",
            "render_text", "train_memory_gib"]

@@ -1,5 +1,6 @@
-"""The layout a newcomer can live in: one Workdir owns every path, one module reads the environment, and
-the project's modules import each other without cycles (imports inside functions counted)."""
+"""The layout a newcomer can live in: one Workdir owns every path, one module reads the environment, the
+project's modules import each other without cycles (imports inside functions counted), the stages import
+each other only as the README's layout says, and the house stands on at most 12 floors."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def _modules() -> dict[str, Path]:
                      else p.relative_to(REPO).with_suffix("").parts): p for p in files}
 
 
-def _import_graph() -> dict[str, set[str]]:
+def _import_graph(top_level_only: bool = False) -> dict[str, set[str]]:
+    """Module -> the project modules it imports; `top_level_only`: the imports of the module's body alone
+    (those inside functions are read lazily, for heavy optional libraries or a cluster's state)."""
     mods = _modules()
 
     def resolve(name: str) -> str | None:
@@ -29,7 +32,8 @@ def _import_graph() -> dict[str, set[str]]:
 
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for m, p in mods.items():
-        for node in ast.walk(ast.parse(p.read_text())):
+        tree = ast.parse(p.read_text())
+        for node in (tree.body if top_level_only else ast.walk(tree)):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -112,3 +116,64 @@ def test_stage_packages_have_their_entry_point_in_init() -> None:
         assert callable(getattr(pkg, entry)), (pkg.__name__, entry)
     top = [p for p in (REPO / "pipelines").glob("*.py") if p.name != "__init__.py"]
     assert len(top) <= 12, sorted(p.name for p in top)
+
+
+# A stage is a package under pipelines/ with a name of its own: it may import another only along the lines
+# the README's layout names ("Stages use one another only so: ...").
+STAGES = ("translate", "finetune", "evaluate", "align", "sweep", "report")
+
+
+def _allowed_stage_imports() -> dict[str, set[str]]:
+    text = (REPO / "README.md").read_text()
+    line = re.search(r"Stages use one another only so:(.*?)\n\n", text, re.S)
+    assert line, "README's layout names which stages use which"
+    allowed: dict[str, set[str]] = {}
+    for src, dsts in re.findall(r"`(\w+) → ([\w., ]+)`", line.group(1)):
+        allowed.setdefault(src, set()).update(d.strip() for d in dsts.split(","))
+    return allowed
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "pipelines" and len(parts) > 1 and parts[1] in STAGES else None
+
+
+def test_stages_import_each_other_only_as_the_readme_says() -> None:
+    allowed = _allowed_stage_imports()
+    wrong = []
+    for m, targets in _import_graph().items():
+        for t in targets:
+            a, b = _stage(m), _stage(t)
+            if a and b and a != b and not any(t == f"pipelines.{d}" or t.startswith(f"pipelines.{d}.")
+                                              for d in allowed.get(a, ())):
+                wrong.append(f"{m} -> {t}")
+    assert wrong == [], "a stage imports another beyond what the README's layout names"
+    assert "evaluate" not in allowed.get("finetune", ()) and "finetune" not in allowed.get("evaluate", ())
+
+
+def _room(module: str) -> str:
+    """What a reader sees as one room: a package under pipelines/ (a stage, registries/), a module at the
+    top of pipelines/, or a whole top-level package (serving, cluster)."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "pipelines" else parts[0]
+
+
+def floors() -> int:
+    """The house's height: the longest chain of rooms each importing the next (module-level imports),
+    counting the ground floor as 1."""
+    rooms: dict[str, set[str]] = {}
+    for m, targets in _import_graph(top_level_only=True).items():
+        rooms.setdefault(_room(m), set()).update(_room(t) for t in targets if _room(t) != _room(m))
+    height: dict[str, int] = {}
+
+    def floor(r: str, path: tuple[str, ...] = ()) -> int:
+        assert r not in path, f"rooms import each other in a circle: {path + (r,)}"
+        if r not in height:
+            height[r] = 1 + max((floor(t, path + (r,)) for t in rooms.get(r, ())), default=0)
+        return height[r]
+
+    return max(floor(r) for r in rooms)
+
+
+def test_the_house_stands_on_at_most_12_floors() -> None:
+    assert floors() <= 12

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipelines.align import aligned_provenance
 from pipelines.cells import study_cells
-from pipelines.plan import deviations
+from pipelines.config import deviations
 from pipelines.registries.datasets import DATASETS, JUDGE_LABEL_SETS
 from pipelines.registries.models import MODELS, weights_origin
 from pipelines.secrets import public_view, redact_uri
