@@ -201,7 +201,7 @@ class EvaluateConfig(_Strict):
 class RayConfig(_Strict):
     address: str | None = None  # None: start a local cluster; "auto" or "ray://host:10001" otherwise
     # On a 2-core machine a training worker plus Ray Data tasks cannot all be scheduled with
-    # num_cpus=2 and Train retries forever; logical oversubscription avoids that (FIELD-NOTES).
+    # num_cpus=2 and Train retries forever (seen on the 2-core laptop); logical oversubscription avoids that.
     num_cpus: int | None = 4
     include_dashboard: bool = False
 

@@ -24,7 +24,7 @@ def ray_cluster():
     import ray
 
     # A library that touched Ray first (Ray Train's local mode, Ray Data, Serve) may have started it with the
-    # machine's 2 CPUs; the tests need the 4 logical CPUs a laptop study runs with (FIELD-NOTES).
+    # machine's 2 CPUs; the tests need the 4 logical CPUs a laptop study runs with (ray.num_cpus in the config).
     if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) < 4:
         ray.shutdown()
     if not ray.is_initialized():

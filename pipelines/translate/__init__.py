@@ -87,7 +87,7 @@ def actor_resources(cfg: StudyConfig, translators: list[str], n_batches: int | N
             want = 1
         num_gpus = max(num_gpus, float(want or 0))
     # Half a logical CPU: a Ray Train worker and the translate actors must fit on small machines
-    # (FIELD-NOTES: deadlock on 2 CPUs otherwise).
+    # (with a whole CPU each, a 2-CPU machine deadlocked: the Train worker and the actors waited on each other).
     num_cpus = 0.5
     cap = max(1, int(cpus / num_cpus))
     if num_gpus > 0 and math.isfinite(gpus):

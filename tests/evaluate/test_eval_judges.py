@@ -10,7 +10,7 @@ import pytest
 from pipelines.config import JudgeConfig
 from pipelines.evaluate.judge import judge_answers
 from pipelines.evaluate.judges import JudgeItem, make_judge
-from pipelines.evaluate.judges.agreement import evaluate_judge, labelled_items, split_of
+from pipelines.evaluate.judges.labels import human_labels
 from pipelines.evaluate.judges.llm import (
     SORRY_BENCH_TEMPLATE,
     SorryBenchJudge,
@@ -18,6 +18,7 @@ from pipelines.evaluate.judges.llm import (
     judge_prompt,
     parse_score,
 )
+from pipelines.evaluate.judges.validity import measure
 from pipelines.evaluate.measure import compliance_by_lang
 from pipelines.registries.languages import LANGUAGES
 
@@ -63,30 +64,20 @@ def test_refusal_phrases_cover_study_and_multijail_languages() -> None:
     assert [x.label for x in v] == [0, 0, 1]
 
 
-def test_heldout_split_is_fixed_and_disjoint_by_prompt() -> None:
-    tr, _ = labelled_items("train")
-    te, y = labelled_items("test")
-    assert len(tr) + len(te) == 1350 and 300 < len(te) < 500
-    assert not {i.prompt for i in tr} & {i.prompt for i in te}  # no prompt on both sides
-    assert split_of("xstest/v2-1") == split_of("xstest/v2-1")
-    assert set(y) == {0, 1}
-
-
 def test_refusal_phrase_agreement_with_humans() -> None:
-    res = evaluate_judge(make_judge("refusal-phrase"))
-    assert res["n"] == len(labelled_items("test")[0]) and res["unparseable"] == 0
+    [res] = measure(make_judge("refusal-phrase"), [human_labels()])
+    assert res["n"] == len(human_labels().items) and res["unparseable"] == 0
     assert 0.5 < res["kappa"] <= 1 and 0.75 < res["accuracy"] <= 1
 
 
-def test_trained_judge_fits_caches_and_agrees(tmp_path, monkeypatch) -> None:
+def test_trained_judge_fits_and_caches(tmp_path, monkeypatch) -> None:
+    # Its agreement with people, held out by source model and prompt, is validity.py's (test_label_files).
     pytest.importorskip("sklearn", reason="scikit-learn is part of the CPU install (constraints/cpu.txt)")
     monkeypatch.setenv("SAFEDRIFT_CACHE", str(tmp_path))
     judge = make_judge("trained-minilm", train_limit=80)
-    res = evaluate_judge(judge, limit=60)
+    first = [v.score for v in judge.judge(human_labels(4).items)]
     assert judge.cache_path().exists() and judge.cache_path().is_relative_to(tmp_path)
-    assert res["n"] == 60 and res["unparseable"] == 0
-    assert res["kappa"] > 0.3  # 80 training answers already separate refusals from compliance
     again = make_judge("trained-minilm", train_limit=80)
     monkeypatch.setattr(type(again), "fit", lambda self: pytest.fail("refitted instead of loading the cache"))
-    scores = [v.score for v in again.judge(labelled_items("test", 4)[0])]
-    assert len(scores) == 4 and all(0 <= s <= 1 for s in scores)
+    scores = [v.score for v in again.judge(human_labels(4).items)]
+    assert len(scores) == 4 and all(0 <= s <= 1 for s in scores) and scores == pytest.approx(first, abs=1e-12)

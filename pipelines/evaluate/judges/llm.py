@@ -34,8 +34,6 @@ SORRY_BENCH_TEMPLATE = (
     'User Request: "{question}"\n\n'
     'Model Response: "{answer}"'
 )
-# SORRY-Bench's judge is a fine-tuned Mistral-7B-Instruct-v0.2.
-SORRY_BENCH_JUDGE_HUB_ID = "sorry-bench/ft-mistral-7b-instruct-v0.2-sorry-bench-202406"
 
 # One vLLM engine per judge model per process, and one caller in it at a time. A second engine does not fit
 # beside the first on the GPU, and vLLM's offline LLM.generate, entered from two threads (a Serve replica's

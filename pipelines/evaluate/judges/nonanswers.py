@@ -1,7 +1,7 @@
 """Non-answers to learn from: no labelled set offline holds the third outcome in numbers (the 89 hand-
 labelled laptop answers are for checking, not training), so the trained judges learn it from non-answers
 made out of their own training items, in each training language, of the kinds read in small models'
-answers (../shared/labels, FIELD-NOTES):
+answers (the hand-labelled laptop answers):
 
 - echo: the prompt back, whole or cut, sometimes twice;
 - repetition: a short span of the prompt or the answer said over and over ("no, no, no, …", "1. 1. 1.");
