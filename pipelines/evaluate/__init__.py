@@ -5,9 +5,9 @@ fine-tuned cell, hidden-state drift against its base model.
 
 ``evaluate_cell`` is a pure function of (config, cell, weights, data): it returns the cell's evaluation
 and writes nothing but its resumable generation parts under the scratch directory it is given. Caching,
-MLflow and the cell's manifest are the sweep's evaluation stage's (pipelines/sweep/evaluation.py). Given
-the worker's ``EvalSession`` it answers, scores and measures drift with the worker's one copy of the base
-model (the cell's adapter switched in) and the worker's judges; without one it makes its own."""
+MLflow and the cell's manifest are the sweep's: `finish_cell` in pipelines/sweep/trial.py, run by the
+evaluation workers of pipelines/sweep/evaluation.py. Given the worker's ``EvalSession`` it answers, scores and measures drift with the
+worker's one copy of the base model (the cell's adapter switched in) and the worker's judges; without one it makes its own."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from pipelines.evaluate.measure import (
     overrefusal_by_lang,
 )
 from pipelines.evaluate.session import EvalSession
+from pipelines.evaluate.stats import is_number
 from pipelines.evaluate.weights import Weights
 
 __all__ = ["CellEvaluation", "EvalSession", "Weights", "evaluate_cell"]
@@ -111,7 +112,7 @@ def _evaluate(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path, scr
     metrics |= capability_and_drift(cfg, cell, weights, unsafe, safe, benign, tidy, session)
     timing["time/capability_drift_s"] = time.time() - t0
     # NaN (a rate over no parseable answer) is left out: the tidy table keeps it as null with n.
-    metrics = {k: float(v) for k, v in metrics.items() if v == v}
+    metrics = {k: float(v) for k, v in metrics.items() if is_number(v)}
     return CellEvaluation(metrics, tidy, judged, judged_safe, table, judge_info, timing)
 
 

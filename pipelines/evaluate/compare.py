@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines.evaluate.stats import Z95, newcombe_ci, pair_counts, sign_flip_exact
+from pipelines.evaluate.stats import Z95, is_number, newcombe_ci, pair_counts, sign_flip_exact
 
 ENGLISH = "en"
 OUTSIDE_EN = "outside_en"  # the eval_lang of the contrast over every non-English eval language
@@ -87,7 +87,7 @@ def contrast_rows(con: pl.DataFrame) -> list[Row]:
     for (lang,), g in con.group_by("lang", maintain_order=True):
         d = g["D"].to_numpy()
         m, se = float(d.mean()), _prompt_se(d)
-        lo, hi = (m - Z95 * se, m + Z95 * se) if se == se else (None, None)
+        lo, hi = (m - Z95 * se, m + Z95 * se) if is_number(se) else (None, None)
         out += [_row(lang, "contrast/vs_en", m, lo, hi, d.size),
                 _row(lang, "contrast/vs_en/p_value", sign_flip_exact(d), n=d.size)]
     return out

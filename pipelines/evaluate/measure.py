@@ -17,7 +17,7 @@ import polars as pl
 from cluster.storage import write_parquet_atomic
 from pipelines.evaluate.compare import condition_rows
 from pipelines.evaluate.judges import COMPLIED, NON_ANSWER, OUTCOMES, REFUSED, UNPARSEABLE
-from pipelines.evaluate.stats import cohen_kappa, paired_test, rate_ci
+from pipelines.evaluate.stats import cohen_kappa, is_number, paired_test, rate_ci
 from pipelines.layout import Workdir
 from pipelines.registries.langid import detect_lang, lang_matches
 
@@ -350,7 +350,7 @@ def write_sweep_tidy(results: list[dict[str, Any]], wd: Workdir, report_dir: Pat
 
             now = int(time.time() * 1000)
             client.log_batch(m["mlflow_run_id"], metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
-                                                          if v == v])
+                                                          if is_number(v)])
     tidy = pl.concat([tidy, *extra])
     write_parquet_atomic(tidy, report_dir / "metrics_tidy.parquet")
     return tidy

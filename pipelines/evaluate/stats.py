@@ -58,9 +58,14 @@ def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float, float]
     return p, 0.0 if k == 0 else max(0.0, mid - half), 1.0 if k == n else min(1.0, mid + half)
 
 
+def is_number(v: object) -> bool:
+    """A value that counts: not None and not NaN (NaN, a rate over nothing, is the one value unequal to itself)."""
+    return v is not None and v == v
+
+
 def rate_ci(values: Sequence[float | None], alpha: float = 0.05) -> tuple[float, float, float]:
     """(rate, low, high) of 0/1 values by Wilson; missing values (None, NaN) are left out."""
-    x = [float(v) for v in values if v is not None and v == v]
+    x = [float(v) for v in values if is_number(v)]
     return wilson_ci(int(round(sum(x))), len(x), alpha)
 
 
@@ -284,12 +289,12 @@ def seed_level(changes: Sequence[float], prompt_se: float = 0.0, n: int = 0, alp
     Rejecting only when both reject keeps the rate near α in every regime simulated (3 to 10 seeds, τ 0
     to 0.10). The interval is the hull of the two t-intervals. With one seed there is nothing to test
     across runs: mean only (the report says it is one fine-tuning run)."""
-    x = np.asarray([c for c in changes if c is not None and c == c], dtype=float)
+    x = np.asarray([c for c in changes if is_number(c)], dtype=float)
     s = int(x.size)
     if s <= 1:
         return SeedLevel(float(x[0]) if s else float("nan"), None, None, None, None, None, None, s)
     tau, mean = float(x.std(ddof=1)), float(x.mean())
-    a, b = tau * tau / s, (prompt_se * prompt_se if prompt_se == prompt_se else 0.0)
+    a, b = tau * tau / s, (prompt_se * prompt_se if is_number(prompt_se) else 0.0)
     # Seeds that agree exactly leave only the prompt sample to test by (and nothing, without it).
     tests = [(math.sqrt(a), float(s - 1))] if a > 0 else []
     tests += [(math.sqrt(a + b), welch_df(a, s - 1, b, n - 1))] if a + b > 0 else []
@@ -318,7 +323,7 @@ def holm(p: Sequence[float | None]) -> list[float | None]:
     """Holm–Bonferroni adjusted p-values (family-wise error, valid under any dependence between the
     tests): the k-th smallest of m p-values times (m − k + 1), made monotone, capped at 1. A missing
     p-value stays missing and is not counted in m."""
-    idx = [i for i, v in enumerate(p) if v is not None and v == v]
+    idx = [i for i, v in enumerate(p) if is_number(v)]
     out: list[float | None] = [None] * len(p)
     m = len(idx)
     running = 0.0
@@ -331,7 +336,7 @@ def holm(p: Sequence[float | None]) -> list[float | None]:
 def benjamini_hochberg(p: Sequence[float | None]) -> list[float | None]:
     """Benjamini–Hochberg adjusted p-values (false discovery rate, independent or positively dependent
     tests); missing p-values stay missing and are not counted."""
-    idx = [i for i, v in enumerate(p) if v is not None and v == v]
+    idx = [i for i, v in enumerate(p) if is_number(v)]
     out: list[float | None] = [None] * len(p)
     m = len(idx)
     running = 1.0

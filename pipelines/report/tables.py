@@ -13,7 +13,7 @@ import polars as pl
 
 from pipelines.evaluate.compare import OUTSIDE_EN
 from pipelines.evaluate.measure import BT_ROUTE_PREFIX, TIDY_SCHEMA
-from pipelines.evaluate.stats import SeedLevel, adjust, seed_level
+from pipelines.evaluate.stats import SeedLevel, adjust, is_number, seed_level
 
 ID_COLS = ["cell", "model", "ft_lang", "seed", "epochs"]
 BASE = "base"
@@ -31,10 +31,6 @@ Z95 = 1.959964
 # Metric names of tidy tables written before the exact tests (issue 27), read under their new names.
 LEGACY_METRICS = {"delta/p_value": "delta/compliance_rate/p_value",
                   "delta/p_value_seeds": "delta/compliance_rate/p_value_seeds"}
-
-
-def empty_tidy() -> pl.DataFrame:
-    return pl.DataFrame(schema=TIDY_SCHEMA)
 
 
 def normalise(tidy: pl.DataFrame) -> pl.DataFrame:
@@ -213,7 +209,7 @@ def condition_label(model: str, ft_lang: str, epochs: int | None) -> str:
 def _seed_test(changes: list[float], ses: list[float | None], n: int, alpha: float) -> SeedLevel:
     """The condition's test (stats.seed_level) with the prompt SE of the seed-averaged differences (the
     same on every seed's row)."""
-    se = next((v for v in ses if v is not None and v == v), 0.0)
+    se = next((v for v in ses if is_number(v)), 0.0)
     return seed_level(changes, se, n, alpha)
 
 
@@ -521,7 +517,7 @@ def capability_change(tidy: pl.DataFrame, dl: pl.DataFrame, cells: Cells,
 
 
 def _positive(x: float | None) -> bool:
-    return x is not None and x == x and x > 0
+    return is_number(x) and x > 0
 
 
 def category_changes(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:

@@ -19,6 +19,7 @@ from cluster.tracking import point_mlflow
 from pipelines.cells import Cell, cell_dir, checkpoint_dir
 from pipelines.config import StudyConfig
 from pipelines.evaluate import CellEvaluation, EvalSession, Weights, evaluate_cell
+from pipelines.evaluate.stats import is_number
 from pipelines.finetune import finetune_cell
 from pipelines.finetune.checkpoints import trained_weights
 from pipelines.hashing import stable_hash
@@ -113,7 +114,7 @@ def train_metrics(info: dict[str, Any]) -> dict[str, float]:
     if info.get("train_seconds") is not None:
         out["time/finetune_s"] = float(info["train_seconds"])
     loss = float((info.get("metrics") or {}).get("train_loss", float("nan")))
-    if loss == loss:
+    if is_number(loss):
         out["train/final_loss"] = loss
     return out
 
