@@ -177,8 +177,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
-    for step, seconds in prepare(cfg).items():
-        print(f"prepared {step} ({seconds:.1f} s)")
+    took = prepare(cfg, out=sys.stdout)
+    print("prepared: " + ", ".join(f"{step} ({seconds:.1f} s)" for step, seconds in took.items()))
     return 0
 
 
@@ -381,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # OpenMP threads that spin while they wait take the cores from the other processes of a run (a Ray
+    # worker beside the driver, the judge beside generation): on 2 busy cores spinning threads ran 5-10x
+    # slower. Ray's workers inherit this environment from the driver that starts the local cluster.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # DeepSpeed's CPU comm op, compiled once by scripts/setup.sh into the checkout's cache: without this
     # the first fine-tune would compile it again (about 70 s) under ~/.cache.
     project_ops = REPO_ROOT / ".cache" / "torch_extensions"

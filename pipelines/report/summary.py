@@ -48,8 +48,9 @@ def what_changed(cond: pl.DataFrame, con: pl.DataFrame | None = None) -> list[st
                  f"adjusted p {r['p_adj']:.3g})" for r in g.iter_rows(named=True)]
         out.append(f"Screening, {label}: compliance with unsafe prompts changed in " + ", ".join(parts) + ".")
     if int(cond["seeds"].max() or 0) <= 1:
-        out.append("Every condition has one seed: each change is that of one fine-tuning run, and training "
-                   "randomness is in no test (another run of the same fine-tune may move differently).")
+        out.append("A first look: every condition has one seed, so each change is that of one fine-tuning run, "
+                   "and training randomness is in no test (another run of the same fine-tune may move "
+                   "differently). Run with several seeds (the laptop preset has three) before drawing a conclusion.")
     return out
 
 

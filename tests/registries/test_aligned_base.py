@@ -93,8 +93,9 @@ def test_key_follows_recipe_and_base() -> None:
 
 
 def test_laptop_recipe_rows_are_disjoint_from_the_study() -> None:
-    cfg = load_config("laptop")
-    assert cfg.models == ["smollm2-135m-aligned"]
+    # The laptop preset's data with SmolLM2's aligned base (the laptop's base until Qwen2.5 replaced it).
+    aligned = "models=[smollm2-135m-aligned]"
+    cfg = load_config("laptop", [aligned])
     recipe = AlignRecipe.of(model_spec("smollm2-135m-aligned"))
     data = select_data(recipe)
     used = cfg.data.benign.n + cfg.evaluate.n_benign_ppl
@@ -106,7 +107,7 @@ def test_laptop_recipe_rows_are_disjoint_from_the_study() -> None:
     check_disjoint(cfg)  # the preset passes
     # A study that would fine-tune on the aligned base's rows fails before any work, naming the setting.
     with pytest.raises(ConfigError, match="data.benign.n"):
-        check_disjoint(load_config("laptop", ["data.benign.n=990"]))
+        check_disjoint(load_config("laptop", [aligned, "data.benign.n=990"]))
 
 
 def test_check_rows_stay_out_of_training_when_the_check_source_is_trained_on() -> None:
