@@ -4,7 +4,17 @@ workdir too (MLflow would otherwise put them in ./mlruns relative to wherever it
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a sweep's runs go: the store, the experiment, and the study's parent run."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str | None
 
 
 def tracking_uri(default_db: Path, configured: str | None = None) -> str:

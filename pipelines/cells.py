@@ -1,16 +1,18 @@
-"""Cells: one (model, fine-tune language | base, seed, epochs) each. The base model is a cell too."""
+"""Cells: one (model, fine-tune language | base, seed, epochs) each. The base model is a cell too. The
+hashes that name their outputs, and the Study that carries them with the config and the workdir."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cluster.tracking import Tracking
 from pipelines.config import StudyConfig
 from pipelines.hashing import file_sha256, stable_hash
 from pipelines.layout import Workdir
 from pipelines.secrets import hash_view
-from pipelines.translate.plan import datasets_key, plan
+from pipelines.translate.plan import Plan, datasets_key, plan_jobs
 
 BASE = "base"
 # Where a cell's evaluation runs, not what it measures (left out of the cell's hash).
@@ -96,12 +98,57 @@ def checkpoint_dir(wd: Workdir | Path, cfg: StudyConfig, cell: Cell, datasets_ha
     return Workdir.of(wd).checkpoint(train_hash(cfg, cell, datasets_hash))
 
 
-def study_hashes(cfg: StudyConfig) -> tuple[str, str]:
-    """(datasets hash, study hash), computed without Ray or any model."""
-    ds_hash = stable_hash(datasets_key(cfg, plan(cfg)))
+def study_hashes(cfg: StudyConfig, jobs: Plan | None = None) -> tuple[str, str]:
+    """(datasets hash, study hash), computed without Ray or any model, from the translation plan (planned
+    here when not given: planning loads the data sets)."""
+    ds_hash = stable_hash(datasets_key(cfg, plan_jobs(cfg) if jobs is None else jobs))
     cells = [cell_hash(cfg, c, ds_hash) for c in study_cells(cfg)]
     return ds_hash, stable_hash({"datasets": ds_hash, "cells": cells, "eval_langs": cfg.eval_langs})
 
 
 def cell_hash(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> str:
     return stable_hash(cell_key(cfg, cell, datasets_hash))
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study's shared values, named once: the config, the workdir, the hashes that name its outputs
+    and, once the translate stage and MLflow are set up, the translated data sets and the tracking store.
+    The sweep carries it whole, to its Ray workers too (`to_json`)."""
+
+    cfg: StudyConfig
+    wd: Workdir
+    ds_hash: str
+    study_hash: str
+    ds_path: Path | None = None
+    tracking: Tracking | None = None
+
+    @classmethod
+    def of(cls, cfg: StudyConfig, wd: Workdir, jobs: Plan | None = None) -> Study:
+        """The study of `cfg` in `wd`, its hashes computed once, from the translation plan `jobs`."""
+        return cls(cfg, wd, *study_hashes(cfg, jobs))
+
+    def running(self, ds_path: Path, tracking: Tracking) -> Study:
+        """The study with its translated data sets and its tracking store: what the sweep needs."""
+        return replace(self, ds_path=ds_path, tracking=tracking)
+
+    def cells(self) -> list[Cell]:
+        return study_cells(self.cfg)
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return cell_dir(self.wd, self.cfg, cell, self.ds_hash)
+
+    def checkpoint_dir(self, cell: Cell) -> Path:
+        return checkpoint_dir(self.wd, self.cfg, cell, self.ds_hash)
+
+    def to_json(self) -> dict[str, Any]:
+        """What a Ray worker is handed: plain values it rebuilds the Study from (`from_json`)."""
+        return {"cfg": self.cfg.model_dump(mode="json"), "workdir": str(self.wd.root), "ds_hash": self.ds_hash,
+                "study_hash": self.study_hash, "ds_path": None if self.ds_path is None else str(self.ds_path),
+                "tracking": None if self.tracking is None else asdict(self.tracking)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Study:
+        return cls(StudyConfig.model_validate(d["cfg"]), Workdir(Path(d["workdir"])), d["ds_hash"], d["study_hash"],
+                   None if d["ds_path"] is None else Path(d["ds_path"]),
+                   None if d["tracking"] is None else Tracking(**d["tracking"]))

@@ -31,7 +31,7 @@ from pipelines.sweep.resources import (
     evaluation_needs,
     worker_slots,
 )
-from pipelines.translate.plan import plan as plan_jobs
+from pipelines.translate.plan import plan_jobs
 from pipelines.translate.translators import TRANSLATORS, make_translator, plan_route, route_name
 
 # Measured: LoRA r=8 on Llama-3.2-1B's shape (1.236 B parameters), bf16, batch 8 x 1,024 tokens, one

@@ -15,10 +15,9 @@ from typing import Any, Literal
 
 from cluster.connect import connect
 from cluster.storage import read_manifest, workdir_lock, write_manifest
-from cluster.tracking import close_stale_runs, setup_mlflow, tracking_uri
-from pipelines.cells import cell_dir, study_cells, study_hashes
+from cluster.tracking import Tracking, close_stale_runs, setup_mlflow, tracking_uri
+from pipelines.cells import Study
 from pipelines.config import StudyConfig
-from pipelines.evaluate.measure import write_sweep_tidy
 from pipelines.evaluate.user_sets import check_user_files
 from pipelines.hashing import stable_hash
 from pipelines.layout import Workdir
@@ -26,8 +25,8 @@ from pipelines.report import write_report
 from pipelines.report.provenance import study_context
 from pipelines.secrets import public_view, redact_uri
 from pipelines.sweep import check_fits, run_sweep
-from pipelines.sweep.trial import Tracking
-from pipelines.translate import DatasetsOutput, build_datasets
+from pipelines.sweep.tidy import write_sweep_tidy
+from pipelines.translate import DatasetsOutput, Plan, build_datasets, plan_jobs
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +53,30 @@ class StudyResult:
 
 
 @dataclass
-class Study:
-    """What every stage of one study needs: the config, the workdir, the hashes that name its outputs."""
+class StudyRun:
+    """The driver's view of one study: the Study (config, workdir, hashes), the translation plan its
+    hashes were computed from (handed on to the translate stage: planning loads every data set), the
+    tracking store's URI that names its sweep folder, and who hears of its progress."""
 
-    cfg: StudyConfig
-    wd: Workdir
-    ds_hash: str
-    study_hash: str
+    study: Study
+    jobs: Plan | None
     uri: str
     on_event: Event
 
     @property
     def sweep_dir(self) -> Path:
-        return self.wd.sweep(self.study_hash, self.uri)
+        return self.study.wd.sweep(self.study.study_hash, self.uri)
 
     @property
     def report_dir(self) -> Path:
-        return self.wd.report(self.study_hash)
+        return self.study.wd.report(self.study.study_hash)
 
 
-def timed(fn: Callable[..., tuple[Any, bool]], study: Study, *args: Any) -> Stage:
-    """Runs one stage, `fn(study, *args) -> (output, reused)`, and times it."""
-    study.on_event("stage", {"name": fn.__name__.removesuffix("_stage")})
+def timed(fn: Callable[..., tuple[Any, bool]], run: StudyRun, *args: Any) -> Stage:
+    """Runs one stage, `fn(run, *args) -> (output, reused)`, and times it."""
+    run.on_event("stage", {"name": fn.__name__.removesuffix("_stage")})
     t0 = time.time()
-    output, reused = fn(study, *args)
+    output, reused = fn(run, *args)
     return Stage(output, reused, round(time.time() - t0, 1))
 
 
@@ -89,30 +88,31 @@ def run_study(cfg: StudyConfig, resume: bool = True,
     ("study": its cell directories and progress folder) and of each stage as it starts ("stage")."""
     check_user_files(cfg.evaluate)  # a bad user file fails now, not after the fine-tuning
     wd = Workdir.open(cfg.resolved_workdir())
-    ds_hash, study_hash = study_hashes(cfg)
-    study = Study(cfg, wd, ds_hash, study_hash, tracking_uri(wd.mlflow_db(), cfg.mlflow.tracking_uri),
-                  on_event or (lambda kind, info: None))
-    study.on_event("study", {"cell_dirs": [cell_dir(wd, cfg, c, ds_hash) for c in study_cells(cfg)],
-                             "progress_dir": wd.progress()})
+    jobs = plan_jobs(cfg)  # once per run: the study's hashes and the translate stage both read it
+    study = Study.of(cfg, wd, jobs)
+    run = StudyRun(study, jobs, tracking_uri(wd.mlflow_db(), cfg.mlflow.tracking_uri),
+                   on_event or (lambda kind, info: None))
+    run.on_event("study", {"cell_dirs": [study.cell_dir(c) for c in study.cells()], "progress_dir": wd.progress()})
     with workdir_lock(wd.root):
-        if until == "report" and (done := finished(study)) is not None:
+        if until == "report" and (done := finished(run)) is not None:
             return done
-        return _run(study, resume, until)
+        return _run(run, resume, until)
 
 
-def _run(study: Study, resume: bool, until: Literal["translate", "sweep", "report"]) -> StudyResult:
-    cfg, wd, ds_hash, study_hash = study.cfg, study.wd, study.ds_hash, study.study_hash
+def _run(run: StudyRun, resume: bool, until: Literal["translate", "sweep", "report"]) -> StudyResult:
+    study = run.study
+    cfg, wd, study_hash = study.cfg, study.wd, study.study_hash
 
     connect(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard)
-    pending = [c for c in study_cells(cfg) if read_manifest(cell_dir(wd, cfg, c, ds_hash)) is None]
+    pending = [c for c in study.cells() if read_manifest(study.cell_dir(c)) is None]
     if pending:
         # A cell the cluster can never hold (its training workers, its evaluation worker) fails now, not
         # after the translation.
         check_fits(cfg, train=any(not c.is_base for c in pending))
-    stages: dict[str, Stage] = {"translate": timed(translate_stage, study)}
+    stages: dict[str, Stage] = {"translate": timed(translate_stage, run)}
     ds: DatasetsOutput = stages["translate"].output
     if until == "translate":
-        return _result(study, ds, None, [], stages)
+        return _result(run, ds, None, [], stages)
 
     import mlflow
 
@@ -126,16 +126,16 @@ def _run(study: Study, resume: bool, until: Literal["translate", "sweep", "repor
         # Secrets masked and URIs without credentials: MLflow's artifacts are read by everyone on the server.
         mlflow.log_dict(cfg.public(), "config.json")
         mlflow.log_dict(public_view(ds.manifest), "datasets_manifest.json")
-        tracking = Tracking(uri, exp_id, parent.info.run_id)
-        stages["sweep"] = timed(sweep_stage, study, ds, tracking, resume)
+        running = study.running(ds.path, Tracking(uri, exp_id, parent.info.run_id))
+        stages["sweep"] = timed(sweep_stage, run, running, resume)
         results, tidy = stages["sweep"].output
         if until == "report":
-            stages["report"] = timed(report_stage, study, ds, tidy, parent.info.run_id)
+            stages["report"] = timed(report_stage, run, ds, tidy, parent.info.run_id)
         # The URI without user:password@ (`safedrift report --sweep-dir` logs with MLflow's own
         # MLFLOW_TRACKING_USERNAME/PASSWORD when the server wants them).
-        write_manifest(study.sweep_dir, parent_run_id=parent.info.run_id, tracking_uri=redact_uri(uri),
-                       cells=[r["cell_id"] for r in results], datasets=ds_hash, stages=_summary(stages))
-    return _result(study, ds, parent.info.run_id, results, stages)
+        write_manifest(run.sweep_dir, parent_run_id=parent.info.run_id, tracking_uri=redact_uri(uri),
+                       cells=[r["cell_id"] for r in results], datasets=study.ds_hash, stages=_summary(stages))
+    return _result(run, ds, parent.info.run_id, results, stages)
 
 
 def workdir_tag(root: Path) -> str:
@@ -144,16 +144,17 @@ def workdir_tag(root: Path) -> str:
     return stable_hash({"host": socket.gethostname(), "workdir": str(Path(root).resolve())}, 12)
 
 
-def finished(study: Study) -> StudyResult | None:
+def finished(run: StudyRun) -> StudyResult | None:
     """The result of a study whose every output is complete (datasets, each cell, sweep and report), read
     from their manifests; None when any is missing or damaged (`read_manifest` reads a damaged output as
     not done), so the stages that follow redo just that output and reuse the rest."""
-    done = read_manifest(study.sweep_dir)
-    if done is None or read_manifest(study.report_dir) is None:
+    study = run.study
+    done = read_manifest(run.sweep_dir)
+    if done is None or read_manifest(run.report_dir) is None:
         return None
     results, redo = [], []
-    for cell in study_cells(study.cfg):
-        manifest = read_manifest(cell_dir(study.wd, study.cfg, cell, study.ds_hash))
+    for cell in study.cells():
+        manifest = read_manifest(study.cell_dir(cell))
         if manifest is None:
             redo.append(f"cell {cell.id}")
         else:
@@ -166,22 +167,23 @@ def finished(study: Study) -> StudyResult | None:
                     "reusing everything else", study.study_hash, ", ".join(redo), "it" if len(redo) == 1 else "them")
         return None
     stages = {s: {"reused": True, "seconds": 0.0} for s in STAGES}
-    return StudyResult(study.wd.root, study.study_hash, study.wd.datasets(study.ds_hash), study.report_dir,
+    return StudyResult(study.wd.root, study.study_hash, study.wd.datasets(study.ds_hash), run.report_dir,
                        done.get("parent_run_id"), results, stages)
 
 
-def translate_stage(study: Study) -> tuple[DatasetsOutput, bool]:
-    ds = build_datasets(study.cfg, study.wd)
+def translate_stage(run: StudyRun) -> tuple[DatasetsOutput, bool]:
+    ds = build_datasets(run.study.cfg, run.study.wd, jobs=run.jobs)
     return ds, ds.reused
 
 
-def sweep_stage(study: Study, ds: DatasetsOutput, tracking: Tracking, resume: bool) -> tuple[Any, bool]:
-    """Every cell (fine-tuned and evaluated, or reused), then the sweep's tidy table beside its manifest
-    (`safedrift report --sweep-dir` reads it), with the deltas against each base model."""
+def sweep_stage(run: StudyRun, study: Study, resume: bool) -> tuple[Any, bool]:
+    """Every cell of the running `study` (fine-tuned and evaluated, or reused), then the sweep's tidy table
+    beside its manifest (`safedrift report --sweep-dir` reads it), with the deltas against each base model."""
     import mlflow
 
-    results = run_sweep(study.cfg, study.wd, ds.path, study.ds_hash, tracking,
-                        sweep_name=f"sweep-{study.study_hash}", resume=resume)
+    tracking = study.tracking
+    assert tracking is not None, "the sweep runs with a tracking store"
+    results = run_sweep(study, sweep_name=f"sweep-{study.study_hash}", resume=resume)
     # A cell's manifest names the MLflow run that first evaluated it, possibly in another store: the
     # runs of *this* sweep are the parent's children, found by their cell tag.
     run_ids = _child_runs(mlflow.MlflowClient(tracking.uri), tracking.experiment_id, tracking.parent_run_id)
@@ -189,7 +191,7 @@ def sweep_stage(study: Study, ds: DatasetsOutput, tracking: Tracking, resume: bo
     if missing:
         log.warning("no MLflow run of this sweep for cell(s) %s: their deltas are not logged", ", ".join(missing))
     results = [r | {"mlflow_run_id": run_ids.get(r["cell_id"])} for r in results]
-    tidy = write_sweep_tidy(results, study.wd, study.sweep_dir, tracking.uri)
+    tidy = write_sweep_tidy(results, study.wd, run.sweep_dir, tracking.uri)
     return (results, tidy), all(r["reused"] for r in results)
 
 
@@ -207,21 +209,22 @@ def _child_runs(client: Any, experiment_id: str, parent_run_id: str | None) -> d
             return out
 
 
-def report_stage(study: Study, ds: DatasetsOutput, tidy: Any, parent_run_id: str) -> tuple[Path, bool]:
+def report_stage(run: StudyRun, ds: DatasetsOutput, tidy: Any, parent_run_id: str) -> tuple[Path, bool]:
     """The report, drawn from the sweep's tidy table alone plus the study's provenance, logged to MLflow."""
     import mlflow
 
-    ctx = study_context(study.cfg, study.study_hash, study.ds_hash, ds.manifest, parent_run_id, study.uri)
-    write_report(tidy, ctx, study.report_dir)
-    mlflow.log_artifacts(str(study.report_dir), artifact_path="report")
-    return study.report_dir, False
+    study = run.study
+    ctx = study_context(study.cfg, study.study_hash, study.ds_hash, ds.manifest, parent_run_id, run.uri)
+    write_report(tidy, ctx, run.report_dir)
+    mlflow.log_artifacts(str(run.report_dir), artifact_path="report")
+    return run.report_dir, False
 
 
 def _summary(stages: dict[str, Stage]) -> dict[str, dict[str, Any]]:
     return {name: {"reused": s.reused, "seconds": s.seconds} for name, s in stages.items()}
 
 
-def _result(study: Study, ds: DatasetsOutput, parent_run_id: str | None, results: list[dict[str, Any]],
+def _result(run: StudyRun, ds: DatasetsOutput, parent_run_id: str | None, results: list[dict[str, Any]],
             stages: dict[str, Stage]) -> StudyResult:
-    return StudyResult(study.wd.root, study.study_hash, ds.path, study.report_dir, parent_run_id, results,
+    return StudyResult(run.study.wd.root, run.study.study_hash, ds.path, run.report_dir, parent_run_id, results,
                        _summary(stages))

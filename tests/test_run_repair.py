@@ -15,59 +15,59 @@ import pytest
 from cluster.storage import write_manifest
 from pipelines.cells import cell_dir, study_cells
 from pipelines.presets import load_config
-from pipelines.run import Study, finished
+from pipelines.run import StudyRun, finished
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _finished_study(workdir: Path) -> Study:
+def _finished_study(workdir: Path) -> StudyRun:
     """The smoke study's outputs as manifests over small data files, without running anything."""
-    from pipelines.cells import study_hashes
+    from pipelines.cells import Study
     from pipelines.layout import Workdir
 
     cfg = load_config("smoke", [f"workdir={workdir}"])
     wd = Workdir.open(cfg.resolved_workdir())
-    ds_hash, study_hash = study_hashes(cfg)
-    study = Study(cfg, wd, ds_hash, study_hash, "sqlite:///unused", lambda kind, info: None)
+    run = StudyRun(Study.of(cfg, wd), None, "sqlite:///unused", lambda kind, info: None)
+    ds_hash = run.study.ds_hash
     dirs = [cell_dir(wd, cfg, c, ds_hash) for c in study_cells(cfg)]
-    for d in [*dirs, wd.datasets(ds_hash), study.sweep_dir, study.report_dir]:
+    for d in [*dirs, wd.datasets(ds_hash), run.sweep_dir, run.report_dir]:
         d.mkdir(parents=True, exist_ok=True)
         (d / "judged.parquet").write_bytes(b"x" * 1000)
     for d, c in zip(dirs, study_cells(cfg), strict=True):
         write_manifest(d, cell_id=c.id, metrics={"compliance": {"en": 0.5}})
-    for d in (wd.datasets(ds_hash), study.report_dir):
+    for d in (wd.datasets(ds_hash), run.report_dir):
         write_manifest(d)
-    write_manifest(study.sweep_dir, parent_run_id="p1")
-    return study
+    write_manifest(run.sweep_dir, parent_run_id="p1")
+    return run
 
 
 def test_finished_study_is_reused_when_whole(tmp_path: Path) -> None:
-    study = _finished_study(tmp_path / "wd")
-    done = finished(study)
+    run = _finished_study(tmp_path / "wd")
+    done = finished(run)
     assert done is not None and done.parent_run_id == "p1"
-    assert [r["cell_id"] for r in done.results] == [c.id for c in study_cells(study.cfg)]
+    assert [r["cell_id"] for r in done.results] == [c.id for c in study_cells(run.study.cfg)]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_a_damaged_cell_makes_the_study_unfinished_and_is_named(tmp_path: Path, damage: str,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    study = _finished_study(tmp_path / "wd")
-    cell = study_cells(study.cfg)[-1]
-    judged = cell_dir(study.wd, study.cfg, cell, study.ds_hash) / "judged.parquet"
+    run = _finished_study(tmp_path / "wd")
+    cell = run.study.cells()[-1]
+    judged = run.study.cell_dir(cell) / "judged.parquet"
     if damage == "truncate":
         judged.write_bytes(b"x" * 10)
     else:
         judged.unlink()
     with caplog.at_level(logging.WARNING):
-        assert finished(study) is None  # was: a result with {} for that cell, then KeyError downstream
+        assert finished(run) is None  # was: a result with {} for that cell, then KeyError downstream
     assert f"cell {cell.id}" in caplog.text and "redoing it" in caplog.text
 
 
 def test_damaged_datasets_make_the_study_unfinished(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    study = _finished_study(tmp_path / "wd")
-    (study.wd.datasets(study.ds_hash) / "judged.parquet").write_bytes(b"")
+    run = _finished_study(tmp_path / "wd")
+    (run.study.wd.datasets(run.study.ds_hash) / "judged.parquet").write_bytes(b"")
     with caplog.at_level(logging.WARNING):
-        assert finished(study) is None
+        assert finished(run) is None
     assert "the translated datasets" in caplog.text
 
 

@@ -18,7 +18,7 @@ from pipelines.layout import Workdir
 from pipelines.presets import load_config
 from pipelines.report.provenance import study_context
 from pipelines.secrets import MASK, hash_view, public_hash, public_view, read_secret, redact_uri, secret_kind
-from pipelines.sweep.trial import flat_params
+from pipelines.sweep.cell import flat_params
 
 TOKEN = "tok-" + "5f0c2a9e7b41d3e8a6c0f9b2d4e1a7c3"  # an invented secret, searched for in every output
 PASSWORD = "pw-" + "9d1e7c3b5a0f2e8d"

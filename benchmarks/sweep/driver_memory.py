@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/sweep/driver_memory.py --cells 12 --prompts 200 --out /tmp/dm.json
 
 1. Synthesizes a workdir shaped like a finished paper study (configs/paper.yaml, trimmed to `--cells`):
-   per cell, cells/<cell hash>/ holds what pipelines/sweep/trial.py::run_cell leaves there: the generation
+   per cell, cells/<cell hash>/ holds what pipelines/sweep/cell.py::finish_cell leaves there: the generation
    parts (generations/, generations_safe/: one parquet per 256-prompt backend batch), judged.parquet
    (`--prompts` unsafe prompts, 315 per eval language in the paper: 2,835), judged_safe.parquet (the
    paper's 150 safe prompts per language, scaled with --prompts: 1,350), metrics_tidy.parquet (built by
@@ -363,7 +363,7 @@ def measure(workdir: Path, cells: int, variant: str, step_peaks: bool) -> dict[s
     import pipelines.run as run
     from pipelines.cells import cell_dir, study_cells
     from pipelines.sweep import SweepError
-    from pipelines.sweep.trial import flat_params
+    from pipelines.sweep.cell import flat_params
     from pipelines.translate import DatasetsOutput
 
     store = workdir / "mlflow-runs" / f"{variant}-{'steps' if step_peaks else 'plain'}-{uuid.uuid4().hex[:6]}"

@@ -31,7 +31,7 @@ def _cfg(workdir: Path, overrides: list[str]):
 
 def throughput(n: int, batch_size: int, concurrency: int) -> dict:
     from pipelines.layout import Workdir
-    from pipelines.translate import build_datasets, plan
+    from pipelines.translate import build_datasets, plan_jobs
     from pipelines.translate.batch import ALL_COLUMNS, TranslateBatch, job_rows
     from pipelines.translate.segment import split
     from pipelines.translate.translators import make_translator
@@ -43,7 +43,7 @@ def throughput(n: int, batch_size: int, concurrency: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         wd = Path(d)
         cfg = _cfg(wd / "bare", over)
-        rows = [r for j in plan(cfg) for r in job_rows(j)]
+        rows = [r for j in plan_jobs(cfg) for r in job_rows(j)]
         chars = sum(len(r[f]) for r in rows for f in ("instruction", "input", "output", "prompt")
                     if r["lang"] != r["src_lang"])
         out["chars"] = chars

@@ -5,7 +5,7 @@ fine-tuned cell, hidden-state drift against its base model.
 
 ``evaluate_cell`` is a pure function of (config, cell, weights, data): it returns the cell's evaluation
 and writes nothing but its resumable generation parts under the scratch directory it is given. Caching,
-MLflow and the cell's manifest are the sweep's: `finish_cell` in pipelines/sweep/trial.py, run by the
+MLflow and the cell's manifest are the sweep's: `finish_cell` in pipelines/sweep/cell.py, run by the
 evaluation workers of pipelines/sweep/evaluation.py. Given the worker's ``EvalSession`` it answers, scores and measures drift with the
 worker's one copy of the base model (the cell's adapter switched in) and the worker's judges; without one it makes its own."""
 

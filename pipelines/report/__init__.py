@@ -1,4 +1,4 @@
-"""Report: from a sweep's tidy metrics table (pipelines.evaluate.measure.write_sweep_tidy) to a
+"""Report: from a sweep's tidy metrics table (pipelines.sweep.tidy.write_sweep_tidy) to a
 self-contained HTML report with its findings, the figures as PNG and SVG and every table as CSV and
 Parquet, written atomically to reports/<study hash>/ and logged to the sweep's parent MLflow run.
 
@@ -22,7 +22,6 @@ from cluster.storage import atomic_dir, read_json, read_manifest, workdir_lock, 
 from cluster.tracking import tracking_uri
 from pipelines.cells import cell_dir, study_cells, study_hashes
 from pipelines.errors import DataError
-from pipelines.evaluate.measure import write_sweep_tidy
 from pipelines.layout import Workdir
 from pipelines.report import figures as figs
 from pipelines.report import findings as fnd
@@ -31,6 +30,7 @@ from pipelines.report import tables as tb
 from pipelines.report.html import FigureOut, Skipped, page
 from pipelines.report.provenance import minimal_context, redact_uri, study_context
 from pipelines.report.summary import summary
+from pipelines.sweep.tidy import write_sweep_tidy
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""A cell's two halves and their MLflow record. The Ray Tune trial fine-tunes a cell (``train_cell``: the
-cell's nested MLflow run is opened there, so the training steps land in it); the evaluation stage
+"""One cell in the sweep: its two halves and their MLflow record. The Ray Tune trial (``trial``) fine-tunes
+a cell (``train_cell``: the cell's nested MLflow run is opened there, so the training steps land in it); the
+evaluation stage
 (evaluation.py) then evaluates it in the worker that holds its base model (``finish_cell``), writes its
 outputs, logs them to the same run, and writes cells/<hash>/manifest.json last, which marks the cell done.
 A cell finished by an earlier sweep is logged again from its manifest (``relog_cell``)."""
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,43 +16,31 @@ from cluster import progress
 from cluster.connect import placement
 from cluster.storage import read_json, read_manifest, write_json_atomic, write_manifest, write_parquet_atomic
 from cluster.tracking import point_mlflow
-from pipelines.cells import Cell, cell_dir, checkpoint_dir
+from pipelines.cells import Cell, Study
 from pipelines.config import StudyConfig
 from pipelines.evaluate import CellEvaluation, EvalSession, Weights, evaluate_cell
 from pipelines.evaluate.stats import is_number
 from pipelines.finetune import finetune_cell
 from pipelines.finetune.checkpoints import trained_weights
 from pipelines.hashing import stable_hash
-from pipelines.layout import Workdir
 from pipelines.registries.model_store import model_dir
 from pipelines.registry import import_modules
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Tracking", "cell_dir", "finish_cell", "flat_params", "log_cell_artifacts", "relog_cell", "train_cell",
-           "trial"]
+__all__ = ["cell_weights", "finish_cell", "flat_params", "log_cell_artifacts", "relog_cell", "train_cell", "trial"]
 
 RUN_FILE = "run.json"  # cells/<hash>/run.json: the cell's MLflow run, opened by whichever half ran first
 
 
-@dataclass
-class Tracking:
-    uri: str
-    experiment_id: str
-    parent_run_id: str | None
-
-
-def trial(params: dict[str, Any], cfg_json: dict[str, Any], workdir: str, ds_path: str, ds_hash: str,
-          tracking: dict[str, Any]) -> None:
+def trial(params: dict[str, Any], study_json: dict[str, Any]) -> None:
     """A Ray Tune trial (a driver function in its own worker): one cell's fine-tune, its training figures
     reported to Tune. Evaluation happens later, in the worker that holds the cell's base model."""
     from ray import tune
 
-    cfg = StudyConfig.model_validate(cfg_json)
-    import_modules(cfg.import_modules)  # the user's modules register their components in this worker too
-    cell = Cell(**params["cell"])
-    info = train_cell(cfg, cell, Workdir(Path(workdir)), Path(ds_path), ds_hash, Tracking(**tracking),
-                      tune_session=True)
+    study = Study.from_json(study_json)
+    import_modules(study.cfg.import_modules)  # the user's modules register their components in this worker too
+    info = train_cell(study, Cell(**params["cell"]), tune_session=True)
     tune.report({"done": 1, **{k.replace("/", "_"): v for k, v in train_metrics(info).items()}})
 
 
@@ -72,9 +60,12 @@ def flat_params(cfg: StudyConfig, cell: Cell) -> dict[str, str]:
     return out
 
 
-def _start_run(cfg: StudyConfig, cell: Cell, out: Path, tracking: Tracking) -> Any:
+def _start_run(study: Study, cell: Cell, out: Path) -> Any:
     """The cell's nested MLflow run: the one an earlier half opened (cells/<hash>/run.json), or a new one."""
     import mlflow
+
+    tracking = study.tracking
+    assert tracking is not None, "a running study has a tracking store"
 
     point_mlflow(tracking.uri)
     # The store is named by a hash: a URI may carry a password, which no file may hold.
@@ -87,23 +78,22 @@ def _start_run(cfg: StudyConfig, cell: Cell, out: Path, tracking: Tracking) -> A
     run = mlflow.start_run(run_name=cell.id, experiment_id=tracking.experiment_id,
                            parent_run_id=tracking.parent_run_id, nested=tracking.parent_run_id is not None,
                            tags=tags)
-    mlflow.log_params(flat_params(cfg, cell))
+    mlflow.log_params(flat_params(study.cfg, cell))
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / RUN_FILE, {"run_id": run.info.run_id, "store": store,
                                        "parent_run_id": tracking.parent_run_id})
     return run
 
 
-def train_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_hash: str, tracking: Tracking,
-               tune_session: bool = False) -> dict[str, Any]:
+def train_cell(study: Study, cell: Cell, tune_session: bool = False) -> dict[str, Any]:
     """Fine-tunes a cell (unless its checkpoint exists) with its steps logged to the cell's MLflow run;
     returns the checkpoint's manifest."""
-    out = cell_dir(wd, cfg, cell, ds_hash)
-    ckpt = checkpoint_dir(wd, cfg, cell, ds_hash)
-    progress_file = wd.progress() / f"{out.name}.json"
-    with _start_run(cfg, cell, out, tracking) as run, progress.for_cell(progress_file, cell.id):
+    out = study.cell_dir(cell)
+    progress_file = study.wd.progress() / f"{out.name}.json"
+    with _start_run(study, cell, out) as run, progress.for_cell(progress_file, cell.id):
         progress.update("finetune")
-        return finetune_cell(cfg, cell, model_dir(cell.model), ds_path, ckpt, tracking.uri, run.info.run_id,
+        return finetune_cell(study.cfg, cell, model_dir(cell.model), study.ds_path, study.checkpoint_dir(cell),
+                             study.tracking.uri, run.info.run_id,
                              tune_session=tune_session,
                              loop_extras={"progress": str(progress_file), "cell_id": cell.id})
 
@@ -119,33 +109,32 @@ def train_metrics(info: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def cell_weights(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_hash: str) -> tuple[Weights, dict[str, Any]]:
+def cell_weights(study: Study, cell: Cell) -> tuple[Weights, dict[str, Any]]:
     """What a cell answers with, and its training record (empty for the base model)."""
     base = model_dir(cell.model)
     if cell.is_base:
         return Weights(base, base), {}
-    ckpt = checkpoint_dir(wd, cfg, cell, ds_hash)
+    ckpt = study.checkpoint_dir(cell)
     info = read_manifest(ckpt)
     if info is None:
         raise FileNotFoundError(f"cell {cell.id} has no finished fine-tune at {ckpt}; rerun with --resume")
-    trained_dir, adapter = trained_weights(ckpt, cfg.finetune.method)
+    trained_dir, adapter = trained_weights(ckpt, study.cfg.finetune.method)
     return Weights(base, trained_dir or base, adapter), info
 
 
-def finish_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_hash: str, tracking: Tracking,
-                session: EvalSession | None = None) -> dict[str, Any]:
+def finish_cell(study: Study, cell: Cell, session: EvalSession | None = None) -> dict[str, Any]:
     """Evaluates a trained cell (with the worker's session), writes and logs its outputs, and writes its
     manifest last. A cell that already has one is only logged again."""
     import mlflow
 
-    out = cell_dir(wd, cfg, cell, ds_hash)
+    out = study.cell_dir(cell)
     if read_manifest(out) is not None:
-        return relog_cell(cfg, cell, wd, ds_hash, tracking)
-    weights, train_info = cell_weights(cfg, cell, wd, ds_hash)
-    progress_file = wd.progress() / f"{out.name}.json"
-    with _start_run(cfg, cell, out, tracking) as run, progress.for_cell(progress_file, cell.id):
+        return relog_cell(study, cell)
+    weights, train_info = cell_weights(study, cell)
+    progress_file = study.wd.progress() / f"{out.name}.json"
+    with _start_run(study, cell, out) as run, progress.for_cell(progress_file, cell.id):
         t0 = time.time()
-        ev = evaluate_cell(cfg, cell, weights, ds_path, out, session=session)
+        ev = evaluate_cell(study.cfg, cell, weights, study.ds_path, out, session=session)
         metrics = ev.metrics | train_metrics(train_info) | ev.timing | {"time/evaluate_s": time.time() - t0}
         log.info("cell %s: %s", cell.id, ", ".join(f"{k.split('/')[1]} {v:.0f}s" for k, v in metrics.items()
                                                   if k.startswith("time/")))
@@ -157,8 +146,7 @@ def finish_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_has
                            for key in ("mode", "route")})
         _write_outputs(ev, out)
         mlflow.log_metrics(metrics)
-        ckpt = None if cell.is_base else checkpoint_dir(wd, cfg, cell, ds_hash)
-        log_cell_artifacts(out, ckpt)
+        log_cell_artifacts(out, None if cell.is_base else study.checkpoint_dir(cell))
         manifest = write_manifest(out, cell=cell.to_dict(), cell_id=cell.id, cell_hash=out.name, metrics=metrics,
                                   compliance=ev.compliance.to_dicts(), mlflow_run_id=run.info.run_id,
                                   train=train_info,
@@ -167,23 +155,24 @@ def finish_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_path: Path, ds_has
     return manifest | {"reused": False}
 
 
-def relog_cell(cfg: StudyConfig, cell: Cell, wd: Workdir, ds_hash: str, tracking: Tracking) -> dict[str, Any]:
+def relog_cell(study: Study, cell: Cell) -> dict[str, Any]:
     """A cell finished by an earlier sweep: a nested run in this sweep too (its cached numbers), so a study
     pointed at a new tracking store shows every cell there. No model, no Ray."""
     import mlflow
 
-    out = cell_dir(wd, cfg, cell, ds_hash)
+    out, tracking = study.cell_dir(cell), study.tracking
     done = read_manifest(out)
     assert done is not None, f"relog_cell on an unfinished cell {cell.id}"
+    assert tracking is not None, "a running study has a tracking store"
     point_mlflow(tracking.uri)
     tags = {"safedrift.cell": cell.id, "safedrift.model": cell.model, "safedrift.ft_lang": cell.ft_lang,
             "safedrift.cell_hash": out.name, "safedrift.reused": "true"}
     with mlflow.start_run(run_name=cell.id, experiment_id=tracking.experiment_id,
                           parent_run_id=tracking.parent_run_id, nested=tracking.parent_run_id is not None,
                           tags=tags):
-        mlflow.log_params(flat_params(cfg, cell))
+        mlflow.log_params(flat_params(study.cfg, cell))
         mlflow.log_metrics(done["metrics"])
-        log_cell_artifacts(out, None if cell.is_base else checkpoint_dir(wd, cfg, cell, ds_hash))
+        log_cell_artifacts(out, None if cell.is_base else study.checkpoint_dir(cell))
     return done | {"reused": True}
 
 

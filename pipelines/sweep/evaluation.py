@@ -12,18 +12,16 @@ A task that fails leaves the cells it finished done (each has its manifest); a r
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-from pipelines.cells import Cell
+from pipelines.cells import Cell, Study
 from pipelines.config import StudyConfig
 from pipelines.errors import SweepError
 from pipelines.evaluate import EvalSession
 from pipelines.evaluate.judges import make_judge
-from pipelines.layout import Workdir
 from pipelines.registry import import_modules
+from pipelines.sweep.cell import finish_cell
 from pipelines.sweep.resources import check_cluster, evaluation_needs
-from pipelines.sweep.trial import Tracking, finish_cell
 
 log = logging.getLogger(__name__)
 
@@ -64,33 +62,31 @@ def by_model(cells: list[Cell]) -> dict[str, list[Cell]]:
     return {m: sorted(cs, key=lambda c: not c.is_base) for m, cs in groups.items()}
 
 
-def evaluate_model(cfg_json: dict[str, Any], workdir: str, ds_path: str, ds_hash: str, tracking: dict[str, Any],
-                   cells: list[dict[str, Any]]) -> list[str]:
+def evaluate_model(study_json: dict[str, Any], cells: list[dict[str, Any]]) -> list[str]:
     """In the evaluation worker: every given cell of one base model, with one session (one model copy,
     the judges made once). Returns the ids of the cells it finished."""
-    cfg = StudyConfig.model_validate(cfg_json)
-    import_modules(cfg.import_modules)  # the user's modules register their components in this worker too
-    wd, track = Workdir(Path(workdir)), Tracking(**tracking)
-    session = EvalSession(cfg.generate.threads)
+    study = Study.from_json(study_json)
+    import_modules(study.cfg.import_modules)  # the user's modules register their components in this worker too
+    session = EvalSession(study.cfg.generate.threads)
     done = []
     try:
         for c in cells:
             cell = Cell(**c)
-            finish_cell(cfg, cell, wd, Path(ds_path), ds_hash, track, session)
+            finish_cell(study, cell, session)
             done.append(cell.id)
     finally:
         session.close()
     return done
 
 
-def run_evaluation(cfg: StudyConfig, wd: Workdir, ds_path: Path, ds_hash: str, tracking: Tracking,
-                   cells: list[Cell]) -> None:
+def run_evaluation(study: Study, cells: list[Cell]) -> None:
     """One evaluation task per base model, all submitted at once: Ray runs as many side by side as the
     cluster holds workers of ``worker_resources``."""
     import ray
 
     if not cells:
         return
+    cfg = study.cfg
     groups = by_model(cells)
     check_cluster(cfg, train=False)  # a worker no node can hold would wait forever
     # A judge that is a service (the Serve application other teams call) is up before any worker asks.
@@ -100,8 +96,7 @@ def run_evaluation(cfg: StudyConfig, wd: Workdir, ds_path: Path, ds_hash: str, t
     log.info("evaluation: %d cell(s) of %d model(s), one worker per model holding %s", len(cells), len(groups),
              ", ".join(f"{k}={v}" for k, v in worker_resources(cfg).items()))
     refs = {evaluation_task(cfg, f"evaluate-{model}").remote(
-                cfg.model_dump(mode="json"), str(wd.root), str(ds_path), ds_hash, tracking.__dict__,
-                [c.to_dict() for c in cs]): model for model, cs in groups.items()}
+                study.to_json(), [c.to_dict() for c in cs]): model for model, cs in groups.items()}
     failed: list[str] = []
     pending = list(refs)
     while pending:
@@ -114,7 +109,7 @@ def run_evaluation(cfg: StudyConfig, wd: Workdir, ds_path: Path, ds_hash: str, t
             log.error("evaluating %s failed: %s", model, _first_line(exc))
             failed.append(model)
     if failed:
-        raise SweepError(f"evaluation failed for model(s) {', '.join(failed)}; see {wd.logs()} for the "
+        raise SweepError(f"evaluation failed for model(s) {', '.join(failed)}; see {study.wd.logs()} for the "
                          "worker's error, then rerun with --resume (finished cells are kept)")
 
 

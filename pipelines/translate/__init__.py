@@ -37,7 +37,7 @@ from pipelines.config import StudyConfig
 from pipelines.hashing import stable_hash
 from pipelines.layout import Workdir
 from pipelines.translate.batch import ALL_COLUMNS, CacheMiss, TranslateBatch, job_rows
-from pipelines.translate.plan import Job, Plan, datasets_key, plan, translator_options, translators_used
+from pipelines.translate.plan import Job, Plan, datasets_key, plan_jobs, translator_options, translators_used
 from pipelines.translate.splits import (
     COLUMNS,
     EXTRA_COLUMNS,
@@ -49,7 +49,7 @@ from pipelines.translate.splits import (
 )
 from pipelines.translate.translators import TRANSLATORS
 
-__all__ = ["DatasetsOutput", "Plan", "build_datasets", "datasets_key", "plan", "read_split"]
+__all__ = ["DatasetsOutput", "Plan", "build_datasets", "datasets_key", "plan_jobs", "read_split"]
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,13 @@ def actor_resources(cfg: StudyConfig, translators: list[str], n_batches: int | N
     return {"concurrency": max(1, min(want, cap)), "num_cpus": num_cpus, "num_gpus": num_gpus}
 
 
-def build_datasets(cfg: StudyConfig, workdir: Workdir | Path, *, force_ray: bool = False) -> DatasetsOutput:
-    """Build (or reuse) the translated data sets for `cfg` under <workdir>/datasets/<hash>."""
+def build_datasets(cfg: StudyConfig, workdir: Workdir | Path, *, jobs: Plan | None = None,
+                   force_ray: bool = False) -> DatasetsOutput:
+    """Build (or reuse) the translated data sets for `cfg` under <workdir>/datasets/<hash>; `jobs`: the
+    study's translation plan when the caller has made it (planning loads every data set)."""
 
     t0 = time.time()
-    jobs = plan(cfg)
+    jobs = plan_jobs(cfg) if jobs is None else jobs
     key = datasets_key(cfg, jobs)
     digest = stable_hash(key)
     wd = Workdir.of(workdir)

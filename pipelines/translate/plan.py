@@ -64,7 +64,7 @@ def _sample(rows: list[dict[str, Any]], n: int, seed: int) -> datasets.Rows:
     return datasets.Rows([rows[i] for i in picked], getattr(rows, "malformed", []))
 
 
-def plan(cfg: StudyConfig) -> Plan:
+def plan_jobs(cfg: StudyConfig) -> Plan:
     """Every (split, language[, source]) job with its route, planned before any work so that a language
     without a route fails at once, naming what is available."""
     bd, ed = cfg.data.benign, cfg.data.eval

@@ -1,4 +1,4 @@
-"""Synthetic sweep-level tidy tables (the shape pipelines.evaluate.measure.write_sweep_tidy writes), with every
+"""Synthetic sweep-level tidy tables (the shape pipelines.sweep.tidy.write_sweep_tidy writes), with every
 number chosen by the test, so the report's findings can be checked against known answers."""
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ from pipelines.evaluate.measure import (
     Tidy,
     add_safety_rows,
     compliance_by_lang,
-    write_sweep_tidy,
 )
 from pipelines.layout import Workdir
 from pipelines.report import write_report
+from pipelines.sweep.tidy import write_sweep_tidy
 
 TEXTS = ["prompt", "response", "response_en", "prompt_judge"]
 LANGS = ["en", "es", "zh"]

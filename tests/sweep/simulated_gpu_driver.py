@@ -69,16 +69,16 @@ def main(workdir: Path, out: Path, empty_gpu_group: bool = False) -> None:
         ray.shutdown()  # the in-process evaluation below runs without any Ray
 
         from cluster.storage import read_manifest
-        from pipelines.cells import checkpoint_dir
+        from pipelines.cells import Study, checkpoint_dir
         from pipelines.evaluate import evaluate_cell
         from pipelines.layout import Workdir
-        from pipelines.sweep.trial import cell_weights
+        from pipelines.sweep.cell import cell_weights
 
         wd = Workdir(workdir)
         ds_hash = result.datasets_path.name  # datasets/<datasets hash>
         in_process, train = {}, {}
         for c in study_cells(cfg):
-            weights, _ = cell_weights(cfg, c, wd, ds_hash)
+            weights, _ = cell_weights(Study(cfg, wd, ds_hash, result.study_hash), c)
             ev = evaluate_cell(cfg, c, weights, result.datasets_path, workdir / "inprocess" / c.id)
             in_process[c.id] = ev.metrics
             if not c.is_base:

@@ -106,8 +106,7 @@ def seed_workdir(src: Path, dest: Path, cfg, *, checkpoints: list, cells: list) 
     """Copies what the session's smoke study already computed into a new workdir: the data sets (eval
     suite included) and translation cache (content-addressed, so identical for the same smoke config), the fine-tuned
     weights of `checkpoints` and the finished outputs of `cells`. Returns the data sets' hash."""
-    from pipelines.cells import cell_dir, train_hash
-    from pipelines.run import study_hashes
+    from pipelines.cells import cell_dir, study_hashes, train_hash
 
     ds_hash, _ = study_hashes(cfg)
     dest.mkdir(parents=True, exist_ok=True)

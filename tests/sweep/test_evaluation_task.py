@@ -12,18 +12,17 @@ from pathlib import Path
 
 import ray.cloudpickle
 
-from pipelines.cells import study_cells
+from cluster.tracking import Tracking
+from pipelines.cells import Study, study_cells
 from pipelines.layout import Workdir
 from pipelines.presets import load_config
 from pipelines.sweep import evaluation
-from pipelines.sweep.trial import Tracking
 
 # The stand-in travels by value: workers cannot import this test module.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def record_environment(cfg_json: dict, workdir: str, ds_path: str, ds_hash: str, tracking: dict,
-                       cells: list[dict]) -> list[str]:
+def record_environment(study_json: dict, cells: list[dict]) -> list[str]:
     """In the evaluation task: what vLLM would read there, and whether this is an actor (it is not)."""
     import ray
 
@@ -31,15 +30,15 @@ def record_environment(cfg_json: dict, workdir: str, ds_path: str, ds_hash: str,
     out = {"VLLM_WORKER_MULTIPROC_METHOD": os.environ.get("VLLM_WORKER_MULTIPROC_METHOD"),
            "actor": ctx.get_actor_id() is not None, "task": ctx.get_task_id() is not None, "pid": os.getpid(),
            "cells": [c["model"] for c in cells]}
-    (Path(workdir) / f"env-{os.getpid()}.json").write_text(json.dumps(out))
+    (Path(study_json["workdir"]) / f"env-{os.getpid()}.json").write_text(json.dumps(out))
     return []
 
 
 def test_the_evaluation_task_runs_with_vllm_set_to_spawn(ray_cluster, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(evaluation, "evaluate_model", record_environment)
     cfg = load_config("smoke", [f"workdir={tmp_path}"])
-    evaluation.run_evaluation(cfg, Workdir(tmp_path), tmp_path, "h", Tracking("file:///x", "0", None),
-                              study_cells(cfg))
+    study = Study(cfg, Workdir(tmp_path), "h", "s", tmp_path, Tracking("file:///x", "0", None))
+    evaluation.run_evaluation(study, study_cells(cfg))
     seen = [json.loads(p.read_text()) for p in tmp_path.glob("env-*.json")]
     assert len(seen) == len({c.model for c in study_cells(cfg)}) >= 1
     for env in seen:

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.layout import Workdir, data_dir
 from pipelines.presets import load_config
-from pipelines.translate import build_datasets, plan, read_split
+from pipelines.translate import build_datasets, plan_jobs, read_split
 from pipelines.translate.batch import ALL_COLUMNS, TranslateBatch, job_rows
 from pipelines.translate.translators import TRANSLATORS, NoRouteError, Translator
 
@@ -56,7 +56,7 @@ def _warm(cfg, workdir: Path) -> int:
     """Run the actor's batch code in-process over every row (all splits mixed in one batch);
     returns how many segments the translator was asked for."""
     CountingUpper.asked.clear()
-    rows = [r for j in plan(cfg) for r in job_rows(j)]
+    rows = [r for j in plan_jobs(cfg) for r in job_rows(j)]
     cols = {c: [r[c] for r in rows] for c in ALL_COLUMNS}
     TranslateBatch(str(Workdir.open(workdir).translation_cache()), {}, cfg.translate.qa.model_dump(), 0).process(cols)
     return sum(CountingUpper.asked)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.presets import load_config
-from pipelines.translate import plan
+from pipelines.translate import plan_jobs
 from pipelines.translate.translators import NoRouteError
 
 
@@ -18,7 +18,7 @@ def _jobs(kind: str, jobs) -> dict[tuple[str, str], object]:
 
 def test_laptop_safe_prompts_reach_every_eval_language(tmp_path: Path) -> None:
     cfg = load_config("laptop", [f"workdir={tmp_path}"])
-    jobs = plan(cfg)
+    jobs = plan_jobs(cfg)
     safe = _jobs("eval_safe", jobs)
     # XSTest through Apertium into es and pt (via es); OASST's human translations into es and zh.
     assert set(safe) == {(lang, src) for lang in ("en", "es", "pt") for src in ("xstest_safe", "hplt_oasst")} | {
@@ -36,7 +36,7 @@ def test_laptop_safe_prompts_reach_every_eval_language(tmp_path: Path) -> None:
 
 def test_heldout_benign_rows_follow_the_finetuning_rows(tmp_path: Path) -> None:
     cfg = load_config("laptop", [f"workdir={tmp_path}", "data.benign.n=5", "evaluate.n_benign_ppl=3"])
-    jobs = plan(cfg)
+    jobs = plan_jobs(cfg)
     ft = {j.lang: j for j in jobs if j.kind == "benign"}
     held = {j.lang: j for j in jobs if j.kind == "benign_heldout"}
     assert set(held) == {"en", "es", "pt", "zh"} and all(len(j.rows) == 3 for j in held.values())
@@ -44,7 +44,7 @@ def test_heldout_benign_rows_follow_the_finetuning_rows(tmp_path: Path) -> None:
     for lang in ("en", "es", "zh"):
         assert not {r["id"] for r in held[lang].rows} & {r["id"] for r in ft[lang].rows}
     assert [h.tgt for h in held["pt"].route] == ["es", "pt"]
-    none = plan(load_config("laptop", [f"workdir={tmp_path}", "evaluate.n_benign_ppl=0"]))
+    none = plan_jobs(load_config("laptop", [f"workdir={tmp_path}", "evaluate.n_benign_ppl=0"]))
     assert not [j for j in none if j.kind == "benign_heldout"]
 
 
@@ -52,6 +52,6 @@ def test_a_language_without_safe_prompts_fails_before_any_work(tmp_path: Path) -
     cfg = load_config("laptop", [f"workdir={tmp_path}", "data.eval.safe=[xstest_safe]"])
     with pytest.raises(NoRouteError, match=r"no over-refusal prompts for eval language\(s\) \['zh'\].*hplt_oasst"
                                            r".*data\.eval\.n_safe=0"):
-        plan(cfg)
-    off = plan(load_config("laptop", [f"workdir={tmp_path}", "data.eval.safe=[xstest_safe]", "data.eval.n_safe=0"]))
+        plan_jobs(cfg)
+    off = plan_jobs(load_config("laptop", [f"workdir={tmp_path}", "data.eval.safe=[xstest_safe]", "data.eval.n_safe=0"]))
     assert not [j for j in off if j.kind == "eval_safe"] and not off.skipped
