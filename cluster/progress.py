@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from cluster.storage import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,7 @@ def update(stage: str, done: int | None = None, total: int | None = None) -> Non
     path, cell_id = sink
     record = {"cell": cell_id, "stage": stage, "done": done, "total": total, "updated": time.time()}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(record), fsync=False)
     except OSError as exc:  # progress is a courtesy: never fail a cell over it
         log.debug("could not write progress to %s: %s", path, exc)
 

@@ -84,24 +84,39 @@ def fsync_tree(root: Path) -> None:
         fsync_path(Path(dirpath))
 
 
-def write_text_atomic(path: Path, text: str, fsync: bool = True) -> None:
-    """Atomic against a killed process (the rename); `fsync` adds durability against a power cut (the
-    file before the rename, its directory after), at a cost that small cache entries may skip."""
+@contextlib.contextmanager
+def atomic_file(path: Path, fsync: bool = True) -> Iterator[Path]:
+    """The one way a file is written whole or not at all: the caller writes the temporary path this
+    yields (a hidden name in the same directory), which then replaces `path` in one rename; on an error
+    it is removed and `path` left as it was. Atomic against a killed process (the rename); `fsync` adds
+    durability against a power cut (the file before the rename, its directory after), at a cost that
+    small cache entries may skip."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
+        yield tmp
+        if fsync:
+            fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            tmp.unlink()
         raise
     if fsync:
         fsync_path(path.parent)
+
+
+def write_text_atomic(path: Path, text: str, fsync: bool = True) -> None:
+    """`text` to `path` whole or not at all (atomic_file)."""
+    with atomic_file(path, fsync) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(path: Path, blob: bytes, fsync: bool = True) -> None:
+    with atomic_file(path, fsync) as tmp:
+        tmp.write_bytes(blob)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -115,17 +130,8 @@ def read_json(path: Path) -> Any:
 def write_parquet_atomic(df: Any, path: Path) -> None:
     """A polars DataFrame to `path`, via a hidden temporary name in the same directory, flushed to disk
     before the rename (a part file that exists is whole, even after a power cut)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         df.write_parquet(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_path(path.parent)
 
 
 # ---- replacing a directory ----------------------------------------------------------------------------

@@ -102,9 +102,8 @@ class Workdir:
         return self.root / "datasets" / datasets_hash
 
     def translation_cache(self) -> Path:
-        """SAFEDRIFT_CACHE/translation_cache when set (shared across workdirs), else <workdir>/translation_cache."""
-        shared = env("CACHE")
-        return (Path(shared) if shared else self.root) / "translation_cache"
+        """The workdir's translation cache (`translation_cache`)."""
+        return translation_cache(self.root)
 
     def checkpoint(self, train_hash: str) -> Path:
         return self.root / "checkpoints" / train_hash
@@ -153,6 +152,16 @@ class Workdir:
 
 def models_cache() -> Path:
     return cache_root() / "models"
+
+
+def translation_cache(workdir: Path | None = None) -> Path:
+    """The one translation cache, one file per translated segment: SAFEDRIFT_CACHE/translation_cache when
+    SAFEDRIFT_CACHE is set (shared by every workdir and the judges); else <workdir>/translation_cache, or,
+    for work with no workdir (the judge's back-translation in the judge service, its label sets), the user's
+    <cache>/translation_cache."""
+    if env("CACHE") or workdir is None:
+        return cache_root() / "translation_cache"
+    return workdir / "translation_cache"
 
 
 def judges_cache() -> Path:

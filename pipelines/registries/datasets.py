@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from cluster.storage import write_bytes_atomic
 from pipelines.errors import DataError
 from pipelines.hashing import file_sha256
 from pipelines.layout import data_dir, downloads_cache
@@ -107,10 +108,7 @@ def fetch_files(spec: DatasetSpec, root: Path) -> Path:
         if digest != sha:
             raise DataError(f"data set '{spec.name}': {raw} has sha256 {digest}, the registry expects {sha}; "
                             "the upstream file changed: restore the mirror copy (SAFEDRIFT_DATA_DIR)")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".part")
-        tmp.write_bytes(blob)
-        tmp.replace(target)
+        write_bytes_atomic(target, blob)
     return root / spec.path
 
 

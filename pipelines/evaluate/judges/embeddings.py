@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from cluster.storage import atomic_file
 from pipelines.errors import BackendMissingError
 from pipelines.layout import judges_cache
 from pipelines.registries.models import package_file
@@ -107,11 +108,8 @@ class EmbeddingCache:
         return v if v.shape == (DIM,) else None
 
     def put(self, text: str, vec: np.ndarray) -> None:
-        path = self._path(text)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
-        np.save(tmp, np.asarray(vec, dtype=np.float32))
-        tmp.replace(path)
+        with atomic_file(self._path(text), fsync=False) as tmp, tmp.open("wb") as fh:
+            np.save(fh, np.asarray(vec, dtype=np.float32))
 
 
 def embed(encoder: Encoder, texts: Sequence[str], cache: EmbeddingCache | None = None,

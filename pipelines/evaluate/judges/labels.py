@@ -35,7 +35,7 @@ from pipelines.errors import DataError, NoRouteError
 from pipelines.evaluate.judges import OUTCOMES, JudgeItem, label_of, outcome_of
 from pipelines.evaluate.user_sets import read_jsonl
 from pipelines.hashing import file_sha256
-from pipelines.layout import cache_root, data_dir
+from pipelines.layout import data_dir, translation_cache
 from pipelines.registries import datasets
 from pipelines.translate.batch import TranslateBatch
 from pipelines.translate.translators import Hop, plan_route, route_name
@@ -137,7 +137,7 @@ def _opening(text: str, n: int = MT_CHARS) -> str:
 def translate_cached(texts: list[str], route: list[Hop]) -> list[str]:
     """Texts through a route of translator hops, segment by segment with the translation cache."""
 
-    tb = TranslateBatch(str(cache_root() / "translation_cache"), {}, {})
+    tb = TranslateBatch(str(translation_cache()), {}, {})
     out, _, _ = tb.translate_texts(texts, [{"translator": h.translator, "src": h.src, "tgt": h.tgt} for h in route])
     return out
 

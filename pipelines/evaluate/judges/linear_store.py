@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cluster.storage import atomic_file
 from pipelines.hashing import stable_hash
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,9 @@ def save_linear(path: Path, clf: Any, key: dict[str, Any], fitted: dict[str, Any
     """Writes `clf` (anything with coef_, intercept_, classes_) atomically: a concurrent reader sees the
     old file or the whole new one. Returns the stored model, which predicts what `clf` does."""
     model = LinearModel.of(clf)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}{SUFFIX}")
     header = json.dumps(_header(key, fitted), sort_keys=True)
-    np.savez(tmp, coef=model.coef_, intercept=model.intercept_, classes=model.classes_, header=np.array(header))
-    tmp.replace(path)
+    with atomic_file(path, fsync=False) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, coef=model.coef_, intercept=model.intercept_, classes=model.classes_, header=np.array(header))
     return model
 
 

@@ -32,7 +32,7 @@ from pipelines.evaluate.judges import JUDGES, Judge, JudgeItem, Verdict
 from pipelines.evaluate.judges.form import with_form
 from pipelines.evaluate.judges.labels import check_user_labels
 from pipelines.evaluate.judges.shown import beside, row_for
-from pipelines.layout import cache_root
+from pipelines.layout import translation_cache
 from pipelines.registries.langid import detect_lang
 from pipelines.registries.languages import LANGUAGES
 from pipelines.translate.batch import TranslateBatch
@@ -149,7 +149,7 @@ class Judging:
         self.prefer = list(prefer)
         self.on_unjudgeable = on_unjudgeable
         self.max_failure_rate = max_failure_rate
-        self.cache_dir = cache_dir or cache_root() / "translation_cache"
+        self.cache_dir = cache_dir or translation_cache()
         self.batch_size = batch_size
         self._policies: dict[str, JudgePolicy] = {}
         self._tb: Any = None

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cluster.storage import write_text_atomic
 from pipelines.evaluate.judges import (
     COMPLIED,
     NON_ANSWER,
@@ -224,10 +224,7 @@ def judge_validity(judge: Judge, options: dict[str, Any], langs: Sequence[str], 
     log.info("validating judge %s on %d label sets (%s)", judge.name, len(sets),
              ", ".join(f"{s.lang}/{s.condition}/{s.source}" for s in sets))
     rows = measure(judge, sets, default_judging(judge, back_translate, prefer))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "rows": rows}, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps({"key": key, "rows": rows}, indent=1), fsync=False)
     return rows
 
 
