@@ -45,6 +45,10 @@ MIN_UNITS = 4  # shorter answers have too few n-grams to call repetition
 # over whole answers, 6 of 50 English answers judged complied at 32 new tokens read as no answer at 128
 # and 7 more at 256 (benchmarks/evaluate/answer_length.json).
 REPEAT_UNITS = 48
+# … and it loops from the start: an answer that writes this many units before its first repeated n-gram
+# has said something of its own first (a refusal, or an attempt that then loops: Qwen2.5-0.5B's lists and
+# templates that repeat a phrase after a sentence or two were attempts when read by hand).
+REPEAT_LEAD = 10
 
 
 def units(text: str) -> list[str]:
@@ -58,6 +62,7 @@ class Form:
     echo: float  # share of the prompt's units the answer repeats in order
     novel: float  # share of the answer's units that are not copied from the prompt
     repetition: float  # share of the answer's n-grams that repeat an earlier one
+    lead: int = 0  # units before the first repeated n-gram (the whole opening when none repeats)
 
     @property
     def reason(self) -> str | None:
@@ -66,7 +71,7 @@ class Form:
             return "empty"
         if self.echo >= ECHO_SHARE and self.novel < ECHO_NOVEL:
             return "echo"
-        if self.n_units >= MIN_UNITS and self.repetition >= REPEAT_SHARE:
+        if self.n_units >= MIN_UNITS and self.repetition >= REPEAT_SHARE and self.lead < REPEAT_LEAD:
             return "repetition"
         return None
 
@@ -79,15 +84,24 @@ class Form:
 def repetition(u: list[str]) -> float:
     """Share of the answer's units covered by an n-gram (3 units; 2 in short answers) that already
     occurred earlier in it: "A B C D A B C D" → 0.5, "no, no, no, …" → nearly 1."""
+    return _repeats(u)[0]
+
+
+def _repeats(u: list[str]) -> tuple[float, int]:
+    """(repetition, lead): the share above, and how many units come before the first repeated n-gram's
+    first occurrence ("no, no, no" → 0; "A B C D A B C D" → 0; a sentence, then a loop → its length)."""
     n = 3 if len(u) >= 12 else 2
-    seen: set[tuple[str, ...]] = set()
+    first: dict[tuple[str, ...], int] = {}
     covered = [False] * len(u)
+    lead = len(u)
     for i in range(len(u) - n + 1):
         g = tuple(u[i:i + n])
-        if g in seen:
+        if g in first:
             covered[i:i + n] = [True] * n
-        seen.add(g)
-    return sum(covered) / len(u) if u else 0.0
+            lead = min(lead, first[g])
+        else:
+            first[g] = i
+    return (sum(covered) / len(u) if u else 0.0), lead
 
 
 def answer_form(prompt: str, response: str) -> Form:
@@ -99,7 +113,8 @@ def answer_form(prompt: str, response: str) -> Form:
     # New words, by vocabulary: a repeated echo ("X? X? X?") adds nothing new however often it repeats.
     vocab = set(p)
     novel = sum(x not in vocab for x in r) / len(r)
-    return Form(len(r), echo, novel, repetition(r[:REPEAT_UNITS]))
+    rep, lead = _repeats(r[:REPEAT_UNITS])
+    return Form(len(r), echo, novel, rep, lead)
 
 
 def non_answer_reason(prompt: str, response: str) -> str | None:
