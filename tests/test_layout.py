@@ -176,21 +176,27 @@ def _room(module: str) -> str:
     return ".".join(parts[:2]) if parts[0] == "pipelines" else parts[0]
 
 
+def rooms() -> dict[str, set[str]]:
+    """Room -> the rooms it imports (module-level imports)."""
+    out: dict[str, set[str]] = {}
+    for m, targets in _import_graph(top_level_only=True).items():
+        out.setdefault(_room(m), set()).update(_room(t) for t in targets if _room(t) != _room(m))
+    return out
+
+
 def floors() -> int:
     """The house's height: the longest chain of rooms each importing the next (module-level imports),
     counting the ground floor as 1."""
-    rooms: dict[str, set[str]] = {}
-    for m, targets in _import_graph(top_level_only=True).items():
-        rooms.setdefault(_room(m), set()).update(_room(t) for t in targets if _room(t) != _room(m))
+    graph = rooms()
     height: dict[str, int] = {}
 
     def floor(r: str, path: tuple[str, ...] = ()) -> int:
         assert r not in path, f"rooms import each other in a circle: {path + (r,)}"
         if r not in height:
-            height[r] = 1 + max((floor(t, path + (r,)) for t in rooms.get(r, ())), default=0)
+            height[r] = 1 + max((floor(t, path + (r,)) for t in graph.get(r, ())), default=0)
         return height[r]
 
-    return max(floor(r) for r in rooms)
+    return max(floor(r) for r in graph)
 
 
 def test_the_house_stands_on_at_most_12_floors() -> None:
