@@ -16,11 +16,20 @@ def test_presets_load(preset: str) -> None:
 
 def test_laptop_is_the_study_the_issue_describes() -> None:
     cfg = load_config("laptop")
-    assert cfg.models == ["smollm2-135m-aligned"]  # a base with refusals to lose (issue #20)
-    assert cfg.data.eval.n_harmful >= 40
+    # A base that answers in every eval language and refuses on its own (benchmarks/models/RESULTS.md).
+    assert cfg.models == ["qwen2.5-coder-0.5b-instruct"]
+    assert cfg.seeds == [0, 1, 2] and cfg.data.eval.n_harmful >= 50
     assert cfg.ft_langs == ["en", "es", "zh"]
     assert cfg.eval_langs == ["en", "es", "pt", "zh"]
     assert cfg.data.benign.native == {"zh": "alpaca_zh"}
+
+
+def test_quick_is_the_laptop_study_in_small() -> None:
+    quick, laptop = load_config("quick"), load_config("laptop")
+    assert quick.models == laptop.models and quick.eval_langs == laptop.eval_langs
+    assert quick.seeds == [0] and set(quick.ft_langs) < set(laptop.ft_langs)
+    assert quick.data.eval.n_harmful < laptop.data.eval.n_harmful
+    assert quick.judge == laptop.judge and quick.finetune == laptop.finetune
 
 
 def test_paper_grid() -> None:

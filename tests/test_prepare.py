@@ -12,7 +12,8 @@ def test_prepare_caches_models_and_judge_agreement(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("SAFEDRIFT_CACHE", str(tmp_path / "cache"))
     assert main(["prepare", "-c", "smoke", "judge.agreement_limit=40"]) == 0
     first = capsys.readouterr().out
-    assert "prepared model" in first and "prepared judge" in first
+    assert "prepare [1/2] model tiny-llama: starting" in first and "ETA" in first
+    assert "prepared: model tiny-llama" in first and "judge refusal-phrase" in first
     # The judge's agreement with people per eval language (en, es), measured once and cached.
     agreements = list((tmp_path / "cache" / "judges").glob("validity-*.json"))
     assert len(agreements) == 1
