@@ -44,16 +44,27 @@ class State:
     progress_dir: Path | None = None
     sweep_started: float | None = None
     done_at_start: int = 0
+    # When each cell of this run was first seen done: the pace between completions, not since the sweep
+    # began, estimates the rest (the grid trains every fine-tune before the evaluations finish any cell,
+    # so the time to the first completion is no cell's cost).
+    completed_at: list[float] = field(default_factory=list)
 
     def cells_done(self) -> int:
         return sum((d / "manifest.json").exists() for d in self.cell_manifests)
 
-    def eta(self, done: int) -> float | None:
+    def eta(self, done: int, now: float | None = None) -> float | None:
+        now = time.time() if now is None else now
         total = len(self.cell_manifests)
         ran = done - self.done_at_start
         if self.stage != "sweep" or self.sweep_started is None or ran <= 0 or total == 0:
             return None
-        per_cell = (time.time() - self.sweep_started) / ran
+        while len(self.completed_at) < ran:
+            self.completed_at.append(now)
+        if len(self.completed_at) >= 2:
+            first, last = self.completed_at[0], self.completed_at[-1]
+            per_cell = (last - first) / (len(self.completed_at) - 1)
+            return max(per_cell * (total - done) - (now - last), 0.0)
+        per_cell = (now - self.sweep_started) / ran
         return per_cell * (total - done)
 
     def current(self) -> str:

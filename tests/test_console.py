@@ -73,3 +73,16 @@ def test_console_sends_output_to_the_log_and_shows_progress(tmp_path: Path) -> N
     assert "warning: a cell failed: see its log" in shown  # safedrift's own warnings reach the person
     assert f"log: {console.log_path}" in shown
     assert "cells 1/2" in shown and "c1: generate 5/10" in shown and "ETA" in shown
+
+
+def test_eta_follows_the_pace_between_completed_cells(tmp_path: Path) -> None:
+    # The grid trains every fine-tune first: 30 minutes pass before the first cell completes, then the
+    # evaluations complete one every 150 s. The ETA reads that pace, not 30 minutes a cell.
+    from cluster.console import State
+
+    st = State("t", cell_manifests=[tmp_path / f"c{i}" for i in range(10)], stage="sweep", sweep_started=0.0)
+    assert st.eta(0, now=600.0) is None
+    assert st.eta(1, now=1800.0) == 1800.0 * 9  # one completion: nothing better to go on
+    assert st.eta(2, now=1950.0) == 150.0 * 8
+    assert st.eta(2, now=2000.0) == 150.0 * 8 - 50.0  # the running cell's 50 s are spent
+    assert st.eta(3, now=2100.0) == 150.0 * 7
