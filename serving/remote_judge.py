@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipelines.errors import ConfigError
-from pipelines.evaluate.judges import Judge, JudgeItem, Verdict
+from pipelines.evaluate.judges.base import Judge, JudgeItem, Verdict
 from pipelines.layout import repo_path
 from pipelines.secrets import read_secret
 from serving.auth import load_token

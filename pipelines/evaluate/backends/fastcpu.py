@@ -24,7 +24,7 @@ from typing import Any
 
 from pipelines.config import GenerateConfig
 from pipelines.errors import ConfigError
-from pipelines.evaluate.backends import Backend
+from pipelines.evaluate.backends.base import Backend
 from pipelines.evaluate.backends.transformers import length_batches, prompt_lengths
 from pipelines.evaluate.weights import LoadedModel
 from pipelines.registries.chat import batch_encoding

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import GenerateConfig
-from pipelines.evaluate.backends import Backend
+from pipelines.evaluate.backends.base import Backend
 from pipelines.evaluate.weights import LoadedModel, load_tokenizer
 from pipelines.registries.chat import batch_encoding
 

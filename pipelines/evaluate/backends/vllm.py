@@ -10,7 +10,7 @@ from typing import Any
 
 from pipelines.config import GenerateConfig
 from pipelines.errors import BackendMissingError
-from pipelines.evaluate.backends import Backend
+from pipelines.evaluate.backends.base import Backend
 from pipelines.evaluate.weights import LoadedModel
 from pipelines.registries.chat import chat_template_kwargs, prompt_token_ids, user_turn
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from pipelines.evaluate.judges import NON_ANSWER, REFUSED, JudgeItem, Verdict
+from pipelines.evaluate.judges.base import NON_ANSWER, REFUSED, JudgeItem, Verdict
 from pipelines.evaluate.judges.phrase import RefusalPhraseJudge
 
 # Scripts written without spaces between words: each character is a unit.

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.errors import DataError, NoRouteError
-from pipelines.evaluate.judges import OUTCOMES, JudgeItem, label_of, outcome_of
+from pipelines.evaluate.judges.base import OUTCOMES, JudgeItem, label_of, outcome_of
 from pipelines.evaluate.user_sets import read_jsonl
 from pipelines.hashing import file_sha256
 from pipelines.layout import data_dir, translation_cache

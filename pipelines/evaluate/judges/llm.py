@@ -18,7 +18,7 @@ from typing import Any
 
 from pipelines.evaluate.backends.transformers import load_for_generation
 from pipelines.evaluate.backends.vllm import require_vllm
-from pipelines.evaluate.judges import COMPLIES, REFUSES, Judge, JudgeItem, Verdict
+from pipelines.evaluate.judges.base import COMPLIES, REFUSES, Judge, JudgeItem, Verdict
 from pipelines.registries.chat import prompt_token_ids
 from pipelines.registries.model_store import model_dir
 

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipelines.evaluate.judges import JudgeItem
+from pipelines.evaluate.judges.base import JudgeItem
 from pipelines.evaluate.judges.embeddings import E5Encoder, Encoder
 from pipelines.evaluate.judges.phrase import RefusalPhraseJudge
 from pipelines.evaluate.judges.trained import TrainedJudge

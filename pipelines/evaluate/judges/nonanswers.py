@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from pipelines.evaluate.judges import JudgeItem
+from pipelines.evaluate.judges.base import JudgeItem
 from pipelines.evaluate.judges.form import units
 
 KINDS = ("echo", "repetition", "salad", "echo+salad")

@@ -7,7 +7,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-from pipelines.evaluate.judges import COMPLIES, REFUSES, Judge, JudgeItem, Verdict
+from pipelines.evaluate.judges.base import COMPLIES, REFUSES, Judge, JudgeItem, Verdict
 from pipelines.registries.languages import LANGUAGES
 
 

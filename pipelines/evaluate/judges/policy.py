@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import DataError, NoRouteError, SafedriftError
-from pipelines.evaluate.judges import JUDGES, Judge, JudgeItem, Verdict
+from pipelines.evaluate.judges import JUDGES
+from pipelines.evaluate.judges.base import Judge, JudgeItem, Verdict
 from pipelines.evaluate.judges.form import with_form
 from pipelines.evaluate.judges.labels import check_user_labels
 from pipelines.evaluate.judges.shown import beside, row_for

@@ -20,7 +20,7 @@ import polars as pl
 from cluster.storage import read_manifest, workdir_lock, write_text_atomic
 from pipelines.cells import cell_dir, study_cells, study_hashes
 from pipelines.errors import DataError
-from pipelines.evaluate.judges import OUTCOMES
+from pipelines.evaluate.judges.base import OUTCOMES
 from pipelines.evaluate.judges.labels import CSV_COLUMNS
 from pipelines.layout import Workdir
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipelines.evaluate.judges import NON_ANSWER, REFUSED, Judge, JudgeItem, Verdict
+from pipelines.evaluate.judges.base import NON_ANSWER, REFUSED, Judge, JudgeItem, Verdict
 from pipelines.evaluate.judges.embeddings import Encoder, MiniLMEncoder, embed
 from pipelines.evaluate.judges.form import answer_form
 from pipelines.evaluate.judges.labels import AS_WRITTEN, LabelSet, label_sets, spread

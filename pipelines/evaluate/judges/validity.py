@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from cluster.storage import write_text_atomic
-from pipelines.evaluate.judges import (
+from pipelines.evaluate.judges.base import (
     COMPLIED,
     NON_ANSWER,
     OUTCOMES,

@@ -5,51 +5,26 @@ a route of its own rather than a hop.
 
 The registry names each translator once, lazily, so planning never imports transformers or vLLM; a
 user's translator registers from its own module (``import_modules``) with ``@TRANSLATORS.register``.
-Its constructor's keyword arguments are its ``translate.options.<name>``."""
+Its constructor's keyword arguments are its ``translate.options.<name>``. The base class lives in base.py
+(re-exported here): a translator of this package imports it from there, never from this registry that
+names it."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from pipelines.errors import NoRouteError
-from pipelines.registries.languages import LANGUAGES
 from pipelines.registry import Registry
+from pipelines.translate.translators.base import Translator, all_pairs
 
 REFERENCE = "reference"
 
-
-def all_pairs() -> set[tuple[str, str]]:
-    """Every ordered pair of registered languages: what a many-to-many model translator covers."""
-    codes = LANGUAGES.names()
-    return {(a, b) for a in codes for b in codes if a != b}
-
-
-class Translator(ABC):
-    name: ClassVar[str]
-
-    @classmethod
-    @abstractmethod
-    def pairs(cls) -> set[tuple[str, str]]:
-        """Direct (source, target) pairs this translator can do on this machine."""
-
-    # Whether an actor running this translator should get a GPU when the cluster has one.
-    prefers_gpu: ClassVar[bool] = False
-
-    @classmethod
-    def version(cls) -> str:
-        return "1"
-
-    def cache_version(self) -> str:
-        """What the translation cache keys on besides the text and languages: the class's version plus
-        whatever instance options change the output (the model for model-based translators)."""
-        return self.version()
-
-    @abstractmethod
-    def translate(self, texts: Sequence[str], src: str, tgt: str) -> list[str]: ...
+# Translator and all_pairs re-exported: callers read them from the package.
+__all__ = ["REFERENCE", "TRANSLATORS", "Hop", "IdentityTranslator", "NoRouteError", "Translator", "all_pairs",
+           "make_translator", "plan_route", "route_name"]
 
 
 TRANSLATORS: Registry[type[Translator]] = Registry("translator", {

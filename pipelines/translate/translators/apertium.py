@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Sequence
 
 from pipelines.errors import NoRouteError
-from pipelines.translate.translators import Translator
+from pipelines.translate.translators.base import Translator
 
 _APERTIUM_MODES = {("en", "es"): "eng-spa", ("es", "en"): "spa-eng", ("es", "pt"): "es-pt", ("pt", "es"): "pt-es"}
 _SEP = "\n\n[[[{}]]]\n\n"

@@ -9,7 +9,7 @@ from typing import Any
 from pipelines.errors import BackendMissingError
 from pipelines.layout import model_override
 from pipelines.registries.languages import LANGUAGES
-from pipelines.translate.translators import Translator, all_pairs
+from pipelines.translate.translators.base import Translator, all_pairs
 
 TRANSLATION_PROMPT = (
     "Translate the following text from {src_name} to {tgt_name}. Keep the meaning, the tone and the line "

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pipelines.layout import model_override
 from pipelines.registries.languages import LANGUAGES
-from pipelines.translate.translators import Translator, all_pairs
+from pipelines.translate.translators.base import Translator, all_pairs
 
 
 class Seq2SeqTranslator(Translator):
