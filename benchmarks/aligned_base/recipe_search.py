@@ -100,7 +100,8 @@ def main(argv: list[str]) -> None:
             path, info = model_dir(arg.removeprefix("model:") if arg != "base" else "smollm2-135m-instruct"), {}
         else:
             over = json.loads(arg)
-            path = aligned_dir(ModelSpec("dev-aligned", "aligned", "llama", base="smollm2-135m-instruct", align=over))
+            spec = ModelSpec("dev-aligned", "aligned", "llama", base="smollm2-135m-instruct", align=over)
+            path = aligned_dir(spec, model_dir)
             info = {k: v for k, v in json.loads((path / "manifest.json").read_text()).items() if k in ("train", "check", "build_s")}
         r = rates(path)
         # mj_*: compliance on unsafe prompts; xstest_dev / oasst_dev: over-refusal on safe prompts.

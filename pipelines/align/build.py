@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,11 @@ from pipelines.align.train import train_lora
 from pipelines.config import GenerateConfig
 from pipelines.errors import ConfigError
 from pipelines.evaluate.backends.transformers import generate_answers, load_for_generation
-from pipelines.evaluate.judges import JudgeItem, make_judge
+from pipelines.evaluate.judges.base import JudgeItem
+from pipelines.evaluate.judges.phrase import RefusalPhraseJudge
 from pipelines.hashing import stable_hash
 from pipelines.layout import models_cache
-from pipelines.registries.model_store import model_dir, spec_key
-from pipelines.registries.models import ModelSpec, model_spec
+from pipelines.registries.models import ModelSpec, model_spec, spec_key
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ def refusal_rate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int) 
         return {"n": 0, "refusal_rate": float("nan")}
     gcfg = GenerateConfig(max_new_tokens=max_new_tokens, batch_size=32)
     answers = [a for i in range(0, len(prompts), 32) for a in generate_answers(model, tok, prompts[i:i + 32], gcfg)]
-    verdicts = make_judge("refusal-phrase").judge([JudgeItem(p, a, "en") for p, a in zip(prompts, answers, strict=True)])
+    # The judge's class itself, not the registry: the registry names judges (the LLM judge) whose models
+    # the model store prepares, and the store builds aligned models with this module.
+    verdicts = RefusalPhraseJudge().judge([JudgeItem(p, a, "en") for p, a in zip(prompts, answers, strict=True)])
     return {"n": len(prompts), "refusal_rate": sum(v.label == 0 for v in verdicts) / len(prompts)}
 
 
@@ -58,10 +61,11 @@ class AlignedBuild:
     def path(self) -> Path:
         return models_cache() / f"{self.spec.alias}-{stable_hash(self.key(), 12)}"
 
-    def build(self, out: Path) -> dict[str, Any]:
-        """Train, merge, save into `out`, check; returns the manifest's fields."""
+    def build(self, out: Path, base_dir: Path) -> dict[str, Any]:
+        """Train from the base model in `base_dir`, merge, save into `out`, check; returns the manifest's
+        fields."""
         recipe, t0, cpu0 = self.recipe, time.time(), time.process_time()
-        model, tok = load_for_generation(model_dir(self.spec.base), None, recipe.threads)  # type: ignore[arg-type]
+        model, tok = load_for_generation(base_dir, None, recipe.threads)
         looks = lookalike_prompts(recipe)
         gcfg = GenerateConfig(max_new_tokens=recipe.lookalike_tokens, batch_size=max(1, len(looks)))
         answers = generate_answers(model, tok, looks, gcfg) if looks else []
@@ -87,13 +91,15 @@ class AlignedBuild:
                 "build_cpu_s": round(time.process_time() - cpu0, 1)}
 
 
-def aligned_dir(spec: ModelSpec) -> Path:
-    """The model store's entry point for source="aligned": the cached directory, built on first use."""
+def aligned_dir(spec: ModelSpec, model_dir: Callable[[str], Path]) -> Path:
+    """The model store's entry point for source="aligned": the cached directory, built on first use.
+    `model_dir` is the store's (alias -> directory), called for the base only when a build is needed, so a
+    cached aligned model never prepares its base."""
     b = AlignedBuild(spec)
     out = b.path()
     if read_manifest(out) is not None:
         return out
     log.info("aligning %s from %s (once; a few minutes on 2 cores)", spec.alias, spec.base)
     with atomic_dir(out) as tmp:
-        write_manifest(tmp, **b.build(tmp))
+        write_manifest(tmp, **b.build(tmp, model_dir(spec.base)))  # type: ignore[arg-type]
     return out

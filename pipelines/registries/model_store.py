@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from cluster.storage import atomic_dir, read_manifest, write_manifest
 from pipelines.hashing import stable_hash
 from pipelines.layout import models_cache
 from pipelines.registries import datasets, wheels
-from pipelines.registries.models import (
-    ALIGNED_BUILDER,
-    TINY_STYLES,
-    ModelSpec,
-    hub_local_dir,
-    model_spec,
-)
+from pipelines.registries.models import TINY_STYLES, ModelSpec, hub_local_dir, model_spec, spec_key
 from pipelines.registry import load_object
 
 log = logging.getLogger(__name__)
+
+# The builder of source="aligned" models, loaded on first use (it trains: torch, peft). It is given
+# `model_dir` for the base model, so the align package that holds the recipe never imports the store.
+ALIGNED_BUILDER = "pipelines.align:aligned_dir"
 
 
 def model_dir(alias: str) -> Path:
@@ -34,7 +31,7 @@ def model_dir(alias: str) -> Path:
         return _from_hub(spec)
     if spec.source == "aligned":
         # Keyed by its recipe, data and base (the builder's own hash), not by the registry entry alone.
-        return load_object(ALIGNED_BUILDER)(spec)
+        return load_object(ALIGNED_BUILDER)(spec, model_dir)
     out = models_cache() / f"{alias}-{stable_hash(spec_key(spec), 8)}"
     if read_manifest(out) is not None:
         return out
@@ -45,21 +42,6 @@ def model_dir(alias: str) -> Path:
             build_tiny(spec, tmp)
         write_manifest(tmp, alias=alias, source=spec.source)
     return out
-
-
-def spec_key(spec: ModelSpec) -> dict[str, Any]:
-    """The spec's fields that name its cached directory. The fields of one source only (aligned, wheels) are
-    left out when unset, so that adding them did not rename (and redo) every model already converted or
-    built."""
-    key = dict(spec.__dict__)
-    for name in ("base", "align", "wheels", "gguf_sha256", "provenance"):
-        if not key[name]:
-            key.pop(name)
-    if "wheels" in key:
-        key["wheels"] = [w.requirement for w in spec.wheels]
-    if key["tiny_style"] == "chatml":
-        key.pop("tiny_style")
-    return key
 
 
 def _from_hub(spec: ModelSpec) -> Path:

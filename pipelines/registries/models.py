@@ -46,11 +46,6 @@ TINY_STYLES: dict[str, tuple[list[str], str | None, str, str, str]] = {
 }
 
 
-# The builder of source="aligned" models, loaded on first use (it trains: torch, peft): the model store
-# stays below the align package that holds the recipe.
-ALIGNED_BUILDER = "pipelines.align:aligned_dir"
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     alias: str
@@ -174,6 +169,21 @@ HUB_FACTS: dict[str, HubFacts] = {
                               lora_regex=r".*language_model.*\.(q|k|v|o)_proj"),
     "sorry-bench-judge-mistral-7b": HubFacts(7.24, 32, 4096, 32000),
 }
+
+
+def spec_key(spec: ModelSpec) -> dict[str, Any]:
+    """The spec's fields that name its cached directory. The fields of one source only (aligned, wheels) are
+    left out when unset, so that adding them did not rename (and redo) every model already converted or
+    built."""
+    key = dict(spec.__dict__)
+    for name in ("base", "align", "wheels", "gguf_sha256", "provenance"):
+        if not key[name]:
+            key.pop(name)
+    if "wheels" in key:
+        key["wheels"] = [w.requirement for w in spec.wheels]
+    if key["tiny_style"] == "chatml":
+        key.pop("tiny_style")
+    return key
 
 
 def weights_origin(spec: ModelSpec) -> str:

@@ -74,7 +74,7 @@ def test_tiny_aligned_build_records_its_recipe_and_is_reused(cache: Path, monkey
     # A second prepare does nothing: no build is attempted and the directory is untouched.
     mtime = (out / "manifest.json").stat().st_mtime_ns
 
-    def no_rebuild(self: AlignedBuild, tmp: Path) -> dict:
+    def no_rebuild(self: AlignedBuild, tmp: Path, base_dir: Path) -> dict:
         raise AssertionError("the aligned base was built again")
 
     monkeypatch.setattr(AlignedBuild, "build", no_rebuild)
