@@ -1,6 +1,7 @@
 """The layout a newcomer can live in: one Workdir owns every path, one module reads the environment, the
-project's modules import each other without cycles (imports inside functions counted), the stages import
-each other only as the README's layout says, and the house stands on at most 12 floors."""
+project's modules import each other without cycles (imports inside functions and lazy registry entries
+counted), the stages import each other only as the README's layout says, and the house stands on at most
+12 floors."""
 
 from __future__ import annotations
 
@@ -20,9 +21,16 @@ def _modules() -> dict[str, Path]:
                      else p.relative_to(REPO).with_suffix("").parts): p for p in files}
 
 
+# A registry's lazy entry, "package.module:attr", loaded on first use (pipelines.registry.load_object).
+LAZY_ENTRY = re.compile(r"^((?:pipelines|serving|cluster)(?:\.\w+)*):\w+$")
+
+
 def _import_graph(top_level_only: bool = False) -> dict[str, set[str]]:
     """Module -> the project modules it imports; `top_level_only`: the imports of the module's body alone
-    (those inside functions are read lazily, for heavy optional libraries or a cluster's state)."""
+    (those inside functions are read lazily, for heavy optional libraries or a cluster's state). Otherwise
+    a lazy registry entry (a string "package.module:attr") counts too, as an import of the module it names:
+    the registry loads it on first use, so a plugin that imports the registry naming it is a cycle. A
+    package's __init__ importing its own modules counts like any other import."""
     mods = _modules()
 
     def resolve(name: str) -> str | None:
@@ -37,18 +45,33 @@ def _import_graph(top_level_only: bool = False) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                # `from pkg import sub` needs the submodule alone; `from mod import name`, the module.
+                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                         for a in node.names]
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and (lazy := LAZY_ENTRY.match(node.value))):
+                names = [lazy.group(1)]
             else:
                 continue
             for n in names:
                 t = resolve(n)
-                if t and t != m and not (p.name == "__init__.py" and t.startswith(m + ".")):
+                if t and t != m:
                     graph[m].add(t)
     return graph
 
 
+# The one loop the design holds, left out of the cycle test on purpose: the remote judge (a registry entry)
+# deploys the judge service on the driver when `judge.options.deploy` asks (Judge.prepare), and the service
+# judges with whichever judge its config names, through the registry. Module -> the import left out.
+DEPLOYS_ITS_SERVICE = {"serving.remote_judge": "serving.app"}
+
+
 def test_no_import_cycles() -> None:
+    """Imports inside functions and lazy registry entries counted."""
     graph = _import_graph()
+    for m, t in DEPLOYS_ITS_SERVICE.items():
+        assert t in graph[m], f"{m} no longer imports {t}: drop it from DEPLOYS_ITS_SERVICE"
+        graph[m].discard(t)
     seen: dict[str, int] = {}  # 1 on the stack, 2 done
     cycles: list[list[str]] = []
 
@@ -200,4 +223,6 @@ def floors() -> int:
 
 
 def test_the_house_stands_on_at_most_12_floors() -> None:
+    """Module-level imports only: a lazy registry entry is loaded on first use, not when its registry is
+    imported, so it adds no floor (the cycle test follows it)."""
     assert floors() <= 12
