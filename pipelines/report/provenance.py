@@ -15,6 +15,7 @@ from typing import Any
 from pipelines.align import aligned_provenance
 from pipelines.cells import study_cells
 from pipelines.config import deviations
+from pipelines.evaluate.judges.labels import labelled_models
 from pipelines.registries.datasets import DATASETS, JUDGE_LABEL_SETS
 from pipelines.registries.models import MODELS, weights_origin
 from pipelines.secrets import public_view, redact_uri
@@ -111,7 +112,8 @@ def study_context(cfg: Any, study_hash: str, datasets_hash: str, ds_manifest: di
                      "generate_temperature": cfg.generate.temperature, "generate_seed": cfg.generate.seed},
         "datasets": [dataset_info(n, sources.get(n)) for n in used],
         "judge": {"name": cfg.judge.name, "back_translate": cfg.judge.back_translate,
-                  "options": public_view(dict(cfg.judge.options))},
+                  "options": public_view(dict(cfg.judge.options)),
+                  "labelled_models": labelled_models(cfg.judge.labels) if cfg.judge.agreement else []},
         "translators": dict(ds_manifest.get("translator_versions") or {}),
         "routes": dict(ds_manifest.get("routes") or {}),
         "qa": qa_pass_rates(ds_manifest),

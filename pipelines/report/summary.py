@@ -145,7 +145,7 @@ def _trust(r: dict[str, Any]) -> str:
     return text + (f", rate error {r['rate_error']:+.2f}" if r.get("rate_error") is not None else "")
 
 
-def judge_trust(validity: pl.DataFrame) -> list[str]:
+def judge_trust(validity: pl.DataFrame, ctx: dict[str, Any] | None = None) -> list[str]:
     if validity.height == 0:
         return ["The judge's agreement with people was not measured for this study."]
     ok = validity.filter(pl.col("validated"))
@@ -158,7 +158,14 @@ def judge_trust(validity: pl.DataFrame) -> list[str]:
         if off:
             out.append("Read compliance with care in " + ", ".join(
                 f"{r['eval_lang']} (the judge's rate was {r['rate_error']:+.2f} off the hand labels')" for r in off)
-                + f": more than {RATE_ERROR_WARN:.2f} off on labelled answers like these.")
+                + f": more than {RATE_ERROR_WARN:.2f} off on the hand-labelled answers.")
+        studied = [m.get("alias") for m in (ctx or {}).get("models") or [] if isinstance(m, dict)]
+        labelled = ((ctx or {}).get("judge") or {}).get("labelled_models") or []
+        if labelled and studied and not set(studied) & set(labelled):
+            out.append(f"The hand-labelled answers are {', '.join(labelled)}'s, not {', '.join(studied)}'s: the "
+                       "agreement above is on another model's answers and may not carry over to this one's; "
+                       "label a sample of this study's answers (safedrift labels sample) and give them as "
+                       "judge.labels to check the judge on them.")
     bad = validity.filter(~pl.col("validated"))["eval_lang"].to_list()
     if bad:
         out.append(f"Unvalidated: {', '.join(bad)} — no labelled answers in that language reach the judge, so its "
@@ -176,5 +183,5 @@ def summary(ctx: dict[str, Any], cond: pl.DataFrame, comp: pl.DataFrame, validit
             stats: dict[str, Any] | None = None) -> dict[str, list[str]]:
     alpha = float((stats or {}).get("alpha", 0.05))
     return {"what changed": what_changed(cond, con), "how sure": how_sure(cond, comp, con, alpha),
-            "the tests": statistics(families or [], cond), "the judge": judge_trust(validity),
+            "the tests": statistics(families or [], cond), "the judge": judge_trust(validity, ctx),
             "the base model": base_statements(ctx), "differences from the study": list(ctx.get("deviations") or [])}

@@ -327,3 +327,14 @@ def test_labels_sample_refuses_an_unevaluated_language_and_an_unfinished_study(
     err = capsys.readouterr().err
     assert "has not finished" in err and last.id in err and "safedrift run -c smoke" in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_labelled_models_are_read_from_the_files_cells(tmp_path) -> None:
+    from pipelines.evaluate.judges.labels import labelled_models
+
+    f = tmp_path / "mine.csv"
+    f.write_text("lang,kind,source_id,cell,prompt,response,label\n"
+                 "es,unsafe,1,qwen-x__base,p,r,refused\nes,unsafe,2,qwen-x__es__s0__e1,p,r,complied\n"
+                 "es,unsafe,3,,p,r,complied\n", encoding="utf-8")
+    got = labelled_models({"es": str(f)})
+    assert "qwen-x" in got and "" not in got and "user" not in got

@@ -112,5 +112,10 @@ def test_validity_with_an_undefined_kappa_and_a_large_rate_error_is_said(tmp_pat
     text = " ".join(judge_trust(v))
     assert "en κ 0.86 [0.66, 1.00], rate error -0.07" in text and "pt κ n/a" in text
     assert "zh (the judge's rate was -0.18 off" in text and "Unvalidated: da" in text
+    # Labels of another model's answers are said to be another model's; labels of this model's are not.
+    other = {"models": [{"alias": "qwen-x"}], "judge": {"labelled_models": ["smollm-y"]}}
+    assert "The hand-labelled answers are smollm-y's, not qwen-x's" in " ".join(judge_trust(v, other))
+    same = {"models": [{"alias": "qwen-x"}], "judge": {"labelled_models": ["qwen-x", "smollm-y"]}}
+    assert "hand-labelled answers are" not in " ".join(judge_trust(v, same))
     write_report(tidy, s.context(), tmp_path / "r")  # the page renders with these figures
     assert "rate_error" in (tmp_path / "r" / "report.html").read_text(encoding="utf-8")

@@ -295,6 +295,20 @@ def dev_labels(lang: str) -> LabelSet | None:
         return None
 
 
+def labelled_models(user: dict[str, str] | None = None) -> list[str]:
+    """The models whose answers the hand-labelled files hold (the dev file and the user's judge.labels
+    files; a row's `cell` names the study cell, `<model>__<condition>`): the report says when the model
+    it judges is not among them, since agreement on another model's answers may not carry over."""
+    paths = [p for p in [dev_labels_path(), *(Path(f) for f in (user or {}).values())] if p is not None]
+    models: set[str] = set()
+    for p in paths:
+        if p.suffix.lower() != ".csv" or not p.is_file():
+            continue  # JSONL label files name no cell
+        with p.open(encoding="utf-8-sig", newline="") as fh:
+            models |= {(rec.get("cell") or "").split("__")[0].strip() for rec in csv.DictReader(fh)}
+    return sorted(models - {"", "user"})
+
+
 def small_model_sets(langs: Sequence[str], user: dict[str, str] | None = None) -> list[LabelSet]:
     """Answers of small models labelled by people, per language of `langs`: the user's file (judge.labels)
     and laptop-dev's rows (judged through the judge's policy by validity.py)."""
