@@ -33,7 +33,7 @@ CHAT_TEMPLATE = (
 
 
 def load_chat() -> Any:
-    spec = importlib.util.spec_from_file_location("sd_chat", REPO / "pipelines" / "evaluate" / "chat.py")
+    spec = importlib.util.spec_from_file_location("sd_chat", REPO / "pipelines" / "registries" / "chat.py")
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod

@@ -361,6 +361,7 @@ def measure(workdir: Path, cells: int, variant: str, step_peaks: bool) -> dict[s
     import cluster.storage as storage
     import pipelines.evaluate.measure as measure_mod
     import pipelines.run as run
+    import pipelines.sweep.tidy as tidy_mod
     from pipelines.cells import cell_dir, study_cells
     from pipelines.sweep import SweepError
     from pipelines.sweep.cell import flat_params
@@ -383,8 +384,9 @@ def measure(workdir: Path, cells: int, variant: str, step_peaks: bool) -> dict[s
             log_batch["metrics"] += len(metrics)
             log_batch["seconds"] += time.perf_counter() - t
 
-    def trials_then_gather(cfg: Any, wd: Any, ds_path: Path, ds_hash: str, tracking: Any, sweep_name: str,
-                           resume: bool = True) -> list[dict[str, Any]]:
+    def trials_then_gather(study: Any, sweep_name: str, resume: bool = True) -> list[dict[str, Any]]:
+        # run_sweep's signature: the running cells.Study carries the config, workdir, hashes and tracking.
+        cfg, wd, ds_hash, tracking = study.cfg, study.wd, study.ds_hash, study.tracking
         # What the Tune trials did (not the driver): each cell's nested run, with its params and metrics.
         tl.mark("setup_cell_runs_as_trials_log_them")
         client = mlflow.MlflowClient(tracking.uri)
@@ -424,7 +426,8 @@ def measure(workdir: Path, cells: int, variant: str, step_peaks: bool) -> dict[s
             return out
         return wrapped
 
-    def translate_stage(study: Any) -> tuple[Any, bool]:
+    def translate_stage(running: Any) -> tuple[Any, bool]:
+        study = running.study  # run.StudyRun: the Study and the translation plan
         path = study.wd.datasets(study.ds_hash)
         return DatasetsOutput(path, storage.read_manifest(path), reused=True), True
 
@@ -437,7 +440,8 @@ def measure(workdir: Path, cells: int, variant: str, step_peaks: bool) -> dict[s
     run.translate_stage = translate_stage
     run.run_sweep = trials_then_gather
     run.write_sweep_tidy = step("read_cell_tidy_tables", run.write_sweep_tidy)
-    measure_mod.sweep_deltas = step("deltas", measure_mod.sweep_deltas, after="delta_rows_log_batch_write_tidy")
+    # sweep/tidy.py calls the deltas by the name it imported: patched there.
+    tidy_mod.sweep_deltas = step("deltas", tidy_mod.sweep_deltas, after="delta_rows_log_batch_write_tidy")
     run.write_report = step("write_report", run.write_report, after="log_report_artifacts")
     run.write_manifest = step("sweep_manifest", run.write_manifest)
     mlflow.MlflowClient.log_batch = timed_log_batch
