@@ -79,6 +79,7 @@ def expected_cells(ctx: dict[str, Any]) -> list[dict[str, Any]]:
 def build_tables(tidy: pl.DataFrame, ctx: dict[str, Any]) -> ReportTables:
     tidy = tb.normalise(tidy)
     cells = tb.cells_of(tidy, expected_cells(ctx), ctx.get("eval_langs"))
+    cells.mark_other_model(tidy, ctx)
     comp = tb.compliance_long(tidy, cells)
     st = tb.stats_config(ctx)
     dl = tb.deltas(tidy, cells)

@@ -57,15 +57,28 @@ class Cells:
     validity: dict[str, float | None] = field(default_factory=dict)
     # eval languages with labelled answers to validate on (κ may still be undefined: one class only)
     validated: set[str] = field(default_factory=set)
+    # eval languages whose κ is on hand-labelled answers of another model than the study's (the report's
+    # context names the labelled models): a figure says so beside the κ
+    other_model: set[str] = field(default_factory=set)
 
     def lang_label(self, lang: str) -> str:
         """An eval language as figures label it: with the judge's κ, or marked unvalidated."""
         if not self.validity:
             return lang
         k = self.validity.get(lang)
+        whose = " (other model)" if lang in self.other_model else ""
         if k is None:
-            return f"{lang}\nκ n/a" if lang in self.validated else f"{lang}\nunvalidated"
-        return f"{lang}\nκ {k:.2f}"
+            return f"{lang}\nκ n/a{whose}" if lang in self.validated else f"{lang}\nunvalidated"
+        return f"{lang}\nκ {k:.2f}{whose}"
+
+    def mark_other_model(self, tidy: pl.DataFrame, ctx: dict[str, Any]) -> None:
+        """Marks the languages validated on hand-labelled answers (those with a rate error) when the labelled
+        answers are none of the study's models'."""
+        studied = {m.get("alias") for m in ctx.get("models") or [] if isinstance(m, dict)}
+        labelled = set((ctx.get("judge") or {}).get("labelled_models") or [])
+        if not labelled or not studied or studied & labelled:
+            return
+        self.other_model = {lang for lang in self.validated if _first(tidy, "judge/rate_error", lang) is not None}
 
     @property
     def missing(self) -> list[dict[str, Any]]:

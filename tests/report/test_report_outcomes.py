@@ -117,5 +117,10 @@ def test_validity_with_an_undefined_kappa_and_a_large_rate_error_is_said(tmp_pat
     assert "The hand-labelled answers are smollm-y's, not qwen-x's" in " ".join(judge_trust(v, other))
     same = {"models": [{"alias": "qwen-x"}], "judge": {"labelled_models": ["qwen-x", "smollm-y"]}}
     assert "hand-labelled answers are" not in " ".join(judge_trust(v, same))
+    # … and the figures' language labels say whose answers the κ was measured on.
+    ctx = s.context() | {"judge": {"labelled_models": ["smollm-y"]}}
+    t2 = build_tables(tidy, ctx)
+    assert [t2.cells.lang_label(x) for x in s.eval_langs] == [
+        "en\nκ 0.86 (other model)", "pt\nκ n/a (other model)", "zh\nκ -0.10 (other model)", "da\nunvalidated"]
     write_report(tidy, s.context(), tmp_path / "r")  # the page renders with these figures
     assert "rate_error" in (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
