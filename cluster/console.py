@@ -25,10 +25,11 @@ from cluster import progress
 OWN_LOGGERS = ("pipelines", "serving", "cluster")
 
 
-def _clock(seconds: float | None) -> str:
+def clock(seconds: float | None) -> str:
+    """m:ss (h:mm:ss from an hour), rounded to the second; "–" for an unknown duration."""
     if seconds is None:
         return "–"
-    seconds = int(max(0, seconds))
+    seconds = round(max(0.0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
         f"{seconds // 60}:{seconds % 60:02d}"
 
@@ -84,9 +85,9 @@ class State:
             parts.append(f"cells {done}/{total}")
         if cur := self.current():
             parts.append(cur)
-        parts.append(f"elapsed {_clock(time.time() - self.started)}")
+        parts.append(f"elapsed {clock(time.time() - self.started)}")
         if self.stage == "sweep":
-            parts.append(f"ETA {_clock(self.eta(done))}")
+            parts.append(f"ETA {clock(self.eta(done))}")
         return " · ".join(parts)
 
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from cluster.console import clock
 from cluster.storage import write_json_atomic
 from pipelines.align import check_disjoint
 from pipelines.config import StudyConfig
@@ -39,14 +40,10 @@ JUDGE_S_PER_LANG = 60.0
 LEARN_MIN_S = 5.0
 
 
-def _clock(seconds: float) -> str:
-    seconds = round(max(0.0, seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 class StepProgress:
     """Prints each step's start, a heartbeat every `every_s` while it runs (elapsed, ETA) and its end; the
-    durations are kept in `record` so that the next prepare on this machine estimates from them."""
+    durations are kept in `record` so that the next prepare on this machine estimates from them, and in
+    `took` (every step, seconds) for the caller."""
 
     def __init__(self, steps: list[tuple[str, float]], out: Callable[[str], None], record: dict[str, float],
                  every_s: float = 30.0) -> None:
@@ -55,6 +52,7 @@ class StepProgress:
         self.record = record
         self.every_s = every_s
         self.started = time.time()
+        self.took: dict[str, float] = {}
 
     def estimate(self, key: str, default: float) -> float:
         return self.record.get(key, default)
@@ -73,8 +71,8 @@ class StepProgress:
         def line(state: str) -> str:
             ran = time.time() - t0
             left = max(expected - ran, 0.0) + self.remaining_after(index)
-            return (f"{head}: {state} · step {_clock(ran)} of ~{_clock(expected)} · elapsed {_clock(time.time() - self.started)}"
-                    f" · ETA {_clock(left)}")
+            return (f"{head}: {state} · step {clock(ran)} of ~{clock(expected)} · elapsed {clock(time.time() - self.started)}"
+                    f" · ETA {clock(left)}")
 
         def beat() -> None:
             while not stop.wait(self.every_s):
@@ -88,11 +86,11 @@ class StepProgress:
         finally:
             stop.set()
             thread.join()
-        took = time.time() - t0
+        took = self.took[key] = time.time() - t0
         if took >= LEARN_MIN_S:  # a cached step's no-op teaches nothing about the work it skipped
             self.record[key] = round(took, 1)
-        self.out(f"{head}: done in {_clock(took)} · elapsed {_clock(time.time() - self.started)} · "
-                 f"ETA {_clock(self.remaining_after(index))}")
+        self.out(f"{head}: done in {clock(took)} · elapsed {clock(time.time() - self.started)} · "
+                 f"ETA {clock(self.remaining_after(index))}")
 
 
 def _model_estimate(alias: str) -> float:
@@ -127,17 +125,13 @@ def prepare(cfg: StudyConfig, out: TextIO | Callable[[str], None] | None = None)
     steps += [(f"judge {name}", JUDGE_S_PER_LANG * len(cfg.eval_langs) if cfg.judge.agreement else 5.0)
               for name, _, _ in judges]
     times_path = cache_root() / "prepare-times.json"
-    record: dict[str, float] = _read_times(times_path)
-    progress = StepProgress(steps, say, record)
-    took: dict[str, float] = {}
+    learned = _read_times(times_path)
+    progress = StepProgress(steps, say, dict(learned))
     for i, m in enumerate(cfg.models):
         with progress.step(i):
-            t0 = time.time()
             model_dir(m)
-            took[f"model {m}"] = time.time() - t0
     for j, (name, options, back_translate) in enumerate(judges, start=len(cfg.models)):
         with progress.step(j):
-            t0 = time.time()
             judge = make_judge(name, **options)
             if cfg.judge.agreement:
                 # Validity per eval language (held out by source model and prompt) fits a trained judge
@@ -148,10 +142,9 @@ def prepare(cfg: StudyConfig, out: TextIO | Callable[[str], None] | None = None)
                 for r in rows:
                     log.info("judge %s, %s (%s): kappa %s on %s labels", name, r.get("lang"), r.get("source"),
                              r.get("kappa"), r.get("n"))
-            took[f"judge {name}"] = time.time() - t0
-    if record != _read_times(times_path):
-        write_json_atomic(times_path, record)
-    return took
+    if progress.record != learned:
+        write_json_atomic(times_path, progress.record)
+    return progress.took
 
 
 def _read_times(path: Path) -> dict[str, float]:

@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from pipelines.report.power import mde_paired, mde_seeds, seed_plan
+from pipelines.report.tables import other_model_labels
 
 ASSUMED_TAU = 0.10  # with one seed τ is unmeasured: the repo's alignment seeds moved English compliance 0.225–0.45
 TARGET = 0.10  # the change the report says how many prompts and seeds would detect
@@ -159,9 +160,8 @@ def judge_trust(validity: pl.DataFrame, ctx: dict[str, Any] | None = None) -> li
             out.append("Read compliance with care in " + ", ".join(
                 f"{r['eval_lang']} (the judge's rate was {r['rate_error']:+.2f} off the hand labels')" for r in off)
                 + f": more than {RATE_ERROR_WARN:.2f} off on the hand-labelled answers.")
-        studied = [m.get("alias") for m in (ctx or {}).get("models") or [] if isinstance(m, dict)]
-        labelled = ((ctx or {}).get("judge") or {}).get("labelled_models") or []
-        if labelled and studied and not set(studied) & set(labelled):
+        if labelled := other_model_labels(ctx):
+            studied = [m.get("alias") for m in (ctx or {}).get("models") or [] if isinstance(m, dict)]
             out.append(f"The hand-labelled answers are {', '.join(labelled)}'s, not {', '.join(studied)}'s: the "
                        "agreement above is on another model's answers and may not carry over to this one's; "
                        "label a sample of this study's answers (safedrift labels sample) and give them as "

@@ -74,11 +74,9 @@ class Cells:
     def mark_other_model(self, tidy: pl.DataFrame, ctx: dict[str, Any]) -> None:
         """Marks the languages validated on hand-labelled answers (those with a rate error) when the labelled
         answers are none of the study's models'."""
-        studied = {m.get("alias") for m in ctx.get("models") or [] if isinstance(m, dict)}
-        labelled = set((ctx.get("judge") or {}).get("labelled_models") or [])
-        if not labelled or not studied or studied & labelled:
-            return
-        self.other_model = {lang for lang in self.validated if _first(tidy, "judge/rate_error", lang) is not None}
+        if other_model_labels(ctx):
+            self.other_model = {lang for lang in self.validated
+                                if _first(tidy, "judge/rate_error", lang) is not None}
 
     @property
     def missing(self) -> list[dict[str, Any]]:
@@ -94,6 +92,14 @@ class Cells:
 
     def fine_tuned(self) -> list[dict[str, Any]]:
         return [c for c in self.present if c["ft_lang"] != BASE]
+
+
+def other_model_labels(ctx: dict[str, Any] | None) -> list[str]:
+    """The models whose answers the judge's hand labels hold, when none of them is a model the study ran
+    (the report's context: `models`, `judge.labelled_models`); [] otherwise."""
+    studied = {m.get("alias") for m in (ctx or {}).get("models") or [] if isinstance(m, dict)}
+    labelled = list(((ctx or {}).get("judge") or {}).get("labelled_models") or [])
+    return labelled if labelled and studied and not studied & set(labelled) else []
 
 
 def cells_of(tidy: pl.DataFrame, expected: list[dict[str, Any]] | None = None,
