@@ -153,7 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     t0 = time.time()
     res, log_path = _with_console(cfg, f"safedrift run -c {args.config}",
-                                  lambda on_event: run_study(cfg, resume=args.resume, on_event=on_event))
+                                  lambda on_event: run_study(cfg, resume=args.resume, on_event=on_event,
+                                                             rejudge=args.rejudge))
     _print_study(res, cfg, time.time() - t0, log_path)
     return 0
 
@@ -165,7 +166,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = _load(args)
     t0 = time.time()
     res, log_path = _with_console(cfg, f"safedrift sweep -c {args.config}",
-                                  lambda on_event: run_study(cfg, resume=args.resume, until="sweep", on_event=on_event))
+                                  lambda on_event: run_study(cfg, resume=args.resume, until="sweep", on_event=on_event,
+                                                             rejudge=args.rejudge))
     print(f"full log: {log_path}")
     for r in res.results:
         print(f"cell {r.get('cell_id')}: {'reused' if r.get('reused') else 'ran'}")
@@ -296,6 +298,9 @@ def _resume_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="restore an interrupted Tune grid (default); --no-resume starts a new grid. Finished "
                         "cells are reused either way")
+    p.add_argument("--rejudge", action=argparse.BooleanOptionalAction, default=True,
+                   help="judge again, from their stored answers, the finished cells that an earlier version of "
+                        "the judge labelled (default); --no-rejudge keeps their labels and warns")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,7 @@ from pipelines.report import write_report
 from pipelines.report.provenance import study_context
 from pipelines.secrets import public_view, redact_uri
 from pipelines.sweep import check_fits, run_sweep
+from pipelines.sweep.rejudge import check_judgments
 from pipelines.sweep.tidy import write_sweep_tidy
 from pipelines.translate import DatasetsOutput, Plan, build_datasets, plan_jobs
 
@@ -81,11 +82,14 @@ def timed(fn: Callable[..., tuple[Any, bool]], run: StudyRun, *args: Any) -> Sta
 
 
 def run_study(cfg: StudyConfig, resume: bool = True,
-              until: Literal["translate", "sweep", "report"] = "report", on_event: Event | None = None) -> StudyResult:
+              until: Literal["translate", "sweep", "report"] = "report", on_event: Event | None = None,
+              rejudge: bool = True) -> StudyResult:
     """Runs the stages up to and including `until` (`safedrift sweep` stops after the sweep). Holds the
     workdir's lock throughout: a second driver on the same workdir fails at once, naming this one, instead
     of overwriting its outputs and marking its MLflow runs KILLED. `on_event(kind, info)` hears of the study
-    ("study": its cell directories and progress folder) and of each stage as it starts ("stage")."""
+    ("study": its cell directories and progress folder) and of each stage as it starts ("stage").
+    `rejudge`: finished cells judged by an earlier version of the judge are judged again from their stored
+    answers (sweep/rejudge.py); off, they are kept, with a warning."""
     check_user_files(cfg.evaluate)  # a bad user file fails now, not after the fine-tuning
     wd = Workdir.open(cfg.resolved_workdir())
     jobs = plan_jobs(cfg)  # once per run: the study's hashes and the translate stage both read it
@@ -94,6 +98,8 @@ def run_study(cfg: StudyConfig, resume: bool = True,
                    on_event or (lambda kind, info: None))
     run.on_event("study", {"cell_dirs": [study.cell_dir(c) for c in study.cells()], "progress_dir": wd.progress()})
     with workdir_lock(wd.root):
+        if until != "translate":
+            check_judgments(study, rejudge)
         if until == "report" and (done := finished(run)) is not None:
             return done
         return _run(run, resume, until)

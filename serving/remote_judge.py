@@ -39,6 +39,7 @@ def _verdict(result: dict[str, Any]) -> Verdict:
 class RemoteJudge(Judge):
     name = "remote"
     version = "1"
+    version_is_served = True  # the labels carry the served judge's version
     # Any language: the service applies its own per-language policy, so the pipeline must not translate first.
     native_languages = None
     # The service applies the answer-form check itself and says non_answer.

@@ -162,3 +162,43 @@ def test_tidy_metrics_tables(study) -> None:
     judged = pl.read_parquet(per_cell[0].parent / "judged.parquet")
     assert {"back_translated", "response_en", "bt_route"} <= set(judged.columns)
     assert judged.filter(pl.col("lang") == "es")["bt_route"].unique().to_list() == ["apertium:es-en"]
+
+
+def test_a_cell_an_older_judge_labelled_is_judged_again_without_training_or_generating(study, tmp_path) -> None:
+    """A copy of the finished study, one cell's labels marked as an earlier judge version's: the next run
+    judges that cell again from its stored answers, and nothing else is redone."""
+    import shutil
+
+    import ray
+
+    from cluster.storage import read_manifest, write_manifest
+    from pipelines.evaluate.judges import installed_version
+    from pipelines.presets import load_config
+    from pipelines.run import run_study
+
+    wd = tmp_path / "wd"
+    # A fresh tracking store in the copy: the finished study is logged there from its cached cells.
+    shutil.copytree(study["result"].workdir, wd, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts", "*.lock"))
+    cfg = load_config("smoke", [f"workdir={wd}"])
+    cell_dirs = sorted(p.parent for p in wd.glob("cells/*/manifest.json"))
+    old = next(d for d in cell_dirs if read_manifest(d)["cell"]["ft_lang"] != "base")
+    before = read_manifest(old)
+    judged = pl.read_parquet(old / "judged.parquet")
+    judged.with_columns(judge_version=pl.lit("0")).write_parquet(old / "judged.parquet")
+    write_manifest(old, **{k: v for k, v in before.items() if k not in ("created_at", "files")})
+    parts = {p: p.stat().st_mtime_ns for p in old.rglob("generations*/part-*.parquet")}
+    kept = {d: read_manifest(d)["created_at"] for d in cell_dirs if d != old}
+    checkpoints = {p: p.stat().st_mtime_ns for p in wd.glob("checkpoints/*/manifest.json")}
+    try:
+        again = run_study(cfg)
+    finally:
+        ray.shutdown()
+    assert again.stages["translate"]["reused"] and not again.stages["sweep"]["reused"]
+    assert pl.read_parquet(old / "judged.parquet")["judge_version"].unique().to_list() == [
+        installed_version(cfg.judge.name)]
+    assert parts and {p: p.stat().st_mtime_ns for p in parts} == parts  # not generated again
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints  # not fine-tuned again
+    assert {d: read_manifest(d)["created_at"] for d in kept} == kept  # the other cells reused
+    after = read_manifest(old)["metrics"]
+    same = [k for k in before["metrics"] if "compliance" in k]
+    assert same and {k: after[k] for k in same} == {k: before["metrics"][k] for k in same}

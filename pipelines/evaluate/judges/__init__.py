@@ -37,7 +37,7 @@ from pipelines.registry import Registry
 
 # The base types are re-exported: callers outside the judges read them from the package.
 __all__ = ["COMPLIED", "COMPLIES", "JUDGES", "NON_ANSWER", "OUTCOMES", "REFUSED", "REFUSES", "UNPARSEABLE",
-           "Judge", "JudgeItem", "Verdict", "label_of", "make_judge", "outcome_of"]
+           "Judge", "JudgeItem", "Verdict", "installed_version", "label_of", "make_judge", "outcome_of"]
 
 
 JUDGES: Registry[type[Judge]] = Registry("judge", {
@@ -53,3 +53,10 @@ JUDGES: Registry[type[Judge]] = Registry("judge", {
 
 def make_judge(name: str, **options: Any) -> Judge:
     return JUDGES.get(name)(**options)
+
+
+def installed_version(name: str) -> str | None:
+    """The version the judge `name` of this install labels with (the class is loaded, nothing is fitted);
+    None where the labels carry a served judge's version (remote)."""
+    cls = JUDGES.get(name)
+    return None if cls.version_is_served else cls.version

@@ -55,7 +55,10 @@ def label_of(outcome: str) -> int | None:
 
 class Judge(ABC):
     name: ClassVar[str]  # the registry name (set by the registry when the class does not declare it)
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "1"  # bumped whenever the same answers may be labelled differently
+    # Whether the version an answer was judged with is the serving side's, not this class's (a remote
+    # judge): a study cannot tell before asking whether its stored labels are the current judge's.
+    version_is_served: ClassVar[bool] = False
     # The languages it reads as written: others are back-translated to English where a route exists
     # (policy.py). None: any language (validated per language where labels exist, validity.py).
     native_languages: ClassVar[frozenset[str] | None] = frozenset({"en"})
