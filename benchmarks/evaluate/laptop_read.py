@@ -1,4 +1,5 @@
-"""The shipped judge against a developer's reading of the laptop study's own answers (laptop-read.csv: 96
+"""The shipped judge against a developer's reading of the laptop study's own answers
+(pipelines/evaluate/judges/read/qwen2.5-coder-0.5b-instruct.csv, which a laptop study's report also reads: 96
 answers of qwen2.5-coder-0.5b-instruct, 128 new tokens — the base cell and the en, es and zh fine-tunes of
 seed 0, 4 unsafe and 2 safe answers per cell and language, drawn at random (seed 7) — each read in full
 and labelled by the definitions of ../shared/labels/README.md). The file holds no text: which answer
@@ -29,7 +30,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from dev_agreement import agreement  # noqa: E402
 
-READ = HERE / "laptop-read.csv"
+READ = HERE.parents[1] / "pipelines" / "evaluate" / "judges" / "read" / "qwen2.5-coder-0.5b-instruct.csv"
 FILES = {"unsafe": "judged.parquet", "safe": "judged_safe.parquet"}
 
 

@@ -30,6 +30,7 @@ from pipelines.evaluate.judges.validity import judge_validity
 from pipelines.evaluate.measure import (
     Tidy,
     add_judge_rows,
+    add_read_rows,
     add_safety_rows,
     compliance_by_category,
     compliance_by_lang,
@@ -106,6 +107,7 @@ def _evaluate(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path, scr
     metrics |= agreement
     metrics |= add_judge_rows(tidy, pl.concat([judged, judged_safe], how="diagonal_relaxed")
                               if judged_safe.height else judged)
+    metrics |= add_read_rows(tidy, judged, judged_safe)
 
     progress.update("capability and drift")
     t0 = time.time()

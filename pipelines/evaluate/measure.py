@@ -15,6 +15,7 @@ import polars as pl
 
 from pipelines.evaluate.compare import condition_rows
 from pipelines.evaluate.judges import COMPLIED, NON_ANSWER, OUTCOMES, REFUSED, UNPARSEABLE
+from pipelines.evaluate.judges.labels import answer_sha256, read_cell, read_labels
 from pipelines.evaluate.stats import cohen_kappa, paired_test, rate_ci
 from pipelines.registries.langid import detect_lang, lang_matches
 
@@ -220,6 +221,43 @@ def add_judge_rows(tidy: Tidy, judged: pl.DataFrame) -> dict[str, float]:
             tidy.add(lang, f"{BT_ROUTE_PREFIX}{route}", r.height / g.height, n=g.height)
         if "label2" in g.columns:
             m |= _between(tidy, lang, g)
+    return m
+
+
+# Per eval language, the 2 × 2 table of complied-vs-not (read by a developer × judged) and the non-answers
+# read and found, summed over a study's cells by the report (report.tables.read_agreement).
+READ_COUNTS = ("complied_both", "complied_read_only", "complied_judged_only", "complied_neither",
+               "non_answer_read", "non_answer_found")
+
+
+def add_read_rows(tidy: Tidy, judged: pl.DataFrame, judged_safe: pl.DataFrame) -> dict[str, float]:
+    """The judge against a developer's reading of this model's answers (judges/read/<model>.csv), on the
+    answers of this cell that are the very ones read (same cell, prompt id, language and text). Returns the
+    MLflow metrics; nothing where no answer of the cell was read."""
+    read = read_labels(tidy.base["model"])
+    if not read:
+        return {}
+    cell = read_cell(tidy.base["ft_lang"], tidy.base["seed"] or 0)
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for kind, frame in (("unsafe", judged), ("safe", judged_safe)):
+        if frame.height == 0:
+            continue
+        for r in frame.select("id", "lang", "response", "outcome").iter_rows(named=True):
+            label = read.get((cell, kind, str(r["id"]), r["lang"], answer_sha256(r["response"] or "")))
+            if label is not None and r["outcome"] != UNPARSEABLE:
+                pairs.setdefault(r["lang"], []).append((label, r["outcome"]))
+    m: dict[str, float] = {}
+    for lang, ps in pairs.items():
+        counts = dict.fromkeys(READ_COUNTS, 0)
+        for label, outcome in ps:
+            h, j = label == COMPLIED, outcome == COMPLIED
+            counts[("complied_both" if j else "complied_read_only") if h else
+                   ("complied_judged_only" if j else "complied_neither")] += 1
+            counts["non_answer_read"] += label == NON_ANSWER
+            counts["non_answer_found"] += label == NON_ANSWER and outcome == NON_ANSWER
+        for key, value in counts.items():
+            tidy.add(lang, f"judge/read/{key}", float(value), n=len(ps))
+            m[f"judge/read/{key}/{lang}"] = float(value)
     return m
 
 

@@ -206,12 +206,14 @@ def write_report(tidy: pl.DataFrame, ctx: dict[str, Any], out: Path) -> dict[str
         (tmp / CONTEXT).write_text(json.dumps(ctx, indent=2, default=str), encoding="utf-8")
         judge = tb.judge_agreement(t.tidy)
         validity = tb.judge_validity(t.tidy, t.cells)
+        read = tb.read_agreement(t.tidy, t.cells)
         for stem, df in (("judge_validity", validity), ("judge2_validity", tb.judge_validity(t.tidy, t.cells, "judge2")),
+                         ("judge_read", read),
                          ("back_translation", tb.back_translation(t.tidy, t.cells)),
                          ("judges_between", tb.judges_between(t.tidy, t.cells))):
             if df.height:
                 files += _write_table(df, tmp, stem)
-        opening = summary(ctx, t.conditions, t.compliance, validity, t.contrasts, t.families, t.stats)
+        opening = summary(ctx, t.conditions, t.compliance, validity, t.contrasts, t.families, t.stats, read)
         (tmp / "summary.json").write_text(json.dumps(opening, indent=2), encoding="utf-8")
         html_text = page(ctx, coverage, found, figures, skipped, t.wide, judge, files, opening)
         (tmp / "report.html").write_text(html_text, encoding="utf-8")

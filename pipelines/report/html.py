@@ -94,6 +94,14 @@ def judge_tables(judge: dict[str, Any]) -> str:
                        "rate minus the hand labels', and non_answer_recall — else XSTest's human labels of large "
                        "models' answers (held out by source model and contrast pair; xstest_kappa beside).</p>"
                        + table(v) + note)
+    rd = judge.get("read")
+    if isinstance(rd, pl.DataFrame) and rd.height:
+        out.append("<h4>The judge on this study's own answers, read by a developer</h4><p class=\"note\">Answers "
+                   "of this study found identical (prompt, language, text) to ones a developer read and labelled "
+                   "(pipelines/evaluate/judges/read/), pooled over the cells that gave them: Cohen's κ of complied "
+                   "vs not with its 95% bootstrap interval, the compliance rate read and judged and their "
+                   "difference (rate_error), and the read non-answers the judge found (all: every language).</p>"
+                   + table(rd))
     bt = judge.get("back_translation")
     if isinstance(bt, pl.DataFrame) and bt.height:
         failed = int(bt["bt_failed"].fill_null(0).sum())

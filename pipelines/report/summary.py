@@ -146,7 +146,27 @@ def _trust(r: dict[str, Any]) -> str:
     return text + (f", rate error {r['rate_error']:+.2f}" if r.get("rate_error") is not None else "")
 
 
-def judge_trust(validity: pl.DataFrame, ctx: dict[str, Any] | None = None) -> list[str]:
+def read_trust(read: pl.DataFrame | None) -> list[str]:
+    """The judge on this study's own answers read by a developer (report.tables.read_agreement)."""
+    if read is None or read.height == 0:
+        return []
+    rows = {r["eval_lang"]: r for r in read.iter_rows(named=True)}
+    pooled = rows.pop("all")
+    out = [f"On {pooled['n']} of this study's own answers read by a developer (found among its answers by "
+           "cell, prompt, language and text; the labels are kept by hash in pipelines/evaluate/judges/read/), the judge "
+           f"agrees with the reading as follows: pooled {_trust(pooled | {'eval_lang': 'κ'})[2:]}; "
+           + ", ".join(f"{_trust(r)} (n {r['n']})" for r in rows.values()) + "."]
+    off = [r for r in rows.values() if round(abs(r.get("rate_error") or 0.0), 2) > RATE_ERROR_WARN]
+    if off:
+        out.append("On these answers the judge's compliance rate is off the reading by more than "
+                   f"{RATE_ERROR_WARN:.2f} in " + ", ".join(f"{r['eval_lang']} ({r['rate_error']:+.2f})" for r in off)
+                   + ": read those languages' compliance as " + ("a lower bound." if all(
+                       r["rate_error"] < 0 for r in off) else "uncertain by that much."))
+    return out
+
+
+def judge_trust(validity: pl.DataFrame, ctx: dict[str, Any] | None = None,
+                read: pl.DataFrame | None = None) -> list[str]:
     if validity.height == 0:
         return ["The judge's agreement with people was not measured for this study."]
     ok = validity.filter(pl.col("validated"))
@@ -163,9 +183,12 @@ def judge_trust(validity: pl.DataFrame, ctx: dict[str, Any] | None = None) -> li
         if labelled := other_model_labels(ctx):
             studied = [m.get("alias") for m in (ctx or {}).get("models") or [] if isinstance(m, dict)]
             out.append(f"The hand-labelled answers are {', '.join(labelled)}'s, not {', '.join(studied)}'s: the "
-                       "agreement above is on another model's answers and may not carry over to this one's; "
-                       "label a sample of this study's answers (safedrift labels sample) and give them as "
-                       "judge.labels to check the judge on them.")
+                       "agreement above is on another model's answers and may not carry over to this one's"
+                       + ("; the figures on this study's own answers below are the ones that apply to it."
+                          if read is not None and read.height else
+                          "; label a sample of this study's answers (safedrift labels sample) and give them as "
+                          "judge.labels to check the judge on them."))
+    out += read_trust(read)
     bad = validity.filter(~pl.col("validated"))["eval_lang"].to_list()
     if bad:
         out.append(f"Unvalidated: {', '.join(bad)} — no labelled answers in that language reach the judge, so its "
@@ -180,8 +203,8 @@ def base_statements(ctx: dict[str, Any]) -> list[str]:
 
 def summary(ctx: dict[str, Any], cond: pl.DataFrame, comp: pl.DataFrame, validity: pl.DataFrame,
             con: pl.DataFrame | None = None, families: list[dict[str, Any]] | None = None,
-            stats: dict[str, Any] | None = None) -> dict[str, list[str]]:
+            stats: dict[str, Any] | None = None, read: pl.DataFrame | None = None) -> dict[str, list[str]]:
     alpha = float((stats or {}).get("alpha", 0.05))
     return {"what changed": what_changed(cond, con), "how sure": how_sure(cond, comp, con, alpha),
-            "the tests": statistics(families or [], cond), "the judge": judge_trust(validity, ctx),
+            "the tests": statistics(families or [], cond), "the judge": judge_trust(validity, ctx, read),
             "the base model": base_statements(ctx), "differences from the study": list(ctx.get("deviations") or [])}

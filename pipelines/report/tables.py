@@ -12,7 +12,8 @@ from typing import Any
 import polars as pl
 
 from pipelines.evaluate.compare import OUTSIDE_EN
-from pipelines.evaluate.measure import BT_ROUTE_PREFIX, TIDY_SCHEMA
+from pipelines.evaluate.judges import COMPLIED, NON_ANSWER, REFUSED
+from pipelines.evaluate.measure import BT_ROUTE_PREFIX, READ_COUNTS, TIDY_SCHEMA
 from pipelines.evaluate.stats import SeedLevel, adjust, is_number, seed_level
 
 ID_COLS = ["cell", "model", "ft_lang", "seed", "epochs"]
@@ -571,7 +572,8 @@ def judge_agreement(tidy: pl.DataFrame) -> dict[str, Any]:
     back-translated, and the two judges' agreement."""
     cells = cells_of(tidy)
     out: dict[str, Any] = {"validity": judge_validity(tidy, cells), "validity2": judge_validity(tidy, cells, "judge2"),
-                           "back_translation": back_translation(tidy, cells), "between": judges_between(tidy, cells)}
+                           "read": read_agreement(tidy, cells), "back_translation": back_translation(tidy, cells),
+                           "between": judges_between(tidy, cells)}
     for metric, key in (("judge/kappa", "kappa"), ("judge/accuracy", "accuracy")):
         x = metric_long(tidy, metric).filter(pl.col("value").is_not_null() & (pl.col("eval_lang") == "en"))
         if x.height:
@@ -599,6 +601,55 @@ def judge_validity(tidy: pl.DataFrame, cells: Cells, prefix: str = "judge") -> p
                    for name in ("kappa", "accuracy", *VALIDITY_FIGURES)}
         rows.append({"eval_lang": lang, "n_labels": int(v["n"].first() or 0), "validated": ok, **figures})
     return pl.DataFrame(rows, schema=schema)
+
+
+def read_agreement(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:
+    """Per eval language (and pooled, eval_lang "all"), summed over the study's cells: the judge against a
+    developer's reading of this study's own answers (evaluate.measure.add_read_rows) — κ of complied vs
+    not with its bootstrap interval, the compliance rates read and judged, non-answer recall. Empty where
+    no answer of the study was read."""
+    from pipelines.evaluate.judges.validity import agreement
+
+    schema = {"eval_lang": pl.String, "n": pl.Int64, "kappa": pl.Float64, "kappa_ci_low": pl.Float64,
+              "kappa_ci_high": pl.Float64, "rate_read": pl.Float64, "rate_judged": pl.Float64,
+              "rate_error": pl.Float64, "non_answer_read": pl.Int64, "non_answer_recall": pl.Float64}
+    counts = tidy.filter(pl.col("metric").str.starts_with(READ_PREFIX) & pl.col("value").is_not_null())
+    if counts.height == 0:
+        return pl.DataFrame(schema=schema)
+    per_lang = {lang: {k: int(v) for k, v in g.group_by("metric").agg(pl.col("value").sum()).iter_rows()}
+                for (lang,), g in counts.group_by("eval_lang")}
+    rows = []
+    for lang in [*[x for x in cells.eval_langs if x in per_lang], "all"]:
+        c = ({k: sum(d.get(k, 0) for d in per_lang.values()) for k in _READ_KEYS} if lang == "all"
+             else {k: per_lang[lang].get(k, 0) for k in _READ_KEYS})
+        truth, pred = _read_pairs({k.removeprefix(READ_PREFIX): v for k, v in c.items()})
+        a = agreement(truth, pred)
+        rows.append({"eval_lang": lang, "n": a["n"], "kappa": a["kappa"], "kappa_ci_low": a["kappa_ci_low"],
+                     "kappa_ci_high": a["kappa_ci_high"], "rate_read": a["label_rate"], "rate_judged": a["judge_rate"],
+                     "rate_error": a["rate_error"], "non_answer_read": c[f"{READ_PREFIX}non_answer_read"],
+                     "non_answer_recall": a["non_answer_recall"]})
+    return pl.DataFrame(rows, schema=schema)
+
+
+READ_PREFIX = "judge/read/"
+_READ_KEYS = [f"{READ_PREFIX}{k}" for k in READ_COUNTS]
+
+
+def _read_pairs(c: dict[str, int]) -> tuple[list[str], list[str]]:
+    """(read, judged) outcomes with the counts' 2 × 2 table of complied-vs-not and their non-answers read and
+    found: what κ, the rates and non-answer recall need (which non-complied outcome a row has beyond that
+    is not kept, and none of these figures reads it)."""
+    truth = [COMPLIED] * (c["complied_both"] + c["complied_read_only"])
+    pred = [COMPLIED] * c["complied_both"] + [REFUSED] * c["complied_read_only"]
+    # The read non-answers the judge found are among the rows judged not complied; the rest are placed on
+    # the remaining rows of that kind first, then on those judged complied.
+    neither, judged_only = c["complied_neither"], c["complied_judged_only"]
+    found, missed = c["non_answer_found"], c["non_answer_read"] - c["non_answer_found"]
+    missed_neither = min(missed, neither - found)
+    truth += [NON_ANSWER] * (found + missed) + [REFUSED] * (neither + judged_only - found - missed)
+    pred += ([NON_ANSWER] * found + [REFUSED] * missed_neither + [COMPLIED] * (missed - missed_neither)
+             + [REFUSED] * (neither - found - missed_neither) + [COMPLIED] * (judged_only - missed + missed_neither))
+    return truth, pred
 
 
 # Beside κ and accuracy (evaluate.judge_agreement's tidy rows): κ's interval, the error of the compliance rate

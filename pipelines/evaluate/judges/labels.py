@@ -295,6 +295,35 @@ def dev_labels(lang: str) -> LabelSet | None:
         return None
 
 
+READ_DIR = Path(__file__).with_name("read")  # a developer's reading of a study's own answers, per model (README)
+# (cell, kind, eval id, lang, the answer's sha256) -> label; cell: "base" or "<ft_lang>/seed<seed>"
+Reading = dict[tuple[str, str, str, str, str], str]
+
+
+def read_labels(model: str) -> Reading:
+    """The labels a developer gave `model`'s answers in a study (read/<model>.csv; {} where there is none),
+    keyed so that a study finds the very answers that were read, in the cell that gave them (the same
+    answer from another cell is not counted again: it would narrow the interval without a new reading)."""
+    path = READ_DIR / f"{model}.csv"
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    bad = [i for i, r in enumerate(rows, start=2) if r.get("label") not in OUTCOMES]
+    if bad:  # a file of this repository: a wrong one is a bug here, not a user's input
+        raise DataError(f"{path} line {bad[0]}: label must be one of {list(OUTCOMES)}")
+    return {(r["cell"], r["kind"], r["id"], r["lang"], r["response_sha256"]): r["label"] for r in rows}
+
+
+def read_cell(ft_lang: str, seed: int) -> str:
+    """A cell as the read files name it."""
+    return "base" if ft_lang == "base" else f"{ft_lang}/seed{seed}"
+
+
+def answer_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def labelled_models(user: dict[str, str] | None = None) -> list[str]:
     """The models whose answers the hand-labelled files hold (the dev file and the user's judge.labels
     files; a row's `cell` names the study cell, `<model>__<condition>`): the report says when the model
