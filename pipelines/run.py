@@ -98,9 +98,9 @@ def run_study(cfg: StudyConfig, resume: bool = True,
                    on_event or (lambda kind, info: None))
     run.on_event("study", {"cell_dirs": [study.cell_dir(c) for c in study.cells()], "progress_dir": wd.progress()})
     with workdir_lock(wd.root):
-        if until != "translate":
-            check_judgments(study, rejudge)
-        if until == "report" and (done := finished(run)) is not None:
+        # Cells handed back to be judged again are named there, not again as "missing or damaged".
+        stale = check_judgments(study, rejudge) if until != "translate" else []
+        if until == "report" and not (rejudge and stale) and (done := finished(run)) is not None:
             return done
         return _run(run, resume, until)
 

@@ -164,7 +164,8 @@ def test_tidy_metrics_tables(study) -> None:
     assert judged.filter(pl.col("lang") == "es")["bt_route"].unique().to_list() == ["apertium:es-en"]
 
 
-def test_a_cell_an_older_judge_labelled_is_judged_again_without_training_or_generating(study, tmp_path) -> None:
+def test_a_cell_an_older_judge_labelled_is_judged_again_without_training_or_generating(study, tmp_path,
+                                                                                      caplog) -> None:
     """A copy of the finished study, one cell's labels marked as an earlier judge version's: the next run
     judges that cell again from its stored answers, and nothing else is redone."""
     import shutil
@@ -194,6 +195,7 @@ def test_a_cell_an_older_judge_labelled_is_judged_again_without_training_or_gene
     finally:
         ray.shutdown()
     assert again.stages["translate"]["reused"] and not again.stages["sweep"]["reused"]
+    assert "Judging them again" in caplog.text and "missing or damaged" not in caplog.text
     assert pl.read_parquet(old / "judged.parquet")["judge_version"].unique().to_list() == [
         installed_version(cfg.judge.name)]
     assert parts and {p: p.stat().st_mtime_ns for p in parts} == parts  # not generated again
