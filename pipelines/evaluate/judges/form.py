@@ -80,8 +80,8 @@ class Form:
         judge trains on are long answers of large models, so length would stand in for "is an answer".
         Repetition counts only where the loop starts in the opening, as in `reason`: the made non-answers
         loop from the first word, so a judge shown every loop learned "repeats itself" as "no answer" and
-        called attempts that loop after a sentence non-answers (on the laptop's Qwen2.5 answers read by
-        hand, 3 of 96; benchmarks/evaluate/RESULTS-answers.md)."""
+        called attempts that loop after a sentence non-answers (on 96 of the laptop's Qwen2.5 answers read
+        by a developer, attempts called non-answers went from 10 to 5; benchmarks/evaluate/RESULTS-answers.md)."""
         looping = self.repetition if self.lead < REPEAT_LEAD else 0.0
         return [float(self.n_units == 0), self.echo, self.novel, looping]
 
