@@ -23,7 +23,8 @@ from cluster.console import clock
 from cluster.storage import write_json_atomic
 from pipelines.align import check_disjoint
 from pipelines.config import StudyConfig
-from pipelines.evaluate.judges import make_judge
+from pipelines.evaluate.judges import JUDGES, make_judge
+from pipelines.evaluate.judges.trained import TrainedJudge
 from pipelines.evaluate.judges.validity import judge_validity
 from pipelines.layout import cache_root
 from pipelines.registries.model_store import model_dir
@@ -93,6 +94,16 @@ class StepProgress:
                  f"ETA {clock(self.remaining_after(index))}")
 
 
+def _judge_estimate(name: str, index: int, cfg: StudyConfig) -> float:
+    """A judge's first-time seconds: fitting and scoring a trained judge per eval language; a judge that
+    fits nothing after the first has its labels translated already (the refusal-phrase judge: 1 s)."""
+    if not cfg.judge.agreement:
+        return 5.0
+    if index > 0 and not issubclass(JUDGES.get(name), TrainedJudge):
+        return 5.0
+    return JUDGE_S_PER_LANG * len(cfg.eval_langs)
+
+
 def _model_estimate(alias: str) -> float:
     spec = model_spec(alias)
     if spec.source == "aligned":
@@ -122,8 +133,7 @@ def prepare(cfg: StudyConfig, out: TextIO | Callable[[str], None] | None = None)
     if cfg.judge.second:
         judges.append((cfg.judge.second, cfg.judge.second_options, cfg.judge.second_back_translate))
     steps = [(f"model {m}", _model_estimate(m)) for m in cfg.models]
-    steps += [(f"judge {name}", JUDGE_S_PER_LANG * len(cfg.eval_langs) if cfg.judge.agreement else 5.0)
-              for name, _, _ in judges]
+    steps += [(f"judge {name}", _judge_estimate(name, i, cfg)) for i, (name, _, _) in enumerate(judges)]
     times_path = cache_root() / "prepare-times.json"
     learned = _read_times(times_path)
     progress = StepProgress(steps, say, dict(learned))

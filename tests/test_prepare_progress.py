@@ -44,3 +44,12 @@ def test_prepare_prints_every_step_and_records_its_times(tmp_path: Path, monkeyp
     assert sum("done in" in x for x in lines) == 2
     times = json.loads((tmp_path / "cache" / "prepare-times.json").read_text())
     assert set(times) == set(took)
+
+
+def test_a_judge_that_fits_nothing_after_the_first_is_estimated_in_seconds() -> None:
+    # The laptop: trained-e5 fits and scores per eval language; the refusal-phrase judge after it reuses the
+    # translated labels (1 s measured), so its ETA must not be the trained judge's 4 minutes.
+    cfg = load_config("laptop", [])
+    assert prep._judge_estimate("trained-e5", 0, cfg) == prep.JUDGE_S_PER_LANG * len(cfg.eval_langs)
+    assert prep._judge_estimate("refusal-phrase", 1, cfg) == 5.0
+    assert prep._judge_estimate("trained-minilm", 1, cfg) == prep.JUDGE_S_PER_LANG * len(cfg.eval_langs)
