@@ -97,7 +97,7 @@ def judge_tables(judge: dict[str, Any]) -> str:
     rd = judge.get("read")
     if isinstance(rd, pl.DataFrame) and rd.height:
         out.append("<h4>The judge on this study's own answers, read by a developer</h4><p class=\"note\">Answers "
-                   "of this study found identical (prompt, language, text) to ones a developer read and labelled "
+                   "of this study found identical (cell, prompt, language, text) to ones a developer read and labelled "
                    "(pipelines/evaluate/judges/read/), pooled over the cells that gave them: Cohen's κ of complied "
                    "vs not with its 95% bootstrap interval, the compliance rate read and judged and their "
                    "difference (rate_error), and the read non-answers the judge found (all: every language).</p>"
