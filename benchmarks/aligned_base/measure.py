@@ -1,8 +1,7 @@
 """Measure the aligned laptop base (and the unaligned one beside it) with the study's own evaluate path:
 the laptop preset's eval sets built by the translate stage, `evaluate_cell` on the base cell, the preset's
-judge (trained-minilm, back-translation to English where a route exists). Writes measured.json (keyed by
-the aligned model's cache directory, which the report's provenance reads) and prints a Markdown table for
-RESULTS.md, plus the generation cost per cell.
+judge. Writes measured.json (keyed by the model's cache directory; nothing reads it at run time) and
+prints a Markdown table for RESULTS.md, plus the generation cost per cell.
 
     .venv/bin/python benchmarks/aligned_base/measure.py --workdir /tmp/ab [key=value overrides ...]
 
