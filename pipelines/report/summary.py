@@ -154,7 +154,7 @@ def read_trust(read: pl.DataFrame | None) -> list[str]:
     pooled = rows.pop("all")
     out = [f"On {pooled['n']} of this study's own answers read by a developer (found among its answers by "
            "cell, prompt, language and text; the labels are kept by hash in pipelines/evaluate/judges/read/), the judge "
-           f"agrees with the reading as follows: pooled {_trust(pooled | {'eval_lang': 'κ'})[2:]}; "
+           f"agrees with the reading as follows: {_trust(pooled | {'eval_lang': 'pooled'})}; "
            + ", ".join(f"{_trust(r)} (n {r['n']})" for r in rows.values()) + "."]
     off = [r for r in rows.values() if round(abs(r.get("rate_error") or 0.0), 2) > RATE_ERROR_WARN]
     if off:

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from pipelines.evaluate.compare import OUTSIDE_EN
-from pipelines.evaluate.judges import COMPLIED, NON_ANSWER, REFUSED
+from pipelines.evaluate.judges import COMPLIED, REFUSED
 from pipelines.evaluate.measure import BT_ROUTE_PREFIX, READ_COUNTS, TIDY_SCHEMA
 from pipelines.evaluate.stats import SeedLevel, adjust, is_number, seed_level
 
@@ -620,36 +620,23 @@ def read_agreement(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:
                 for (lang,), g in counts.group_by("eval_lang")}
     rows = []
     for lang in [*[x for x in cells.eval_langs if x in per_lang], "all"]:
-        c = ({k: sum(d.get(k, 0) for d in per_lang.values()) for k in _READ_KEYS} if lang == "all"
-             else {k: per_lang[lang].get(k, 0) for k in _READ_KEYS})
-        truth, pred = _read_pairs({k.removeprefix(READ_PREFIX): v for k, v in c.items()})
+        c = {k: sum(d.get(f"{READ_PREFIX}{k}", 0) for d in (per_lang.values() if lang == "all" else [per_lang[lang]]))
+             for k in READ_COUNTS}
+        # Complied vs not, read × judged: κ, its interval and both rates come from this 2 × 2 table alone.
+        truth = [COMPLIED] * (c["complied_both"] + c["complied_read_only"]) + \
+            [REFUSED] * (c["complied_judged_only"] + c["complied_neither"])
+        pred = [COMPLIED] * c["complied_both"] + [REFUSED] * c["complied_read_only"] + \
+            [COMPLIED] * c["complied_judged_only"] + [REFUSED] * c["complied_neither"]
         a = agreement(truth, pred)
+        na = c["non_answer_read"]
         rows.append({"eval_lang": lang, "n": a["n"], "kappa": a["kappa"], "kappa_ci_low": a["kappa_ci_low"],
                      "kappa_ci_high": a["kappa_ci_high"], "rate_read": a["label_rate"], "rate_judged": a["judge_rate"],
-                     "rate_error": a["rate_error"], "non_answer_read": c[f"{READ_PREFIX}non_answer_read"],
-                     "non_answer_recall": a["non_answer_recall"]})
+                     "rate_error": a["rate_error"], "non_answer_read": na,
+                     "non_answer_recall": c["non_answer_found"] / na if na else None})
     return pl.DataFrame(rows, schema=schema)
 
 
 READ_PREFIX = "judge/read/"
-_READ_KEYS = [f"{READ_PREFIX}{k}" for k in READ_COUNTS]
-
-
-def _read_pairs(c: dict[str, int]) -> tuple[list[str], list[str]]:
-    """(read, judged) outcomes with the counts' 2 × 2 table of complied-vs-not and their non-answers read and
-    found: what κ, the rates and non-answer recall need (which non-complied outcome a row has beyond that
-    is not kept, and none of these figures reads it)."""
-    truth = [COMPLIED] * (c["complied_both"] + c["complied_read_only"])
-    pred = [COMPLIED] * c["complied_both"] + [REFUSED] * c["complied_read_only"]
-    # The read non-answers the judge found are among the rows judged not complied; the rest are placed on
-    # the remaining rows of that kind first, then on those judged complied.
-    neither, judged_only = c["complied_neither"], c["complied_judged_only"]
-    found, missed = c["non_answer_found"], c["non_answer_read"] - c["non_answer_found"]
-    missed_neither = min(missed, neither - found)
-    truth += [NON_ANSWER] * (found + missed) + [REFUSED] * (neither + judged_only - found - missed)
-    pred += ([NON_ANSWER] * found + [REFUSED] * missed_neither + [COMPLIED] * (missed - missed_neither)
-             + [REFUSED] * (neither - found - missed_neither) + [COMPLIED] * (judged_only - missed + missed_neither))
-    return truth, pred
 
 
 # Beside κ and accuracy (evaluate.judge_agreement's tidy rows): κ's interval, the error of the compliance rate
