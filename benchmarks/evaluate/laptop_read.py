@@ -35,8 +35,10 @@ FILES = {"unsafe": "judged.parquet", "safe": "judged_safe.parquet"}
 
 
 def cell_name(manifest: dict) -> str:
-    c = manifest["cell"]
-    return "base" if c["ft_lang"] == "base" else f"{c['ft_lang']}/seed{c['seed']}"
+    """A finished cell as the read files name it (labels.read_cell)."""
+    from pipelines.evaluate.judges.labels import read_cell
+
+    return read_cell(manifest["cell"]["ft_lang"], manifest["cell"]["seed"])
 
 
 def read_answers(workdir: Path, wanted: set[str]) -> pl.DataFrame:
