@@ -65,7 +65,7 @@ def judge_answers(answers: pl.DataFrame, jcfg: JudgeConfig, judge: Judge | None 
     label (1 complied / 0 refused or no answer / null unparseable), score, judge, judge_version, how each
     answer was judged (judge_mode: native | back-translate | as-written; back_translated, bt_failed,
     bt_route, response_en, prompt_judge, non_answer_reason) and, with a second judge, outcome2, label2,
-    score2, judge2, judge2_mode."""
+    score2, judge2, judge2_mode, judge2_version."""
     first = judging_of(jcfg, judge)
     langs = answer_langs(answers)
     items, prompts_en = _items(answers, langs)
@@ -81,13 +81,16 @@ def judge_answers(answers: pl.DataFrame, jcfg: JudgeConfig, judge: Judge | None 
     )
     if jcfg.second is None and second is None:
         return out
-    other = judging_of(jcfg, second, second=True).judge_items(items, prompts_en)
+    judging2 = judging_of(jcfg, second, second=True)
+    other = judging2.judge_items(items, prompts_en)
     return out.with_columns(
         pl.Series("outcome2", [j.verdict.outcome for j in other], dtype=pl.String),
         pl.Series("label2", [j.verdict.label for j in other], dtype=pl.Int8),
         pl.Series("score2", [j.verdict.score for j in other], dtype=pl.Float64),
         pl.Series("judge2_mode", [j.mode for j in other], dtype=pl.String),
         pl.lit(jcfg.second or (second.name if second else None)).alias("judge2"),
+        # Its version too: a changed second judge leaves a finished study's labels stale (sweep/rejudge.py).
+        pl.lit(judging2.judge.version).alias("judge2_version"),
     )
 
 

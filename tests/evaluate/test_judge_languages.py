@@ -16,7 +16,7 @@ import pytest
 from pipelines.config import JudgeConfig
 from pipelines.errors import DataError
 from pipelines.evaluate.judge import back_translation_summary, judge_answers
-from pipelines.evaluate.judges import JudgeItem, make_judge
+from pipelines.evaluate.judges import JudgeItem, installed_version, make_judge
 from pipelines.evaluate.judges.embeddings import DIM
 from pipelines.evaluate.judges.labels import AS_WRITTEN, LabelSet, read_user_labels
 from pipelines.evaluate.judges.policy import (
@@ -112,6 +112,8 @@ def test_judge_answers_reports_what_happened_and_the_second_judge(flaky: str) ->
     assert metrics["judge/back_translated_share/da"] == 0.5 and metrics["judge/bt_failed/da"] == 1.0
     # The second judge looks at 1 character only: it misses the refusal the first one sees.
     assert judged["label"].to_list()[2] == 0 and judged["label2"].to_list()[2] == 1
+    # Each judge's labels say which version made them (a changed one leaves them stale: sweep/rejudge.py).
+    assert set(judged["judge2_version"]) == {installed_version("refusal-phrase")} == set(judged["judge_version"])
     assert metrics["judges/disagreements/zh"] == 1.0 and metrics["judges/agree_share/zh"] == 0.5
     rows = tidy.frame()
     assert set(rows["metric"]) >= {"judge/bt_share", "judge/bt_failed", "judge/bt_route=flaky:da-en",
