@@ -175,6 +175,7 @@ def test_a_cell_an_older_judge_labelled_is_judged_again_without_training_or_gene
     from cluster.storage import read_manifest, write_manifest
     from pipelines.evaluate.judges import installed_version
     from pipelines.presets import load_config
+    from pipelines.report import report_for_config
     from pipelines.run import run_study
 
     wd = tmp_path / "wd"
@@ -190,6 +191,10 @@ def test_a_cell_an_older_judge_labelled_is_judged_again_without_training_or_gene
     parts = {p: p.stat().st_mtime_ns for p in old.rglob("generations*/part-*.parquet")}
     kept = {d: read_manifest(d)["created_at"] for d in cell_dirs if d != old}
     checkpoints = {p: p.stat().st_mtime_ns for p in wd.glob("checkpoints/*/manifest.json")}
+    # Redrawing the report alone keeps the labels, and says whose they are and how to judge them again.
+    redrawn = report_for_config(cfg, log_mlflow=False)
+    assert f"{before['cell_id']} ({cfg.judge.name} version 0, " in redrawn.note
+    assert "`safedrift run`" in redrawn.note
     try:
         again = run_study(cfg)
     finally:

@@ -20,7 +20,7 @@ import polars as pl
 
 from cluster.storage import atomic_dir, read_json, read_manifest, workdir_lock, write_manifest
 from cluster.tracking import tracking_uri
-from pipelines.cells import cell_dir, study_cells, study_hashes
+from pipelines.cells import Study, cell_dir, study_cells, study_hashes
 from pipelines.errors import DataError
 from pipelines.layout import Workdir
 from pipelines.report import figures as figs
@@ -30,6 +30,7 @@ from pipelines.report import tables as tb
 from pipelines.report.html import FigureOut, Skipped, page
 from pipelines.report.provenance import minimal_context, redact_uri, study_context
 from pipelines.report.summary import summary
+from pipelines.sweep.rejudge import describe, stale_cells
 from pipelines.sweep.tidy import write_sweep_tidy
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,12 @@ def _report_for_config(cfg: Any, wd: Workdir, out: Path | None, log_mlflow: bool
         with tempfile.TemporaryDirectory() as scratch:
             tidy = write_sweep_tidy(results, wd, Path(scratch))
         note = "the sweep has not finished: the report covers the cells that have"
+    if stale := stale_cells(Study.of(cfg, wd)):
+        # Redrawing keeps the labels as they are: say whose they are, and how to judge them again.
+        old = (f"{len(stale)} cell(s) carry labels of an earlier judge than the installed one ({describe(stale)}): "
+               f"`safedrift run` with this config judges them again from their stored answers")
+        log.warning("%s", old)
+        note = f"{note}; {old}" if note else old
     ctx = study_context(cfg, study_hash, ds_hash, read_manifest(wd.datasets(ds_hash)),
                         (sweep or {}).get("parent_run_id"), uri)
     out = out or wd.report(study_hash)
