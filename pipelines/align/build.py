@@ -68,7 +68,8 @@ class AlignedBuild:
         model, tok = load_for_generation(base_dir, None, recipe.threads)
         looks = lookalike_prompts(recipe)
         gcfg = GenerateConfig(max_new_tokens=recipe.lookalike_tokens, batch_size=max(1, len(looks)))
-        answers = generate_answers(model, tok, looks, gcfg) if looks else []
+        asked = [f"{recipe.lookalike_preface}{p}" for p in looks]
+        answers = generate_answers(model, tok, asked, gcfg) if looks else []
         t_look = time.time() - t0
         # Training batches are right-padded by collate itself, whatever the tokenizer's padding side.
         trained = train_lora(model, tok, training_rows(recipe, self.data, answers), recipe)
@@ -76,7 +77,7 @@ class AlignedBuild:
         check = {
             "harmful": {"source": recipe.check_harmful,
                         **refusal_rate(merged, tok, [r["prompt"] for r in self.data["check_harmful"]], recipe.check_tokens)},
-            "benign": {"source": recipe.benign[0],
+            "benign": {"source": recipe.benign[0] if recipe.benign else None,  # a recipe may teach no helpful rows
                        **refusal_rate(merged, tok, [r["instruction"] for r in self.data["check_benign"]], recipe.check_tokens)},
         }
         merged.save_pretrained(out)

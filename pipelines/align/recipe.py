@@ -88,6 +88,11 @@ class AlignRecipe:
     # compliance 0.32 > 0.30 on the eval (RESULTS.md, recipe search), so the recipe keeps 40.
     n_lookalike: int = 40
     lookalike_tokens: int = 64  # new tokens of the base model's answers to the look-alikes
+    # Said to the base model before each look-alike, never trained on: the answers it then gives are what
+    # the aligned model learns to give unprompted. For a base that over-refuses on its own (Qwen2.5-Coder-
+    # 0.5B refused 13 of the 40 look-alikes, and 0 of those 13 behind this preface), its own answers would
+    # teach it to refuse them. Empty: the look-alikes asked as they are.
+    lookalike_preface: str = ""
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -118,5 +123,9 @@ class AlignRecipe:
         return recipe
 
     def key(self) -> dict[str, Any]:
-        """The recipe's fields as hashed (the fields of the first builds: their directories keep their names)."""
-        return asdict(self)
+        """The recipe's fields as hashed (the fields of the first builds: their directories keep their names,
+        so a field added later is hashed only where it is set)."""
+        key = asdict(self)
+        if not self.lookalike_preface:
+            del key["lookalike_preface"]
+        return key

