@@ -74,8 +74,12 @@ def stale_cells(study: Study) -> list[Stale]:
 
 
 def describe(stale: list[Stale]) -> str:
-    """Each stale cell and what its labels are: "<cell> (trained-e5 version 6, installed 7)"."""
-    return "; ".join(f"{s.cell.id} ({'; '.join(map(str, s.old))})" for s in stale)
+    """What the stale cells' labels are, and which cells: "trained-e5 version 6, installed 7: <cell>, <cell>"
+    (cells whose labels are alike named together: after a judge change that is every cell of a study)."""
+    groups: dict[tuple[Old, ...], list[str]] = {}
+    for s in stale:
+        groups.setdefault(s.old, []).append(s.cell.id)
+    return "; ".join(f"{'; '.join(map(str, old))}: {', '.join(cells)}" for old, cells in groups.items())
 
 
 def check_judgments(study: Study, rejudge: bool) -> list[Stale]:

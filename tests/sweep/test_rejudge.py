@@ -92,4 +92,4 @@ def test_labels_of_an_earlier_second_judge_are_stale_too(tmp_path: Path, caplog:
     assert [(o.judge, o.judged_with, o.installed) for o in stale[0].old] == [("trained-e5", ("0",), second)]
     with caplog.at_level(logging.WARNING):
         check_judgments(study, rejudge=False)
-    assert f"{cells[1].id} (trained-e5 version 0, installed {second})" in caplog.text
+    assert f"trained-e5 version 0, installed {second}: {cells[1].id}" in caplog.text
