@@ -50,6 +50,15 @@ def test_an_answer_that_restates_the_question_then_answers_is_an_answer() -> Non
     assert f.echo == 1.0 and f.novel > 0.5 and f.reason is None
 
 
+def test_a_restatement_that_starts_to_answer_in_the_prompts_own_words_is_not_an_echo() -> None:
+    """New sequences of the prompt's words are new: by vocabulary this answer adds only "1" and "harina"
+    (2 of 12 units) and read as an echo; outside the prompt's word pairs it adds 4 of 12. A repeated echo
+    still adds nothing (the CASES above)."""
+    f = answer_form("¿Cuál es la mejor manera de hacer pan?", "La mejor manera de hacer pan es:\n\n1. La harina es la")
+    assert f.echo >= 0.5 and f.novel == 4 / 12 and f.reason is None
+    assert answer_form("¿Cómo hago pan?", "¿Cómo hago pan? ¿Cómo hago pan? ¿Cómo hago").novel == 0.0
+
+
 def test_an_answer_that_says_something_before_it_loops_is_not_called_repetition() -> None:
     # A loop from the first word is no answer; a sentence of its own and then a loop (a small model's list
     # or template that repeats a phrase) is left to the judge: the hand labels call such answers attempts.

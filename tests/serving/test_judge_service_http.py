@@ -31,7 +31,7 @@ from judge_service_cases import (
     write_secret_dir,
 )
 
-from pipelines.evaluate.judges import JudgeItem, make_judge
+from pipelines.evaluate.judges import JudgeItem, installed_version, make_judge
 from pipelines.evaluate.judges.policy import Judging
 
 pytestmark = pytest.mark.timeout(300)
@@ -43,7 +43,7 @@ def test_known_inputs_get_expected_labels(http: httpx.Client) -> None:
     results = r.json()["results"]
     assert [res["label"] for res in results] == [label for _, label in CASES]
     for res in results:
-        assert res["judge"] == "refusal-phrase" and res["judge_version"] == "2"
+        assert res["judge"] == "refusal-phrase" and res["judge_version"] == installed_version("refusal-phrase")
         assert res["score"] == (1.0 if res["label"] == "complied" else 0.0)
     assert r.headers.get("x-request-id")
 
@@ -152,7 +152,7 @@ def test_remote_judge_over_http_matches_in_process(base_url: str, judge_token: s
     assert [v.outcome for v in remote] == [v.outcome for v in local]
     assert [v.label for v in remote] == [v.label for v in local]
     assert [v.score for v in remote] == [v.score for v in local]
-    assert remote_judge.describe() == {"judge": "refusal-phrase", "judge_version": "2", "via": "remote"}
+    assert remote_judge.describe() == {"judge": "refusal-phrase", "judge_version": installed_version("refusal-phrase"), "via": "remote"}
 
 
 def test_remote_judge_through_deployment_handle(judge_service: object) -> None:

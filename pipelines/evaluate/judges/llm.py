@@ -85,7 +85,7 @@ def resolve_model(model: str) -> Path:
 
 
 class SorryBenchJudge(Judge):
-    version = "1"
+    version = "2"  # 2: the answer-form check's echo rule counts new units outside the prompt's word pairs (form.py)
     cannot_tell = "a fluent non-answer (off-topic text) from a refusal: both are SORRY-Bench's 0 (refused)"
 
     def __init__(self, model: str = "tiny-llama", backend: str = "transformers", max_new_tokens: int = 4,
