@@ -191,6 +191,7 @@ def test_a_cell_an_older_judge_labelled_is_judged_again_without_training_or_gene
     parts = {p: p.stat().st_mtime_ns for p in old.rglob("generations*/part-*.parquet")}
     kept = {d: read_manifest(d)["created_at"] for d in cell_dirs if d != old}
     checkpoints = {p: p.stat().st_mtime_ns for p in wd.glob("checkpoints/*/manifest.json")}
+    capability = (old / "capability.json").stat().st_mtime_ns  # measured once, read back when judged again
     # Redrawing the report alone keeps the labels, and says whose they are and how to judge them again.
     redrawn = report_for_config(cfg, log_mlflow=False)
     assert f"{cfg.judge.name} version 0, " in redrawn.note and before['cell_id'] in redrawn.note
@@ -205,6 +206,7 @@ def test_a_cell_an_older_judge_labelled_is_judged_again_without_training_or_gene
         installed_version(cfg.judge.name)]
     assert parts and {p: p.stat().st_mtime_ns for p in parts} == parts  # not generated again
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints  # not fine-tuned again
+    assert (old / "capability.json").stat().st_mtime_ns == capability  # capability and drift not measured again
     assert {d: read_manifest(d)["created_at"] for d in kept} == kept  # the other cells reused
     after = read_manifest(old)["metrics"]
     same = [k for k in before["metrics"] if "compliance" in k]

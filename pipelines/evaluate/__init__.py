@@ -12,6 +12,7 @@ worker's one copy of the base model (the cell's adapter switched in) and the wor
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from cluster import progress
+from cluster.storage import read_json, write_json_atomic
 from pipelines.cells import Cell
 from pipelines.config import StudyConfig
 from pipelines.evaluate import capability, drift
@@ -111,7 +113,8 @@ def _evaluate(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path, scr
 
     progress.update("capability and drift")
     t0 = time.time()
-    metrics |= capability_and_drift(cfg, cell, weights, unsafe, safe, benign, tidy, session)
+    metrics |= measured_once(scratch / CAPABILITY, tidy,
+                             lambda: capability_and_drift(cfg, cell, weights, unsafe, safe, benign, tidy, session))
     timing["time/capability_drift_s"] = time.time() - t0
     # NaN (a rate over no parseable answer) is left out: the tidy table keeps it as null with n.
     metrics = {k: float(v) for k, v in metrics.items() if is_number(v)}
@@ -173,6 +176,30 @@ def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
                 info["heldout_n"] = int(en["n"])
         info[f"{prefix}_languages"] = langs
     return metrics, info
+
+
+# A cell's capability and drift, kept beside its answers: they depend on the weights and the evaluation
+# settings the cell directory's hash names, never on the judge, so a cell judged again after a judge change
+# (sweep/rejudge.py) reads them back instead of measuring them again (about 25 s of the 29 s a laptop cell
+# took to re-judge).
+CAPABILITY = "capability.json"
+
+
+def measured_once(path: Path, tidy: Tidy, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """`measure()`'s metrics and the tidy rows it adds, stored at `path` the first time and read back after
+    (a damaged file is measured again)."""
+    try:
+        saved = read_json(path)
+        rows, metrics = list(saved["rows"]), dict(saved["metrics"])  # both read before either is used
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    else:
+        tidy.rows += rows
+        return metrics
+    start = len(tidy.rows)
+    metrics = measure()
+    write_json_atomic(path, {"metrics": metrics, "rows": tidy.rows[start:]})
+    return metrics
 
 
 def capability_and_drift(cfg: StudyConfig, cell: Cell, weights: Weights, unsafe: pl.DataFrame,
