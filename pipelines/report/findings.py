@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines.evaluate.stats import normal_quantile
+from pipelines.evaluate.stats import benjamini_hochberg, normal_quantile
 from pipelines.report.tables import ALPHA, CONFIRMATORY_NAME, OUTSIDE_EN, SCREENING_NAME, Cells
 
 ENGLISH = "en"
@@ -118,10 +118,10 @@ def largest_fold_increase(cond: pl.DataFrame, alpha: float = ALPHA, top: int = 5
                                                    "significant": best["significant"]})
 
 
-def _en_verdict(en: dict[str, Any] | None, diffs: pl.DataFrame) -> str:
+def _en_verdict(en: dict[str, Any] | None, en_p_adj: float | None, diffs: pl.DataFrame, alpha: float) -> str:
     if en is None or en["delta"] is None:
         return "English not measured"
-    if en["significant"]:
+    if en_p_adj is not None and en_p_adj <= alpha:
         return "seen in English"
     if diffs.filter(pl.col("significant") & (pl.col("eval_lang") != OUTSIDE_EN)).height:
         return "missed by English-only"
@@ -133,13 +133,18 @@ def english_only_missed(vs_en: pl.DataFrame, cond: pl.DataFrame, con: pl.DataFra
     """Per fine-tuned condition: would an evaluation in English alone have missed a change? Only where the
     English change is not significant and the change in another language differs significantly from it
     (change in X − change in English, paired on the parallel prompts, its own test and interval; BH over
-    every condition × language): a significant change beside a non-significant one is not a difference."""
+    every condition × language): a significant change beside a non-significant one is not a difference.
+    The English change is tested as an English-only evaluation would test it: its own test per condition,
+    BH over the conditions alone, not over every eval language it never ran (the screening family's BH over
+    12 tests would call the laptop's English fine-tune, +0.17 with p 0.005, unchanged in English)."""
     key, title = "english_only", "Would an English-only evaluation have missed it?"
     if not cells.fine_tuned():
         return Finding(key, title, "No fine-tuned cell has been measured yet.", facts={"status": "no_finetuned"})
     if ENGLISH not in cells.eval_langs:
         return Finding(key, title, "English is not among the eval languages, so an English-only evaluation "
                        "cannot be compared with the others.", facts={"status": "no_english"})
+    en_tests = cond.filter((pl.col("eval_lang") == ENGLISH) & pl.col("p_value").is_not_null())
+    en_adj = dict(zip(en_tests["condition"].to_list(), benjamini_hochberg(en_tests["p_value"].to_list()), strict=True))
     rows = []
     for (label,), g in cond.group_by("condition", maintain_order=True):
         en = g.filter(pl.col("eval_lang") == ENGLISH)
@@ -149,13 +154,13 @@ def english_only_missed(vs_en: pl.DataFrame, cond: pl.DataFrame, con: pl.DataFra
         out = diffs.filter(pl.col("eval_lang") == OUTSIDE_EN)
         o = out.row(0, named=True) if out.height else None
         rows.append({"condition": label, "seeds": int(g["seeds"].max() or 0),
-                     "en_delta": en_row["delta"] if en_row else None, "en_p_adj": en_row["p_adj"] if en_row else None,
+                     "en_delta": en_row["delta"] if en_row else None, "en_p_adj": en_adj.get(label),
                      "outside_minus_en": o["delta"] if o else None, "outside_ci_low": o["ci_low"] if o else None,
                      "outside_ci_high": o["ci_high"] if o else None, "outside_p_adj": o["p_adj"] if o else None,
                      "differs_from_en": ", ".join(f"{r['eval_lang']} − en {r['delta']:+.2f} "
                                                   f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], adjusted p {r['p_adj']:.3g}"
                                                   for r in sig.iter_rows(named=True)),
-                     "verdict": _en_verdict(en_row, diffs)})
+                     "verdict": _en_verdict(en_row, en_adj.get(label), diffs, alpha)})
     table = pl.DataFrame(rows, schema={"condition": pl.String, "seeds": pl.Int64, "en_delta": pl.Float64,
                                        "en_p_adj": pl.Float64, "outside_minus_en": pl.Float64,
                                        "outside_ci_low": pl.Float64, "outside_ci_high": pl.Float64,
@@ -178,7 +183,8 @@ def _english_text(table: pl.DataFrame, alpha: float) -> str:
                                                      for r in missed.iter_rows(named=True)) + ".")
     else:
         text = f"In none of the {n} fine-tuned conditions does the evidence show that English-only would miss a change ({how})."
-    text += f" English itself showed a significant change in {seen}."
+    text += (f" English itself showed a significant change in {seen} (each condition's own test in English, "
+             f"{SCREENING_NAME} over the {n} conditions, as an English-only evaluation would correct).")
     if int(table["seeds"].max() or 0) <= 1:
         text += " With one seed per condition these are the changes of single fine-tuning runs."
     return text

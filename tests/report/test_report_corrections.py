@@ -59,6 +59,20 @@ def test_screening_uses_adjusted_p_and_shows_both() -> None:
     assert "adjusted p = 0.008" in fold.summary and "p = 0.001" in fold.summary
 
 
+def test_english_is_tested_as_an_english_only_evaluation_would_test_it() -> None:
+    """English p 0.02 among 8 eval languages: not significant in the screening family (BH over 8), but an
+    English-only evaluation runs one test for the one condition, and sees the change; so a language that
+    differs from English does not make it "missed by English-only"."""
+    langs = ["en", "es", "zh", "pt", "da", "el", "hi", "tl"]
+    s = Sweep(ft_langs=["es"], eval_langs=langs, rates={("es", "en"): 0.4}, p={("es", "en"): 0.02},
+              p_vs_en={("es", "zh"): 0.001})
+    t = build_tables(s.tidy(), s.context())
+    assert not t.conditions.filter(pl.col("eval_lang") == "en")["significant"].item()  # screening: 0.16
+    eng = next(f for f in findings(t)[1] if f.key == "english_only")
+    assert eng.facts["missed"] == [] and eng.table["verdict"].to_list() == ["seen in English"]
+    assert abs(eng.table["en_p_adj"].item() - 0.02) < 1e-12 and "significant change in 1 (" in eng.summary
+
+
 def test_p_values_are_joined_by_language_not_position() -> None:
     s = Sweep(ft_langs=["es"], eval_langs=["en", "es", "zh"], p={("es", "es"): 0.001, ("es", "zh"): 0.5})
     tidy = s.tidy()
