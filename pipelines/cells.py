@@ -77,11 +77,18 @@ def cell_key(cfg: StudyConfig, cell: Cell, datasets_hash: str) -> dict[str, Any]
         # What a judged answer is: three outcomes (refused, complied, non_answer), judged in the language
         # the answer is written in. A cell judged before (two labels) is judged again, not reused.
         "answers": ANSWER_SCHEME,
-        # What a cell measures beyond the unsafe prompts (safe prompts, perplexity, drift sizes).
+        **evaluate_key(cfg),
+    })
+
+
+def evaluate_key(cfg: StudyConfig) -> dict[str, Any]:
+    """What a cell measures beyond the unsafe prompts (safe prompts, perplexity, drift sizes, user files),
+    resources left out."""
+    return {
         "evaluate": cfg.evaluate.model_dump(mode="json", exclude=set(EVAL_RESOURCES)),
         # A user file edited in place must not reuse the numbers measured on its old contents.
         "user_files": {p: _sha256(p) for p in (cfg.evaluate.mmlu_path, cfg.evaluate.alpacaeval_path) if p},
-    })
+    }
 
 
 def _sha256(path: str) -> str | None:

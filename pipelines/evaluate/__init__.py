@@ -21,7 +21,7 @@ import polars as pl
 
 from cluster import progress
 from cluster.storage import read_json, write_json_atomic
-from pipelines.cells import Cell
+from pipelines.cells import Cell, evaluate_key
 from pipelines.config import StudyConfig
 from pipelines.evaluate import capability, drift
 from pipelines.evaluate.evalsets import eval_prompts, heldout_benign, safe_prompts
@@ -45,6 +45,7 @@ from pipelines.evaluate.measure import (
 from pipelines.evaluate.session import EvalSession
 from pipelines.evaluate.stats import is_number
 from pipelines.evaluate.weights import Weights
+from pipelines.hashing import stable_hash
 
 __all__ = ["CellEvaluation", "EvalSession", "Weights", "evaluate_cell"]
 
@@ -113,7 +114,7 @@ def _evaluate(cfg: StudyConfig, cell: Cell, weights: Weights, ds_path: Path, scr
 
     progress.update("capability and drift")
     t0 = time.time()
-    metrics |= measured_once(scratch / CAPABILITY, tidy,
+    metrics |= measured_once(scratch / CAPABILITY, capability_key(cfg, weights, unsafe, safe, benign), tidy,
                              lambda: capability_and_drift(cfg, cell, weights, unsafe, safe, benign, tidy, session))
     timing["time/capability_drift_s"] = time.time() - t0
     # NaN (a rate over no parseable answer) is left out: the tidy table keeps it as null with n.
@@ -178,27 +179,37 @@ def judge_agreement(cfg: StudyConfig, judge: Judge, second: Judge | None,
     return metrics, info
 
 
-# A cell's capability and drift, kept beside its answers: they depend on the weights and the evaluation
-# settings the cell directory's hash names, never on the judge, so a cell judged again after a judge change
-# (sweep/rejudge.py) reads them back instead of measuring them again (about 25 s of the 29 s a laptop cell
-# took to re-judge).
+# A cell's capability and drift, kept beside its answers: they depend on the weights, the evaluation
+# settings and the prompts, never on the judge, so a cell judged again after a judge change (sweep/rejudge.py)
+# reads them back instead of measuring them again (28 of the 30 s a laptop cell took to re-judge).
 CAPABILITY = "capability.json"
 
 
-def measured_once(path: Path, tidy: Tidy, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
-    """`measure()`'s metrics and the tidy rows it adds, stored at `path` the first time and read back after
-    (a damaged file is measured again)."""
+def capability_key(cfg: StudyConfig, weights: Weights, unsafe: pl.DataFrame, safe: pl.DataFrame,
+                   benign: pl.DataFrame) -> str:
+    """What capability and drift depend on. Weights by their last two path parts (models/<name-hash>,
+    <train hash>/adapter), so a copied workdir or cache keeps its measurements."""
+    return stable_hash({**evaluate_key(cfg), "eval_langs": cfg.eval_langs,
+                        "weights": ["/".join(p.parts[-2:]) for p in (weights.base, weights.model, weights.adapter) if p],
+                        "benign": benign.select("lang", "instruction", "output").rows(),
+                        "unsafe": unsafe.select("lang", "prompt").rows(), "safe": safe.select("lang", "prompt").rows()})
+
+
+def measured_once(path: Path, key: str, tidy: Tidy, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """`measure()`'s metrics and the tidy rows it adds, stored at `path` with `key` the first time and read
+    back while the key is the same (a damaged file, or one measured on other inputs, is measured again)."""
     try:
         saved = read_json(path)
         rows, metrics = list(saved["rows"]), dict(saved["metrics"])  # both read before either is used
+        same = saved["key"] == key
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    else:
+        same = False
+    if same:
         tidy.rows += rows
         return metrics
     start = len(tidy.rows)
     metrics = measure()
-    write_json_atomic(path, {"metrics": metrics, "rows": tidy.rows[start:]})
+    write_json_atomic(path, {"key": key, "metrics": metrics, "rows": tidy.rows[start:]})
     return metrics
 
 

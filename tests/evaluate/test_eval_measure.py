@@ -165,7 +165,7 @@ def test_mmlu_style_user_file(tiny, tmp_path) -> None:
 
 def test_capability_and_drift_are_measured_once_per_cell_directory(tmp_path) -> None:
     """A re-judged cell reads its capability and drift back (with their tidy rows) instead of measuring them
-    again; a damaged file is measured again, never half-read."""
+    again; a damaged file, or one measured on other inputs (its key), is measured again, never half-read."""
     from pipelines.evaluate import CAPABILITY, measured_once
     from pipelines.evaluate.measure import Tidy
 
@@ -176,13 +176,19 @@ def test_capability_and_drift_are_measured_once_per_cell_directory(tmp_path) -> 
         tidy.add("en", "ppl_wikitext2", 12.5, n=100)
         return {"capability/ppl_wikitext2": 12.5, "drift/nan": float("nan")}
 
+    def tidy() -> Tidy:
+        return Tidy({"model": "m", "ft_lang": "en"}, "c")
+
     path = tmp_path / CAPABILITY
-    first, again = Tidy({"model": "m", "ft_lang": "en"}, "c"), Tidy({"model": "m", "ft_lang": "en"}, "c")
-    assert measured_once(path, first, lambda: measure(first))["capability/ppl_wikitext2"] == 12.5
-    read = measured_once(path, again, lambda: measure(again))
+    first, again = tidy(), tidy()
+    assert measured_once(path, "k1", first, lambda: measure(first))["capability/ppl_wikitext2"] == 12.5
+    read = measured_once(path, "k1", again, lambda: measure(again))
     assert len(calls) == 1 and read["capability/ppl_wikitext2"] == 12.5 and math.isnan(read["drift/nan"])
     assert again.frame().equals(first.frame())
-    path.write_text('{"metrics": {"capability/ppl_wikitext2": 1', encoding="utf-8")  # cut short
-    damaged = Tidy({"model": "m", "ft_lang": "en"}, "c")
-    assert measured_once(path, damaged, lambda: measure(damaged))["capability/ppl_wikitext2"] == 12.5
-    assert len(calls) == 2 and damaged.frame().height == 1
+    other = tidy()  # other weights, settings or prompts: the file is not theirs
+    measured_once(path, "k2", other, lambda: measure(other))
+    assert len(calls) == 2 and other.frame().height == 1
+    path.write_text('{"key": "k2", "metrics": {"capability/ppl_wikitext2": 1', encoding="utf-8")  # cut short
+    damaged = tidy()
+    assert measured_once(path, "k2", damaged, lambda: measure(damaged))["capability/ppl_wikitext2"] == 12.5
+    assert len(calls) == 3 and damaged.frame().height == 1
