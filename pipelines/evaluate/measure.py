@@ -226,6 +226,7 @@ def add_judge_rows(tidy: Tidy, judged: pl.DataFrame) -> dict[str, float]:
 
 # Per eval language, the 2 × 2 table of complied-vs-not (read by a developer × judged) and the non-answers
 # read and found, summed over a study's cells by the report (report.tables.read_agreement).
+READ_PREFIX = "judge/read/"
 READ_COUNTS = ("complied_both", "complied_read_only", "complied_judged_only", "complied_neither",
                "non_answer_read", "non_answer_found")
 
@@ -256,8 +257,8 @@ def add_read_rows(tidy: Tidy, judged: pl.DataFrame, judged_safe: pl.DataFrame) -
             counts["non_answer_read"] += label == NON_ANSWER
             counts["non_answer_found"] += label == NON_ANSWER and outcome == NON_ANSWER
         for key, value in counts.items():
-            tidy.add(lang, f"judge/read/{key}", float(value), n=len(ps))
-            m[f"judge/read/{key}/{lang}"] = float(value)
+            tidy.add(lang, f"{READ_PREFIX}{key}", float(value), n=len(ps))
+            m[f"{READ_PREFIX}{key}/{lang}"] = float(value)
     return m
 
 

@@ -13,7 +13,7 @@ import polars as pl
 
 from pipelines.evaluate.compare import OUTSIDE_EN
 from pipelines.evaluate.judges import COMPLIED, REFUSED
-from pipelines.evaluate.measure import BT_ROUTE_PREFIX, READ_COUNTS, TIDY_SCHEMA
+from pipelines.evaluate.measure import BT_ROUTE_PREFIX, READ_COUNTS, READ_PREFIX, TIDY_SCHEMA
 from pipelines.evaluate.stats import SeedLevel, adjust, is_number, seed_level
 
 ID_COLS = ["cell", "model", "ft_lang", "seed", "epochs"]
@@ -634,9 +634,6 @@ def read_agreement(tidy: pl.DataFrame, cells: Cells) -> pl.DataFrame:
                      "rate_error": a["rate_error"], "non_answer_read": na,
                      "non_answer_recall": c["non_answer_found"] / na if na else None})
     return pl.DataFrame(rows, schema=schema)
-
-
-READ_PREFIX = "judge/read/"
 
 
 # Beside κ and accuracy (evaluate.judge_agreement's tidy rows): κ's interval, the error of the compliance rate
