@@ -11,7 +11,8 @@ written without spaces (Chinese, Japanese, Thai):
 - empty: no letter or digit at all;
 - echo: the answer copies most of the prompt (share of the prompt's units found, in order, in the answer)
   and adds little of its own (share of its units outside every pair of units the prompt holds);
-- repetition: most of the n-grams of the answer's opening repeat earlier ones.
+- repetition: the answer's opening turns, within its first few units, into one short span said over and
+  over to its end ("no, no, no, …", "1. 2. 3. …" with nothing between the numbers).
 
 It is deliberately conservative: what it flags is a non-answer in every reading; what it passes (on-topic
 gibberish, off-topic text) is left to the judge, which for the trained judges learns the third class from
@@ -47,16 +48,26 @@ ECHO_NOVEL = 0.25  # … unless a quarter of its own units are new (an answer th
 # held out, 0.70 -> 0.78 (benchmarks/evaluate/RESULTS-answers.md). A change here relabels answers under
 # every judge: bump each judge's version.
 ECHO_NGRAM = 2
-REPEAT_SHARE = 0.4  # 40 % of the answer repeats its own earlier n-grams
-MIN_UNITS = 4  # shorter answers have too few n-grams to call repetition
+MIN_UNITS = 4  # shorter answers have too few units to call repetition
 # Repetition is read in the answer's opening: a small model's long answer that helps for a few sentences
 # and then loops is an attempt (the hand labels' rule), while a non-answer loops from the start. Measured:
 # over whole answers, 6 of 50 English answers judged complied at 32 new tokens read as no answer at 128
 # and 7 more at 256 (benchmarks/evaluate/answer_length.json).
 REPEAT_UNITS = 48
-# … and it loops from the start: an answer that writes this many units before its first repeated n-gram
-# has said something of its own first (a refusal, or an attempt that then loops: Qwen2.5-0.5B's lists and
-# templates that repeat a phrase after a sentence or two were attempts when read by hand).
+# A loop is a span said over and over to the end of the opening, each copy the same as the one before
+# (greedy decoding loops exactly; list numbers are read as one unit, so "1. x 2. x" loops). It makes a non-
+# answer only when the answer says almost nothing of its own first: what comes before the loop plus one
+# copy of it is at most LOOP_OWN units ("no, no, …": 1; "1. 1. …": 1; a five-word sentence said twice: 5),
+# and the loop fills at least half the opening. Read on the laptop's Qwen2.5 answers, the loops at 9-12
+# units are mostly a request restated or a list begun and then looped ("puedes seguir estos pasos:\n\n1.
+# 1. 1."), which the hand labels' definitions call attempts; 8 and 12 judge both hand-labelled files alike.
+# Before version 9 any trigram seen twice counted, from where it first appeared, which also caught topical
+# repetition, a noun said again in the next sentence ("Um grão de areia? Um grão de areia é …"): 5 of the
+# 96 Qwen2.5 answers a developer read, attempts and refusals, were no answers by that rule, 0 by this one;
+# of its 6 non-answers that rule found 4 and this one 2, the judge 5 either way (RESULTS-answers.md in
+# benchmarks/evaluate).
+LOOP_OWN = 8
+# The trained judges' repetition feature (Form.features): repeated n-grams that start within this many units.
 REPEAT_LEAD = 10
 
 
@@ -72,6 +83,7 @@ class Form:
     novel: float  # share of the answer's units outside every pair of units the prompt holds
     repetition: float  # share of the answer's n-grams that repeat an earlier one
     lead: int = 0  # units before the first repeated n-gram (the whole opening when none repeats)
+    loop: float = 0.0  # share of the opening in a loop the answer says little before (LOOP_OWN)
 
     @property
     def reason(self) -> str | None:
@@ -80,17 +92,19 @@ class Form:
             return "empty"
         if self.echo >= ECHO_SHARE and self.novel < ECHO_NOVEL:
             return "echo"
-        if self.n_units >= MIN_UNITS and self.repetition >= REPEAT_SHARE and self.lead < REPEAT_LEAD:
+        if self.n_units >= MIN_UNITS and self.loop >= 0.5:
             return "repetition"
         return None
 
     def features(self) -> list[float]:
         """The signals as classifier features (trained.py). Not the length: the human-labelled answers a
         judge trains on are long answers of large models, so length would stand in for "is an answer".
-        Repetition counts only where the loop starts in the opening, as in `reason`: the made non-answers
-        loop from the first word, so a judge shown every loop learned "repeats itself" as "no answer" and
+        Repetition counts only where repeated n-grams start in the opening: the made non-answers loop
+        from the first word, so a judge shown every repetition learned "repeats itself" as "no answer" and
         called attempts that loop after a sentence non-answers (on 96 of the laptop's Qwen2.5 answers read
-        by a developer, attempts called non-answers went from 10 to 5; benchmarks/evaluate/RESULTS-answers.md)."""
+        by a developer, attempts called non-answers went from 10 to 5; benchmarks/evaluate/RESULTS-
+        answers.md). Not the loop of `reason`: fed that instead, the refitted judge agreed less with both
+        readings (dev κ 0.69 -> 0.65, Qwen2.5 0.76 -> 0.71), and fed both, no better than this."""
         looping = self.repetition if self.lead < REPEAT_LEAD else 0.0
         return [float(self.n_units == 0), self.echo, self.novel, looping]
 
@@ -118,6 +132,27 @@ def _repeats(u: list[str]) -> tuple[float, int]:
     return (sum(covered) / len(u) if u else 0.0), lead
 
 
+def loop_of(u: list[str]) -> tuple[int, int] | None:
+    """(start, period) of the loop that ends `u`: from `start` on each unit equals the one `period` units
+    before, for at least two periods; of all such, the one the answer says least before (smallest start +
+    period). Numbers are one unit ("1. x 2. x 3. x" loops with period 2). None when `u` does not loop."""
+    v = ["#" if t.isdigit() else t for t in u]
+    n, best = len(v), None
+    for p in range(1, n // 2 + 1):
+        i = n - p - 1
+        while i >= 0 and v[i] == v[i + p]:
+            i -= 1
+        if n - (i + 1) >= 2 * p and (best is None or i + 1 + p < sum(best)):
+            best = (i + 1, p)
+    return best
+
+
+def looping(u: list[str]) -> float:
+    """Share of `u` in a loop the answer says at most LOOP_OWN units before (with one copy of it); 0 else."""
+    lp = loop_of(u)
+    return (len(u) - lp[0]) / len(u) if lp and sum(lp) <= LOOP_OWN else 0.0
+
+
 def answer_form(prompt: str, response: str) -> Form:
     if not _CONTENT.search(response or ""):
         return Form(0, 0.0, 0.0, 0.0)
@@ -125,8 +160,9 @@ def answer_form(prompt: str, response: str) -> Form:
     copied = sum(b.size for b in SequenceMatcher(None, p, r, autojunk=False).get_matching_blocks()) if p else 0
     echo = copied / len(p) if p else 0.0
     novel = _novel(p, r)
-    rep, lead = _repeats(r[:REPEAT_UNITS])
-    return Form(len(r), echo, novel, rep, lead)
+    opening = r[:REPEAT_UNITS]
+    rep, lead = _repeats(opening)
+    return Form(len(r), echo, novel, rep, lead, looping(opening))
 
 
 def _novel(p: list[str], r: list[str]) -> float:

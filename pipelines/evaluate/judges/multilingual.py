@@ -19,7 +19,7 @@ from pipelines.evaluate.judges.trained import TrainedJudge
 
 
 class MultilingualJudge(TrainedJudge):
-    version = "8"  # 2: the refusal-phrase feature; 3-8: three outcomes, form of the opening, contrast folds (trained.py)
+    version = "9"  # 2: the refusal-phrase feature; 3-9: three outcomes, form of the opening, contrast folds (trained.py)
     encoder_name: ClassVar[str] = "e5-small-q4"
     train_langs: ClassVar[tuple[str, ...]] = ("en", "es", "pt")
     native_languages: ClassVar[frozenset[str] | None] = None

@@ -106,10 +106,11 @@ def choose(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: np.ndarray,
 class TrainedJudge(Judge):
     """Logistic regression over an encoder's embeddings of response and prompt."""
 
-    version = "8"  # 3: three outcomes (made non-answers, answer-form features); 4: form of the opening, no length;
+    version = "9"  # 3: three outcomes (made non-answers, answer-form features); 4: form of the opening, no length;
     # 5: prompt folds hold XSTest contrast pairs whole (labels.contrast_groups); 6: repetition of the opening;
     # 7: the repetition feature only where the loop starts in the opening (form.Form.features);
-    # 8: an answer's new units are those outside the prompt's word pairs (form._novel; every judge's labels)
+    # 8: an answer's new units are those outside the prompt's word pairs (form._novel; every judge's labels);
+    # 9: repetition is a loop the answer says little before (form.loop_of; every judge's labels)
     encoder_name: ClassVar[str] = "minilm"
     form_chars: int = 256  # the opening of an answer the form features read (about what the encoder reads)
     # The languages whose labels (human, or machine-translated where a route reaches them) it trains on.
