@@ -76,6 +76,8 @@ def test_an_answer_that_says_something_before_it_loops_is_not_called_repetition(
     form = answer_form("Q?", late)
     assert form.repetition >= 0.4 and form.loop == 0.0 and form.reason is None
     assert answer_form("Q?", "1. 1. 1. 1. 1. 1. 1. 1.").reason == "repetition"
+    # An answer cut by the token limit mid-word still loops.
+    assert answer_form("Q?", "Açaça, açaça, açaça, açaça, açaça, aç").reason == "repetition"
     # The trained judges see the same rule: a loop after a sentence adds nothing to the loop feature
     # (they learned "repeats itself" from made non-answers that loop from the first word).
     assert form.features()[3] == 0.0 and answer_form("Q?", loop).features()[3] > 0.9

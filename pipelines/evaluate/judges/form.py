@@ -148,9 +148,15 @@ def loop_of(u: list[str]) -> tuple[int, int] | None:
 
 
 def looping(u: list[str]) -> float:
-    """Share of `u` in a loop the answer says at most LOOP_OWN units before (with one copy of it); 0 else."""
-    lp = loop_of(u)
-    return (len(u) - lp[0]) / len(u) if lp and sum(lp) <= LOOP_OWN else 0.0
+    """Share of `u` in a loop the answer says at most LOOP_OWN units before (with one copy of it); 0 else.
+    Read with and without its last unit: an answer cut by the token limit ends in part of a word ("açaça,
+    açaça, aç"), while one said exactly twice needs every unit."""
+    best = 0.0
+    for whole in (u, u[:-1]):
+        lp = loop_of(whole)
+        if lp and sum(lp) <= LOOP_OWN:
+            best = max(best, (len(whole) - lp[0]) / len(whole))
+    return best
 
 
 def answer_form(prompt: str, response: str) -> Form:
