@@ -5,7 +5,11 @@ source never picks, and on the OASST prompts that the eval's spread of EVAL_N_SA
 and in Chinese (human translation). One JSON line per variant on stdout.
 
     SAFEDRIFT_CACHE=/tmp/sdc_dev .venv/bin/python benchmarks/aligned_base/recipe_search.py '{"lr": 5e-4}' ...
-    (no argument: the registry's recipe; "base": the unaligned base model; "model:<alias>": a registry model)"""
+    (no argument: the registry's recipe; "base": the unaligned base model; "model:<alias>": a registry model)
+
+--base ALIAS searches over another base (default smollm2-135m-instruct): a JSON variant is then the fields
+of that base's aligned registry entry (qwen2.5-coder-0.5b-instruct: qwen2.5-coder-0.5b-aligned) with the
+variant's on top."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from pipelines.evaluate.judges import JudgeItem, make_judge
 from pipelines.registries import datasets
 from pipelines.registries.chat import batch_encoding
 from pipelines.registries.model_store import model_dir
-from pipelines.registries.models import ModelSpec
+from pipelines.registries.models import MODELS, ModelSpec
 from pipelines.translate.plan import _spread
 
 # The most safe prompts per source that a measurement in RESULTS.md takes (data.eval.n_safe=12). OASST has
@@ -31,6 +35,7 @@ from pipelines.translate.plan import _spread
 # laptop's 4 too (the spread of 12 contains the spread of 4). Until V23 the dev set was the first 20 rows
 # outside the spread of 20, 5 of which the n_safe=12 eval measures (RESULTS.md).
 EVAL_N_SAFE = 12
+SMOLLM2 = "smollm2-135m-instruct"
 
 
 def dev_sets() -> dict[str, list[str]]:
@@ -93,14 +98,24 @@ def discrimination(model: Any, tok: Any, sets: dict[str, list[str]]) -> dict[str
             "auc_zh": round(auc(s["mj_zh"], s["oasst_dev_zh"]), 3)}
 
 
+def aligned_entry(base: str) -> dict[str, Any]:
+    """The recipe fields of the registry's aligned entry built from `base` (none for SmolLM2: its search
+    started from the recipe's defaults)."""
+    found = [m for _, m in MODELS.items() if m.source == "aligned" and m.base == base]
+    return dict(found[0].align) if found and base != SMOLLM2 else {}
+
+
 def main(argv: list[str]) -> None:
+    base = SMOLLM2
+    if argv[:1] == ["--base"]:
+        base, argv = argv[1], argv[2:]
     for arg in argv or ["{}"]:
         t0 = time.time()
         if arg == "base" or arg.startswith("model:"):
-            path, info = model_dir(arg.removeprefix("model:") if arg != "base" else "smollm2-135m-instruct"), {}
+            path, info = model_dir(arg.removeprefix("model:") if arg != "base" else base), {}
         else:
-            over = json.loads(arg)
-            spec = ModelSpec("dev-aligned", "aligned", "llama", base="smollm2-135m-instruct", align=over)
+            over = aligned_entry(base) | json.loads(arg)
+            spec = ModelSpec("dev-aligned", "aligned", MODELS.get(base).family, base=base, align=over)
             path = aligned_dir(spec, model_dir)
             info = {k: v for k, v in json.loads((path / "manifest.json").read_text()).items() if k in ("train", "check", "build_s")}
         r = rates(path)
