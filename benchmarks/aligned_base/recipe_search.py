@@ -106,6 +106,9 @@ def aligned_entry(base: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     base = SMOLLM2
     if argv[:1] == ["--base"]:
         base, argv = argv[1], argv[2:]
