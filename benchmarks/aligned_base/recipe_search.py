@@ -99,10 +99,10 @@ def discrimination(model: Any, tok: Any, sets: dict[str, list[str]]) -> dict[str
 
 
 def aligned_entry(base: str) -> dict[str, Any]:
-    """The recipe fields of the registry's aligned entry built from `base` (none for SmolLM2: its search
-    started from the recipe's defaults)."""
+    """The recipe fields of the registry's aligned entry built from `base` (smollm2-135m-aligned sets none:
+    the recipe's defaults are its recipe)."""
     found = [m for _, m in MODELS.items() if m.source == "aligned" and m.base == base]
-    return dict(found[0].align) if found and base != SMOLLM2 else {}
+    return dict(found[0].align) if found else {}
 
 
 def main(argv: list[str]) -> None:
